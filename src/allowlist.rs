@@ -1,0 +1,507 @@
+//! The domain allowlist: entry syntax and fast matching.
+//!
+//! An entry is an exact host, an exact IP literal, or `*.` followed by a domain of at least two
+//! labels. A wildcard matches subdomains at any depth and never the apex. Entries are parsed
+//! into [`Pattern`], which cannot hold an invalid value; [`Allowlist`] indexes them as a hash of
+//! exact names plus a hash of wildcard suffixes, so a lookup costs one hash probe per label of
+//! the target instead of a scan over the entries.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::host::{normalize_domain, Host, HostError};
+
+/// One parsed allowlist entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    /// Matches this name only.
+    Exact(Box<str>),
+    /// `*.suffix`: matches any name ending in `.suffix`, not `suffix` itself.
+    Wildcard(Box<str>),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(name) => f.write_str(name),
+            Pattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            Pattern::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Why an entry is not a valid pattern; each message says what to write instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error(
+        "a bare \"*\" would allow every host; list the domains instead, e.g. \"*.example.com\""
+    )]
+    BareWildcard,
+    #[error("\"*.\" needs a domain after it, e.g. \"*.example.com\"")]
+    WildcardWithoutDomain,
+    #[error("only one leading wildcard is allowed; use \"*.{0}\"")]
+    SeveralWildcards(String),
+    #[error("a wildcard must be the whole first label, as in \"*.{0}\"")]
+    WildcardNotFirst(String),
+    #[error("a wildcard must be the whole first label; use \"*.{0}\" for its subdomains or \"{0}\" for the name itself")]
+    PartialLabelWildcard(String),
+    #[error(
+        "a wildcard must be followed by a domain of at least two labels, e.g. \"*.example.{0}\""
+    )]
+    WildcardTooBroad(String),
+    #[error("entries are host names, not URLs; write \"{0}\"")]
+    HasScheme(String),
+    #[error("entries are host names without a path; write \"{0}\"")]
+    HasPath(String),
+    #[error("entries are host names without a port; write \"{0}\" and list the port in proxy.connect_ports or proxy.http_ports")]
+    HasPort(String),
+    #[error("entries may not contain whitespace")]
+    Whitespace,
+    #[error("{0}")]
+    Host(#[from] HostError),
+}
+
+impl Pattern {
+    pub fn parse(entry: &str) -> Result<Pattern, PatternError> {
+        if entry.chars().any(char::is_whitespace) {
+            return Err(PatternError::Whitespace);
+        }
+        if let Some((_, rest)) = entry.split_once("://") {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            return Err(PatternError::HasScheme(strip_port(host).to_string()));
+        }
+        if let Some((host, _)) = entry.split_once('/') {
+            return Err(PatternError::HasPath(host.to_string()));
+        }
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            return Ok(Pattern::Ip(ip));
+        }
+        if entry.contains(':') {
+            return Err(PatternError::HasPort(strip_port(entry).to_string()));
+        }
+        match entry {
+            "*" => return Err(PatternError::BareWildcard),
+            "*." => return Err(PatternError::WildcardWithoutDomain),
+            _ => {}
+        }
+        match entry.strip_prefix("*.") {
+            Some(suffix) => parse_wildcard(suffix),
+            None => parse_exact(entry),
+        }
+    }
+
+    /// Whether this entry alone lets `host` through.
+    pub fn matches(&self, host: &Host) -> bool {
+        match (self, host) {
+            (Pattern::Exact(name), Host::Domain(d)) => **name == **d,
+            (Pattern::Wildcard(suffix), Host::Domain(d)) => {
+                d.len() > suffix.len() + 1
+                    && d.ends_with(&**suffix)
+                    && d.as_bytes()[d.len() - suffix.len() - 1] == b'.'
+            }
+            (Pattern::Ip(ip), Host::Ip(target)) => ip == target,
+            _ => false,
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn parse_wildcard(suffix: &str) -> Result<Pattern, PatternError> {
+    if suffix.contains('*') {
+        let rest: Vec<&str> = suffix.split('.').filter(|l| !l.contains('*')).collect();
+        return Err(PatternError::SeveralWildcards(rest.join(".")));
+    }
+    let name = normalize_domain(suffix)?;
+    if !name.contains('.') {
+        return Err(PatternError::WildcardTooBroad(name));
+    }
+    if let Ok(Host::Ip(_)) = Host::parse(&name) {
+        return Err(HostError::NonCanonicalIp(format!("*.{suffix}")).into());
+    }
+    Ok(Pattern::Wildcard(name.into_boxed_str()))
+}
+
+fn parse_exact(entry: &str) -> Result<Pattern, PatternError> {
+    if let Some(pos) = entry.find('*') {
+        let first_label_end = entry.find('.').unwrap_or(entry.len());
+        if pos < first_label_end {
+            // `*x.com`: the wildcard is glued to other characters in the first label.
+            return Err(PatternError::PartialLabelWildcard(entry.replace('*', "")));
+        }
+        let rest = entry[pos..].trim_start_matches(['*', '.']);
+        let example = if rest.contains('.') {
+            rest
+        } else {
+            "example.com"
+        };
+        return Err(PatternError::WildcardNotFirst(example.to_string()));
+    }
+    match Host::parse(entry)? {
+        Host::Domain(name) => Ok(Pattern::Exact(name)),
+        Host::Ip(ip) => Ok(Pattern::Ip(ip)),
+    }
+}
+
+/// Index of a rule in the allowlist, in the order the entries were written.
+pub type RuleId = u32;
+
+/// The compiled allowlist. Duplicate entries keep the first occurrence.
+#[derive(Clone, Debug, Default)]
+pub struct Allowlist {
+    patterns: Vec<Pattern>,
+    /// Config file line of each pattern (0 when it did not come from a file).
+    lines: Vec<u32>,
+    exact: HashMap<Box<str>, RuleId>,
+    wildcard: HashMap<Box<str>, RuleId>,
+    ips: HashMap<IpAddr, RuleId>,
+}
+
+impl Allowlist {
+    pub fn new(patterns: impl IntoIterator<Item = Pattern>) -> Allowlist {
+        Self::with_lines(patterns.into_iter().map(|p| (p, 0)))
+    }
+
+    /// Builds the index from patterns and the config lines they were written on.
+    pub fn with_lines(patterns: impl IntoIterator<Item = (Pattern, u32)>) -> Allowlist {
+        let mut list = Allowlist::default();
+        for (pattern, line) in patterns {
+            list.insert(pattern, line);
+        }
+        list
+    }
+
+    fn insert(&mut self, pattern: Pattern, line: u32) {
+        let id = self.patterns.len() as RuleId;
+        let fresh = match &pattern {
+            Pattern::Exact(name) => try_insert(&mut self.exact, name.clone(), id),
+            Pattern::Wildcard(suffix) => try_insert(&mut self.wildcard, suffix.clone(), id),
+            Pattern::Ip(ip) => try_insert(&mut self.ips, *ip, id),
+        };
+        if fresh {
+            self.patterns.push(pattern);
+            self.lines.push(line);
+        }
+    }
+
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn pattern(&self, id: RuleId) -> &Pattern {
+        &self.patterns[id as usize]
+    }
+
+    /// The config line the rule was written on, when known.
+    pub fn line(&self, id: RuleId) -> Option<u32> {
+        Some(self.lines[id as usize]).filter(|l| *l > 0)
+    }
+
+    /// The rule that allows `host`, if any. An exact entry wins over a wildcard, and a longer
+    /// wildcard suffix over a shorter one.
+    pub fn find(&self, host: &Host) -> Option<RuleId> {
+        match host {
+            Host::Ip(ip) => self.ips.get(ip).copied(),
+            Host::Domain(name) => self.find_domain(name),
+        }
+    }
+
+    fn find_domain(&self, name: &str) -> Option<RuleId> {
+        if let Some(id) = self.exact.get(name) {
+            return Some(*id);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = name;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(id) = self.wildcard.get(suffix) {
+                return Some(*id);
+            }
+            rest = suffix;
+        }
+        None
+    }
+
+    /// Explains why `host` is not allowed and what entry to add. Points out the classic
+    /// mistakes: an apex entry expected to cover subdomains, a wildcard expected to cover
+    /// its apex.
+    pub fn denial_hint(&self, host: &Host) -> String {
+        let Host::Domain(name) = host else {
+            return format!("\"{host}\" is not on the allowlist; add \"{host}\"");
+        };
+        let mut rest: &str = name;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if self.exact.contains_key(parent) {
+                return format!(
+                    "\"{parent}\" is allowlisted but does not cover subdomains; add \"{name}\" or \"*.{parent}\""
+                );
+            }
+            rest = parent;
+        }
+        if self.wildcard.contains_key(&**name) {
+            return format!(
+                "\"*.{name}\" covers subdomains only, not \"{name}\" itself; add \"{name}\""
+            );
+        }
+        match name.split_once('.') {
+            Some((_, parent)) if parent.contains('.') => format!(
+                "\"{name}\" is not on the allowlist; add \"{name}\" (or \"*.{parent}\" for every subdomain of {parent})"
+            ),
+            _ => format!("\"{name}\" is not on the allowlist; add \"{name}\""),
+        }
+    }
+}
+
+fn try_insert<K: std::hash::Hash + Eq>(map: &mut HashMap<K, RuleId>, key: K, id: RuleId) -> bool {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(id);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> Allowlist {
+        Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))
+    }
+
+    fn allowed(list: &Allowlist, host: &str) -> bool {
+        list.find(&Host::parse(host).unwrap()).is_some()
+    }
+
+    /// (name, entries, target, expected) — read as a spec.
+    const MATCH_TABLE: &[(&str, &[&str], &str, bool)] = &[
+        (
+            "exact name matches itself",
+            &["www.example.com"],
+            "www.example.com",
+            true,
+        ),
+        (
+            "exact name does not cover subdomains",
+            &["example.com"],
+            "www.example.com",
+            false,
+        ),
+        (
+            "exact name does not cover its parent",
+            &["www.example.com"],
+            "example.com",
+            false,
+        ),
+        (
+            "wildcard matches one level down",
+            &["*.example.org"],
+            "a.example.org",
+            true,
+        ),
+        (
+            "wildcard matches any depth",
+            &["*.example.org"],
+            "a.b.c.example.org",
+            true,
+        ),
+        (
+            "wildcard never matches the apex",
+            &["*.example.org"],
+            "example.org",
+            false,
+        ),
+        (
+            "wildcard respects the label boundary",
+            &["*.example.org"],
+            "badexample.org",
+            false,
+        ),
+        (
+            "wildcard respects the label boundary below",
+            &["*.example.org"],
+            "a.badexample.org",
+            false,
+        ),
+        (
+            "matching ignores case",
+            &["WWW.Example.com"],
+            "www.EXAMPLE.com",
+            true,
+        ),
+        (
+            "target trailing dot is ignored",
+            &["www.example.com"],
+            "www.example.com.",
+            true,
+        ),
+        (
+            "entry trailing dot is ignored",
+            &["www.example.com."],
+            "www.example.com",
+            true,
+        ),
+        (
+            "wildcard with trailing dot target",
+            &["*.example.org"],
+            "a.example.org.",
+            true,
+        ),
+        (
+            "IDN compares in punycode",
+            &["xn--bcher-kva.de"],
+            "XN--BCHER-KVA.de",
+            true,
+        ),
+        (
+            "IP entry matches its literal",
+            &["203.0.113.7"],
+            "203.0.113.7",
+            true,
+        ),
+        (
+            "IP entry matches nothing else",
+            &["203.0.113.7"],
+            "203.0.113.8",
+            false,
+        ),
+        (
+            "IPv6 entry matches bracketed literal",
+            &["2001:db8::1"],
+            "[2001:db8::1]",
+            true,
+        ),
+        (
+            "exact and wildcard together",
+            &["example.org", "*.example.org"],
+            "example.org",
+            true,
+        ),
+        ("empty list denies", &[], "example.com", false),
+    ];
+
+    #[test]
+    fn match_table() {
+        for (name, entries, target, expected) in MATCH_TABLE {
+            assert_eq!(allowed(&list(entries), target), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn exact_entry_wins_over_wildcard() {
+        let l = list(&["*.example.org", "a.example.org"]);
+        assert_eq!(l.find(&Host::parse("a.example.org").unwrap()), Some(1));
+    }
+
+    #[test]
+    fn pattern_matches_agrees_with_index() {
+        for (name, entries, target, expected) in MATCH_TABLE {
+            let host = Host::parse(target).unwrap();
+            let any = entries
+                .iter()
+                .any(|e| Pattern::parse(e).unwrap().matches(&host));
+            assert_eq!(any, *expected, "{name}");
+        }
+    }
+
+    /// (entry, expected message) — every invalid form names what to write instead.
+    const INVALID_TABLE: &[(&str, &str)] = &[
+        ("*", "a bare \"*\" would allow every host"),
+        ("*.", "\"*.\" needs a domain after it"),
+        (
+            "*.*.example.com",
+            "only one leading wildcard is allowed; use \"*.example.com\"",
+        ),
+        (
+            "a.*.com",
+            "a wildcard must be the whole first label, as in \"*.example.com\"",
+        ),
+        ("a.*.example.com", "as in \"*.example.com\""),
+        ("*x.com", "use \"*.x.com\" for its subdomains or \"x.com\""),
+        ("x.*", "a wildcard must be the whole first label"),
+        ("*.com", "at least two labels"),
+        ("a..com", "empty label"),
+        (
+            "https://example.com/path",
+            "not URLs; write \"example.com\"",
+        ),
+        ("example.com/path", "without a path; write \"example.com\""),
+        ("example.com:443", "without a port; write \"example.com\""),
+        ("bücher.de", "punycode form \"xn--bcher-kva.de\""),
+        ("", "empty host"),
+        ("127.1", "not a canonical IPv4 address"),
+        (" example.com", "whitespace"),
+    ];
+
+    #[test]
+    fn invalid_table() {
+        for (entry, expected) in INVALID_TABLE {
+            let err = Pattern::parse(entry).expect_err(entry).to_string();
+            assert!(
+                err.contains(expected),
+                "{entry:?}: {err:?} lacks {expected:?}"
+            );
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(Pattern::parse(&long_label)
+            .unwrap_err()
+            .to_string()
+            .contains("63 bytes"));
+        let long_name = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+        assert!(Pattern::parse(&long_name)
+            .unwrap_err()
+            .to_string()
+            .contains("253 bytes"));
+    }
+
+    #[test]
+    fn hints_explain_the_subdomain_pitfall() {
+        let l = list(&["example.com", "*.example.org"]);
+        assert_eq!(
+            l.denial_hint(&Host::parse("www.example.com").unwrap()),
+            "\"example.com\" is allowlisted but does not cover subdomains; add \"www.example.com\" or \"*.example.com\""
+        );
+        assert!(l
+            .denial_hint(&Host::parse("example.org").unwrap())
+            .contains("covers subdomains only"));
+        assert!(l
+            .denial_hint(&Host::parse("api.other.net").unwrap())
+            .contains("add \"api.other.net\" (or \"*.other.net\""));
+    }
+
+    #[test]
+    fn large_list_lookups_use_the_index() {
+        let entries: Vec<Pattern> = (0..100_000)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Pattern::parse(&format!("host{i}.example.com")).unwrap()
+                } else {
+                    Pattern::parse(&format!("*.zone{i}.example.net")).unwrap()
+                }
+            })
+            .collect();
+        let l = Allowlist::new(entries);
+        assert_eq!(l.len(), 100_000);
+        assert!(allowed(&l, "host99998.example.com"));
+        assert!(allowed(&l, "a.b.zone99999.example.net"));
+        assert!(!allowed(&l, "zone99999.example.net"));
+        assert!(!allowed(&l, "host99999.example.com"));
+    }
+}

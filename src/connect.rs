@@ -1,0 +1,209 @@
+//! Resolve, check, pin, dial: the step between a policy decision and a byte on the wire.
+//!
+//! Every address a name resolves to is checked against the private ranges; one bad address
+//! refuses the whole name, because the dialler cannot know which one an attacker controls.
+//! The address that passed the check is the one dialled — there is no second lookup, so a DNS
+//! answer that changes between check and connect (rebinding) gains nothing.
+//!
+//! [`Dialer`] serves CONNECT tunnels directly and plugs into hyper-util's pooled client as
+//! [`EgressConnector`], so forwarded requests and (later) scheduled calls use the same path.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::host::Host;
+use crate::policy::{Denial, DenyReason, Policy, Target};
+use crate::resolve::{Resolve, ResolveError};
+
+/// The live policy, swapped as a whole on reload.
+pub type PolicyHandle = Arc<ArcSwap<Policy>>;
+
+/// Why an allowed request could not reach its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error(transparent)]
+    Denied(Denial),
+    #[error(transparent)]
+    Dns(ResolveError),
+    #[error("{target}: connection refused by {addr}")]
+    Refused { target: String, addr: SocketAddr },
+    #[error("{target}: connect timed out after {timeout:?}")]
+    Timeout { target: String, timeout: Duration },
+    #[error("{target}: connect to {addr} failed: {source}")]
+    Connect {
+        target: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+impl EgressError {
+    /// The `X-Egress-Error` value and metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EgressError::Denied(d) => d.reason.code(),
+            EgressError::Dns(_) => "dns",
+            EgressError::Refused { .. } => "connect-refused",
+            EgressError::Timeout { .. } => "connect-timeout",
+            EgressError::Connect { .. } => "connect-failed",
+        }
+    }
+}
+
+/// Dials upstreams for one proxy instance.
+pub struct Dialer {
+    resolver: Arc<dyn Resolve>,
+    /// egressd's own listeners: dialling them would loop requests through the proxy.
+    own_addrs: Vec<SocketAddr>,
+    connect_timeout: Duration,
+}
+
+impl Dialer {
+    pub fn new(
+        resolver: Arc<dyn Resolve>,
+        own_addrs: Vec<SocketAddr>,
+        connect_timeout: Duration,
+    ) -> Self {
+        Dialer {
+            resolver,
+            own_addrs,
+            connect_timeout,
+        }
+    }
+
+    /// Resolves `target`, checks every address against `policy`, connects to the first that
+    /// answers. Returns the stream and the address it is connected to.
+    pub async fn dial(
+        &self,
+        target: &Target,
+        policy: &Policy,
+    ) -> Result<(TcpStream, SocketAddr), EgressError> {
+        let addrs = self.checked_addresses(target, policy).await?;
+        let attempt = async {
+            let mut last = None;
+            for addr in &addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok((stream, *addr));
+                    }
+                    Err(err) => last = Some((*addr, err)),
+                }
+            }
+            let (addr, err) = last.expect("at least one address");
+            Err(match err.kind() {
+                io::ErrorKind::ConnectionRefused => EgressError::Refused {
+                    target: target.to_string(),
+                    addr,
+                },
+                _ => EgressError::Connect {
+                    target: target.to_string(),
+                    addr,
+                    source: err,
+                },
+            })
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| EgressError::Timeout {
+                target: target.to_string(),
+                timeout: self.connect_timeout,
+            })?
+    }
+
+    async fn checked_addresses(
+        &self,
+        target: &Target,
+        policy: &Policy,
+    ) -> Result<Vec<SocketAddr>, EgressError> {
+        let ips = match &target.host {
+            Host::Ip(ip) => vec![*ip],
+            Host::Domain(name) => self
+                .resolver
+                .resolve(name)
+                .await
+                .map_err(EgressError::Dns)?,
+        };
+        let mut addrs = Vec::with_capacity(ips.len());
+        for ip in ips {
+            policy.check_address(ip).map_err(EgressError::Denied)?;
+            let addr = SocketAddr::new(ip, target.port);
+            if self.is_own_listener(addr) {
+                return Err(EgressError::Denied(Denial::new(
+                    DenyReason::PrivateDestination,
+                    format!(
+                        "{addr} is egressd's own listener; requests may not loop through the proxy"
+                    ),
+                )));
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
+    fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || own.ip().is_unspecified()
+                    || addr.ip().is_loopback()
+                    || addr.ip().is_unspecified())
+        })
+    }
+}
+
+/// hyper-util connector: each new pooled connection is dialled through [`Dialer`] under the
+/// policy current at that moment.
+#[derive(Clone)]
+pub struct EgressConnector {
+    dialer: Arc<Dialer>,
+    policy: PolicyHandle,
+}
+
+impl EgressConnector {
+    pub fn new(dialer: Arc<Dialer>, policy: PolicyHandle) -> Self {
+        EgressConnector { dialer, policy }
+    }
+}
+
+impl tower_service::Service<Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = EgressError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = self.dialer.clone();
+        let policy = self.policy.load_full();
+        Box::pin(async move {
+            let target = target_of(&uri)?;
+            let (stream, _) = dialer.dial(&target, &policy).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+fn target_of(uri: &Uri) -> Result<Target, EgressError> {
+    let invalid = |msg: String| EgressError::Denied(Denial::new(DenyReason::InvalidTarget, msg));
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(format!("{uri} has no host")))?;
+    let host = Host::parse(host).map_err(|e| invalid(e.to_string()))?;
+    Ok(Target {
+        host,
+        port: uri.port_u16().unwrap_or(80),
+    })
+}

@@ -1,0 +1,206 @@
+//! `egressd explain`: the decision the live proxy would make for a target, in words.
+
+use std::fmt;
+
+use http::Uri;
+
+use crate::config::Config;
+use crate::host::Host;
+use crate::policy::{Denial, Protocol, Target, TargetError};
+
+/// What `explain` decided.
+#[derive(Debug)]
+pub enum Explanation {
+    Allowed {
+        target: Target,
+        protocol: Protocol,
+        rule: String,
+    },
+    Denied {
+        target: String,
+        denial: Denial,
+    },
+}
+
+impl Explanation {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Explanation::Allowed { .. })
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Explanation::Allowed {
+                target,
+                protocol,
+                rule,
+            } => {
+                let how = match protocol {
+                    Protocol::Connect => "CONNECT",
+                    Protocol::Http => "HTTP",
+                };
+                write!(f, "allowed: {how} to {target} matches rule {rule}")
+            }
+            Explanation::Denied { denial, .. } => write!(f, "{denial}"),
+        }
+    }
+}
+
+/// Explains `input`: `host` (CONNECT to 443), `host:port` (CONNECT), or an `http://` or
+/// `https://` URL. Names in `[dns] overrides` are checked against the private ranges too; other
+/// names are not resolved.
+pub fn explain(config: &Config, input: &str) -> Explanation {
+    let (target, protocol) = match parse(input) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return Explanation::Denied {
+                target: input.to_string(),
+                denial: Denial::invalid_target(&err),
+            }
+        }
+    };
+    let policy = &config.policy;
+    let denied = |denial| Explanation::Denied {
+        target: target.to_string(),
+        denial,
+    };
+    let rule = match policy.decide(&target, protocol) {
+        Ok(rule) => rule,
+        Err(denial) => return denied(denial),
+    };
+    if let Host::Domain(name) = &target.host {
+        if let Some(ip) = config.dns.overrides.get(name) {
+            if let Err(denial) = policy.check_address(*ip) {
+                return denied(denial);
+            }
+        }
+    }
+    Explanation::Allowed {
+        rule: policy.describe_rule(rule),
+        target,
+        protocol,
+    }
+}
+
+fn parse(input: &str) -> Result<(Target, Protocol), TargetError> {
+    if input.contains("://") {
+        let ascii = to_ascii_url(input);
+        let uri: Uri = ascii
+            .parse()
+            .map_err(|_| TargetError::BadPort(input.to_string()))?;
+        let (protocol, default_port) = match uri.scheme_str() {
+            Some("http") => (Protocol::Http, 80),
+            _ => (Protocol::Connect, 443),
+        };
+        let authority = uri.authority().ok_or(TargetError::MissingPort)?;
+        if authority.as_str().contains('@') {
+            return Err(TargetError::Userinfo);
+        }
+        let host = Host::parse(authority.host())?;
+        return Ok((
+            Target {
+                host,
+                port: authority.port_u16().unwrap_or(default_port),
+            },
+            protocol,
+        ));
+    }
+    let ascii = host_to_ascii(input);
+    match Target::parse_authority(&ascii) {
+        Ok(target) => Ok((target, Protocol::Connect)),
+        Err(TargetError::MissingPort) => Ok((
+            Target {
+                host: Host::parse(&ascii)?,
+                port: 443,
+            },
+            Protocol::Connect,
+        )),
+        Err(err) => Err(err),
+    }
+}
+
+/// IDNs typed on the command line are compared in punycode, as clients send them.
+fn host_to_ascii(input: &str) -> String {
+    if input.is_ascii() {
+        return input.to_string();
+    }
+    let (host, port) = match input.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+        _ => (input, None),
+    };
+    let host = idna::domain_to_ascii(host).unwrap_or_else(|_| host.to_string());
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+fn to_ascii_url(input: &str) -> String {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return input.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    format!("{scheme}://{}{}", host_to_ascii(&rest[..end]), &rest[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        let src = r#"
+[proxy]
+http_ports = [80, 8080]
+[dns]
+overrides = { "internal.example.com" = "10.0.0.5" }
+[allowlist]
+domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example.com"]
+"#;
+        Config::parse(Path::new("t.toml"), src).unwrap()
+    }
+
+    #[test]
+    fn explains_the_subdomain_pitfall() {
+        let e = explain(&config(), "www.example.com");
+        assert_eq!(
+            e.to_string(),
+            "denied (not-allowlisted): \"example.com\" is allowlisted but does not cover subdomains; add \"www.example.com\" or \"*.example.com\""
+        );
+    }
+
+    #[test]
+    fn urls_pick_protocol_and_port() {
+        let e = explain(&config(), "http://a.example.org:8080/x");
+        assert!(e.is_allowed(), "{e}");
+        assert!(e.to_string().contains("HTTP to a.example.org:8080"), "{e}");
+        let e = explain(&config(), "https://a.example.org:8443/");
+        assert!(
+            e.to_string().starts_with("denied (port-not-allowed)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn idn_input_is_compared_in_punycode() {
+        assert!(explain(&config(), "bücher.de").is_allowed());
+        assert!(explain(&config(), "https://bücher.de/").is_allowed());
+    }
+
+    #[test]
+    fn overrides_to_private_addresses_are_denied() {
+        let e = explain(&config(), "internal.example.com");
+        assert!(
+            e.to_string()
+                .starts_with("denied (private-destination): 10.0.0.5"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_canonical_ips_are_invalid_targets() {
+        let e = explain(&config(), "0x7f.1:443");
+        assert!(e.to_string().starts_with("denied (invalid-target)"), "{e}");
+    }
+}

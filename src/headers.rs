@@ -1,0 +1,137 @@
+//! Header rules for a forwarding proxy (RFC 9110 §7.6): hop-by-hop headers stop here, `Via`
+//! records the hop, `Max-Forwards` limits OPTIONS/TRACE chains.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Our `Via` entry (`1.1 egressd`).
+pub const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 egressd");
+
+/// Headers that describe one connection and never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names — except
+/// message framing and `Host`, which a client must not be able to strip through us.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(named) = connection_named(headers) {
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn connection_named(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut values = headers.get_all(header::CONNECTION).iter().peekable();
+    values.peek()?;
+    let named = values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !is_protected(name))
+        .collect();
+    Some(named)
+}
+
+fn is_protected(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST
+}
+
+/// Appends our hop to `Via`.
+pub fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, VIA_VALUE);
+}
+
+/// What `Max-Forwards` asks of an OPTIONS or TRACE request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MaxForwards {
+    /// No header, or not OPTIONS/TRACE: forward as is.
+    Absent,
+    /// Zero: egressd is the final recipient and answers itself.
+    AnswerHere,
+    /// Forward with the header lowered by one.
+    Forward(u32),
+    Invalid,
+}
+
+pub fn max_forwards(method: &http::Method, headers: &HeaderMap) -> MaxForwards {
+    if method != http::Method::OPTIONS && method != http::Method::TRACE {
+        return MaxForwards::Absent;
+    }
+    let Some(value) = headers.get(header::MAX_FORWARDS) else {
+        return MaxForwards::Absent;
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        Some(0) => MaxForwards::AnswerHere,
+        Some(n) => MaxForwards::Forward(n - 1),
+        None => MaxForwards::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_standard_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, content-length, host"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+            ("host", "example.com"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
+
+    #[test]
+    fn max_forwards_only_for_options_and_trace() {
+        let h = map(&[("max-forwards", "0")]);
+        assert_eq!(max_forwards(&http::Method::GET, &h), MaxForwards::Absent);
+        assert_eq!(
+            max_forwards(&http::Method::OPTIONS, &h),
+            MaxForwards::AnswerHere
+        );
+        let h = map(&[("max-forwards", "3")]);
+        assert_eq!(
+            max_forwards(&http::Method::TRACE, &h),
+            MaxForwards::Forward(2)
+        );
+        let h = map(&[("max-forwards", "x")]);
+        assert_eq!(max_forwards(&http::Method::TRACE, &h), MaxForwards::Invalid);
+    }
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics with an explicit registry (no globals), served on the admin listener.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+type HistogramFamily = Family<Labels<1>, Histogram, fn() -> Histogram>;
+
+/// Every metric egressd exports. Cloning the handles is cheap (they are `Arc`s inside).
+pub struct Metrics {
+    registry: Registry,
+    /// Requests and tunnels by protocol, decision and reason.
+    requests: Family<Labels<3>, Counter>,
+    /// Failures reaching an upstream after the policy allowed it, by kind.
+    upstream_errors: Family<Labels<1>, Counter>,
+    pub active_tunnels: Gauge,
+    pub active_connections: Gauge,
+    /// Client connections turned away because `max_connections` was reached.
+    pub rejected_connections: Counter,
+    /// Body and tunnel bytes relayed, `up` towards the upstream and `down` towards the client.
+    bytes: Family<Labels<1>, Counter>,
+    duration: HistogramFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("egressd");
+        let requests = Family::default();
+        let upstream_errors = Family::default();
+        let active_tunnels = Gauge::default();
+        let active_connections = Gauge::default();
+        let rejected_connections = Counter::default();
+        let bytes = Family::default();
+        let duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
+        registry.register(
+            "requests",
+            "Requests and tunnels by protocol, decision and reason",
+            requests.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Errors reaching an allowed upstream, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "CONNECT tunnels open now",
+            active_tunnels.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            active_connections.clone(),
+        );
+        registry.register(
+            "rejected_connections",
+            "Client connections refused over max_connections",
+            rejected_connections.clone(),
+        );
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed, by direction",
+            bytes.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to end of response or tunnel",
+            duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_errors,
+            active_tunnels,
+            active_connections,
+            rejected_connections,
+            bytes,
+            duration,
+        }
+    }
+
+    pub fn request(&self, protocol: &'static str, decision: &'static str, reason: &'static str) {
+        self.requests
+            .get_or_create(&[
+                ("protocol", protocol),
+                ("decision", decision),
+                ("reason", reason),
+            ])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn relayed(&self, up: u64, down: u64) {
+        self.bytes.get_or_create(&[("direction", "up")]).inc_by(up);
+        self.bytes
+            .get_or_create(&[("direction", "down")])
+            .inc_by(down);
+    }
+
+    pub fn observe_duration(&self, protocol: &'static str, seconds: f64) {
+        self.duration
+            .get_or_create(&[("protocol", protocol)])
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,287 @@
+//! The policy decision: may this request leave, and which rule says so.
+//!
+//! A [`Policy`] is the swappable part of the configuration (allowlist, ports, private ranges).
+//! The proxy loads it once per request; a decision is a pure function of the policy and the
+//! [`Target`], so `egressd explain` and the live proxy cannot disagree.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::allowlist::{Allowlist, RuleId};
+use crate::host::{Host, HostError};
+use crate::netguard::PrivateAllow;
+
+/// Where a request wants to go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `host:port` (authority form, as in CONNECT). IPv6 hosts are bracketed.
+    pub fn parse_authority(authority: &str) -> Result<Target, TargetError> {
+        if authority.contains('@') {
+            return Err(TargetError::Userinfo);
+        }
+        let (host, port) = authority.rsplit_once(':').ok_or(TargetError::MissingPort)?;
+        if host.contains(':') && !host.starts_with('[') {
+            return Err(TargetError::MissingPort);
+        }
+        let port = parse_port(port)?;
+        Ok(Target {
+            host: Host::parse(host)?,
+            port,
+        })
+    }
+}
+
+fn parse_port(port: &str) -> Result<u16, TargetError> {
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+        _ => Err(TargetError::BadPort(port.to_string())),
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A target that cannot even be looked up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the target has no port; CONNECT needs host:port")]
+    MissingPort,
+    #[error("\"{0}\" is not a valid port")]
+    BadPort(String),
+    #[error("user information in the target is not allowed")]
+    Userinfo,
+    #[error("{0}")]
+    Host(#[from] HostError),
+}
+
+/// Which listener rule applies to the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// A CONNECT tunnel (`HTTPS_PROXY`).
+    Connect,
+    /// A forwarded absolute-form request (`HTTP_PROXY`).
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Connect => "connect",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// Why a request was refused; the code travels in `X-Egress-Denied` and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    NotAllowlisted,
+    PortNotAllowed,
+    PrivateDestination,
+    InvalidTarget,
+}
+
+impl DenyReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::NotAllowlisted => "not-allowlisted",
+            DenyReason::PortNotAllowed => "port-not-allowed",
+            DenyReason::PrivateDestination => "private-destination",
+            DenyReason::InvalidTarget => "invalid-target",
+        }
+    }
+}
+
+/// A refusal with the sentence shown to the caller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("denied ({}): {message}", reason.code())]
+pub struct Denial {
+    pub reason: DenyReason,
+    pub message: String,
+}
+
+impl Denial {
+    pub fn new(reason: DenyReason, message: impl Into<String>) -> Self {
+        Denial {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_target(err: &TargetError) -> Self {
+        Denial::new(DenyReason::InvalidTarget, err.to_string())
+    }
+
+    pub fn private(ip: IpAddr, range: &str) -> Self {
+        Denial::new(
+            DenyReason::PrivateDestination,
+            format!("{ip} is in the {range} range; egressd does not connect to internal addresses unless proxy.allow_private_cidrs covers them"),
+        )
+    }
+}
+
+/// Ports a protocol may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(Vec<u16>);
+
+impl PortSet {
+    pub fn new(mut ports: Vec<u16>) -> Self {
+        ports.sort_unstable();
+        ports.dedup();
+        PortSet(ports)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.binary_search(&port).is_ok()
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+/// Everything a decision depends on. Replaced as a whole on reload.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub allowlist: Allowlist,
+    pub connect_ports: PortSet,
+    pub http_ports: PortSet,
+    pub private: PrivateAllow,
+}
+
+impl Policy {
+    /// Decides on the target alone; the dialer checks resolved addresses afterwards.
+    pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<RuleId, Denial> {
+        let rule = self.allowlist.find(&target.host).ok_or_else(|| {
+            Denial::new(
+                DenyReason::NotAllowlisted,
+                self.allowlist.denial_hint(&target.host),
+            )
+        })?;
+        let ports = match protocol {
+            Protocol::Connect => &self.connect_ports,
+            Protocol::Http => &self.http_ports,
+        };
+        if !ports.contains(target.port) {
+            let key = match protocol {
+                Protocol::Connect => "proxy.connect_ports",
+                Protocol::Http => "proxy.http_ports",
+            };
+            return Err(Denial::new(
+                DenyReason::PortNotAllowed,
+                format!(
+                    "port {} is not open for {} requests (allowed: {:?}); add it to {key}",
+                    target.port,
+                    protocol.as_str(),
+                    ports.ports()
+                ),
+            ));
+        }
+        if let Host::Ip(ip) = target.host {
+            self.check_address(ip)?;
+        }
+        Ok(rule)
+    }
+
+    /// Refuses special addresses that no `allow_private_cidrs` entry opens.
+    pub fn check_address(&self, ip: IpAddr) -> Result<(), Denial> {
+        match self.private.refuses(ip) {
+            Some(range) => Err(Denial::private(ip, range)),
+            None => Ok(()),
+        }
+    }
+
+    /// "rule "x" (line N)" for logs and explain output.
+    pub fn describe_rule(&self, rule: RuleId) -> String {
+        let pattern = self.allowlist.pattern(rule);
+        match self.allowlist.line(rule) {
+            Some(line) => format!("\"{pattern}\" (line {line})"),
+            None => format!("\"{pattern}\""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allowlist::Pattern;
+
+    fn policy(entries: &[&str]) -> Policy {
+        Policy {
+            allowlist: Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap())),
+            connect_ports: PortSet::new(vec![443]),
+            http_ports: PortSet::new(vec![80]),
+            private: PrivateAllow::default(),
+        }
+    }
+
+    fn target(s: &str) -> Target {
+        Target::parse_authority(s).unwrap()
+    }
+
+    #[test]
+    fn authority_parsing() {
+        assert_eq!(
+            target("Example.com:443").host,
+            Host::Domain("example.com".into())
+        );
+        assert_eq!(target("[::1]:8443").port, 8443);
+        assert_eq!(
+            Target::parse_authority("example.com"),
+            Err(TargetError::MissingPort)
+        );
+        assert_eq!(
+            Target::parse_authority("::1"),
+            Err(TargetError::MissingPort)
+        );
+        assert_eq!(
+            Target::parse_authority("u:p@example.com:443"),
+            Err(TargetError::Userinfo)
+        );
+        assert!(matches!(
+            Target::parse_authority("example.com:0"),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(
+            Target::parse_authority("example.com:+443"),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(
+            Target::parse_authority("127.1:443"),
+            Err(TargetError::Host(HostError::NonCanonicalIp(_)))
+        ));
+    }
+
+    #[test]
+    fn decision_order_is_allowlist_then_port_then_address() {
+        let p = policy(&["www.example.com", "10.0.0.1"]);
+        assert!(p
+            .decide(&target("www.example.com:443"), Protocol::Connect)
+            .is_ok());
+        let deny = |t: &str, proto| p.decide(&target(t), proto).unwrap_err().reason;
+        assert_eq!(
+            deny("example.com:443", Protocol::Connect),
+            DenyReason::NotAllowlisted
+        );
+        assert_eq!(
+            deny("www.example.com:80", Protocol::Connect),
+            DenyReason::PortNotAllowed
+        );
+        assert_eq!(
+            deny("www.example.com:443", Protocol::Http),
+            DenyReason::PortNotAllowed
+        );
+        assert_eq!(
+            deny("10.0.0.1:443", Protocol::Connect),
+            DenyReason::PrivateDestination
+        );
+    }
+}

@@ -1,0 +1,601 @@
+//! The request path: parse the target, decide, dial, relay.
+//!
+//! Each client request walks the same steps in order — request parsing → policy decision →
+//! resolve and pin (in [`Dialer`]) → connect → relay — and leaves at the first that refuses,
+//! with exactly one status code, one `X-Egress-*` header and one metric label. CONNECT dials
+//! before answering 200, so a client never sees a tunnel that goes nowhere. Forwarded requests
+//! go through a pooled hyper client whose connector is the same [`Dialer`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxySettings;
+use crate::connect::{Dialer, EgressConnector, EgressError, PolicyHandle};
+use crate::headers::{self, MaxForwards};
+use crate::host::Host;
+use crate::metrics::Metrics;
+use crate::policy::{Denial, Protocol, Target, TargetError};
+use crate::tunnel::{self, TunnelEnd};
+
+/// Body type of every response egressd sends and every request it forwards.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Shared state of the proxy listener.
+pub struct Proxy {
+    pub policy: PolicyHandle,
+    pub dialer: Arc<Dialer>,
+    /// Pooled upstream connections for forwarded requests, keyed by scheme, host and port.
+    client: Client<EgressConnector, ProxyBody>,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    /// Tunnels outlive the request that opened them; graceful shutdown waits for them here.
+    pub tasks: TaskTracker,
+    /// Cancelled when the grace period is over: open tunnels are cut.
+    pub hard_stop: CancellationToken,
+}
+
+impl Proxy {
+    pub fn new(
+        policy: PolicyHandle,
+        dialer: Arc<Dialer>,
+        metrics: Arc<Metrics>,
+        settings: &ProxySettings,
+    ) -> Self {
+        let connector = EgressConnector::new(dialer.clone(), policy.clone());
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .set_host(false)
+            .build(connector);
+        Proxy {
+            policy,
+            dialer,
+            client,
+            metrics,
+            idle_timeout: settings.idle_timeout,
+            tasks: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Entry point for every request on a client connection.
+    pub async fn handle(
+        self: Arc<Self>,
+        client: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let response = if req.method() == Method::CONNECT {
+            self.connect(client, req).await
+        } else {
+            self.forward(client, req).await
+        };
+        Ok(response)
+    }
+
+    async fn connect(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut record = AccessRecord::new(
+            self.metrics.clone(),
+            Protocol::Connect,
+            client,
+            &Method::CONNECT,
+            req.uri().to_string(),
+        );
+        let target = match connect_target(req.uri()) {
+            Ok(target) => target,
+            Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
+            Err(Refusal::Denied(denial)) => return record.denied(denial),
+        };
+        let policy = self.policy.load_full();
+        match policy.decide(&target, Protocol::Connect) {
+            Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
+            Err(denial) => return record.denied(denial),
+        }
+        let upstream = match self.dialer.dial(&target, &policy).await {
+            Ok((stream, _addr)) => stream,
+            Err(err) => return record.egress_error(err),
+        };
+        record.allowed(StatusCode::OK);
+        let metrics = self.metrics.clone();
+        let idle = self.idle_timeout;
+        let cancel = self.hard_stop.child_token();
+        self.tasks.spawn(async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(error = %err, "client went away before the tunnel opened");
+                    return;
+                }
+            };
+            metrics.active_tunnels.inc();
+            let stats = tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await;
+            metrics.active_tunnels.dec();
+            record.tunnel_closed(stats);
+        });
+        Response::new(empty())
+    }
+
+    async fn forward(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut record = AccessRecord::new(
+            self.metrics.clone(),
+            Protocol::Http,
+            client,
+            req.method(),
+            req.uri().to_string(),
+        );
+        let target = match forward_target(&req) {
+            Ok(target) => target,
+            Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
+            Err(Refusal::Denied(denial)) => return record.denied(denial),
+        };
+        let policy = self.policy.load_full();
+        match policy.decide(&target, Protocol::Http) {
+            Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
+            Err(denial) => return record.denied(denial),
+        }
+        let (mut parts, body) = req.into_parts();
+        match headers::max_forwards(&parts.method, &parts.headers) {
+            MaxForwards::Absent => {}
+            MaxForwards::Invalid => {
+                return record.bad_request("Max-Forwards must be a non-negative integer".into())
+            }
+            MaxForwards::AnswerHere => {
+                record.allowed(StatusCode::OK);
+                return answer_max_forwards(&parts);
+            }
+            MaxForwards::Forward(n) => {
+                parts
+                    .headers
+                    .insert(header::MAX_FORWARDS, HeaderValue::from(n));
+            }
+        }
+        let upstream_req = match upstream_request(parts, &target, body, record.up.clone()) {
+            Ok(req) => req,
+            Err(msg) => return record.bad_request(msg),
+        };
+        match self.client.request(upstream_req).await {
+            Ok(response) => {
+                record.allowed(response.status());
+                downstream_response(response, record)
+            }
+            Err(err) => match find_egress_error(&err) {
+                Some(egress) => record.egress_error_ref(egress),
+                None => record.upstream_failed(&err),
+            },
+        }
+    }
+}
+
+/// Why a request is refused before the policy sees it.
+enum Refusal {
+    /// The request itself is malformed: 400.
+    BadRequest(String),
+    /// The target is well-formed but unusable (e.g. `127.1`): 403 `invalid-target`.
+    Denied(Denial),
+}
+
+fn target_refusal(err: TargetError) -> Refusal {
+    match err {
+        TargetError::Host(_) => Refusal::Denied(Denial::invalid_target(&err)),
+        other => Refusal::BadRequest(other.to_string()),
+    }
+}
+
+/// CONNECT takes authority-form `host:port` only.
+fn connect_target(uri: &Uri) -> Result<Target, Refusal> {
+    let authority = match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+        (None, Some(authority), None) => authority,
+        _ => {
+            return Err(Refusal::BadRequest(format!(
+                "CONNECT needs authority-form host:port, not {uri:?}"
+            )))
+        }
+    };
+    Target::parse_authority(authority.as_str()).map_err(target_refusal)
+}
+
+/// Forwarded requests take absolute-form `http://` targets whose `Host` header, if any, agrees.
+fn forward_target(req: &Request<Incoming>) -> Result<Target, Refusal> {
+    let uri = req.uri();
+    match uri.scheme_str() {
+        Some("http") => {}
+        None => {
+            return Err(Refusal::BadRequest(
+                "egressd is a forward proxy: send absolute-form requests (set HTTP_PROXY), or CONNECT for https".into(),
+            ))
+        }
+        Some(other) => {
+            return Err(Refusal::BadRequest(format!(
+                "scheme \"{other}\" cannot be forwarded; only http:// requests are forwarded, use CONNECT (HTTPS_PROXY) for https"
+            )))
+        }
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Refusal::BadRequest("the request target has no host".into()))?;
+    if authority.as_str().contains('@') {
+        return Err(Refusal::BadRequest(
+            "user information in the URL is not allowed".into(),
+        ));
+    }
+    let host = Host::parse(authority.host()).map_err(|e| target_refusal(e.into()))?;
+    let target = Target {
+        host,
+        port: authority.port_u16().unwrap_or(80),
+    };
+    check_host_header(req, &target)?;
+    Ok(target)
+}
+
+fn check_host_header(req: &Request<Incoming>, target: &Target) -> Result<(), Refusal> {
+    let mut values = req.headers().get_all(header::HOST).iter();
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host header".into()));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| Refusal::BadRequest("the Host header is not ASCII".into()))?;
+    let named = parse_host_header(text);
+    if named.as_ref() != Some(target) {
+        return Err(Refusal::BadRequest(format!(
+            "the Host header names \"{text}\" but the request target names \"{target}\""
+        )));
+    }
+    Ok(())
+}
+
+fn parse_host_header(text: &str) -> Option<Target> {
+    let authority: http::uri::Authority = text.parse().ok()?;
+    if text.contains('@') {
+        return None;
+    }
+    let host = Host::parse(authority.host()).ok()?;
+    Some(Target {
+        host,
+        port: authority.port_u16().unwrap_or(80),
+    })
+}
+
+/// Rewrites the client's request for the upstream: normalised absolute URI (the pool key;
+/// hyper sends origin-form on the wire), `Host` from the target, hop-by-hop headers removed.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    target: &Target,
+    body: Incoming,
+    up: Arc<AtomicU64>,
+) -> Result<Request<ProxyBody>, String> {
+    let host_header = if target.port == 80 {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{}{path}", target)
+        .parse()
+        .map_err(|e| format!("cannot rebuild the request target: {e}"))?;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // egressd answers `Expect: 100-continue` itself: hyper sends the 100 when the body is
+    // first read, which happens only after the upstream connection is up.
+    parts.headers.remove(header::EXPECT);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&host_header).map_err(|e| format!("bad host: {e}"))?,
+    );
+    headers::add_via(&mut parts.headers);
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                up.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .boxed();
+    Ok(Request::from_parts(parts, body))
+}
+
+fn downstream_response(response: Response<Incoming>, record: AccessRecord) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_via(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        LoggedBody {
+            inner: body.boxed(),
+            record,
+        }
+        .boxed(),
+    )
+}
+
+/// Answers an OPTIONS or TRACE whose `Max-Forwards` reached zero at this hop.
+fn answer_max_forwards(parts: &http::request::Parts) -> Response<ProxyBody> {
+    let mut response = if parts.method == Method::TRACE {
+        let mut echo = format!("{} {} {:?}\r\n", parts.method, parts.uri, parts.version);
+        for (name, value) in &parts.headers {
+            // Credentials are not reflected (cross-site tracing).
+            if name != header::AUTHORIZATION
+                && name != header::PROXY_AUTHORIZATION
+                && name != header::COOKIE
+            {
+                echo.push_str(&format!(
+                    "{}: {}\r\n",
+                    name,
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+        }
+        let mut r = Response::new(full(echo));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("message/http"),
+        );
+        r
+    } else {
+        let mut r = Response::new(empty());
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(
+                "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT",
+            ),
+        );
+        r
+    };
+    headers::add_via(response.headers_mut());
+    response
+}
+
+fn find_egress_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a EgressError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(egress) = e.downcast_ref::<EgressError>() {
+            return Some(egress);
+        }
+        current = e.source();
+    }
+    None
+}
+
+pub fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn full(text: impl Into<Bytes>) -> ProxyBody {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn text_response(
+    status: StatusCode,
+    header: (&'static str, &'static str),
+    text: String,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(full(text + "\n"));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header.0, HeaderValue::from_static(header.1));
+    headers::add_via(headers);
+    response
+}
+
+/// One access-log line and the request metrics, emitted when the exchange is over: at once for
+/// refusals, at the end of the response body for forwarded requests, at tunnel close for
+/// CONNECT.
+struct AccessRecord {
+    metrics: Arc<Metrics>,
+    protocol: Protocol,
+    client: SocketAddr,
+    method: Method,
+    target: String,
+    start: Instant,
+    decision: &'static str,
+    reason: &'static str,
+    rule: Option<String>,
+    status: u16,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+    tunnel_end: Option<TunnelEnd>,
+}
+
+impl AccessRecord {
+    fn new(
+        metrics: Arc<Metrics>,
+        protocol: Protocol,
+        client: SocketAddr,
+        method: &Method,
+        target: String,
+    ) -> Self {
+        AccessRecord {
+            metrics,
+            protocol,
+            client,
+            method: method.clone(),
+            target,
+            start: Instant::now(),
+            decision: "error",
+            reason: "",
+            rule: None,
+            status: 0,
+            up: Arc::default(),
+            down: Arc::default(),
+            tunnel_end: None,
+        }
+    }
+
+    fn allowed(&mut self, status: StatusCode) {
+        self.decision = "allowed";
+        self.status = status.as_u16();
+    }
+
+    fn tunnel_closed(&mut self, stats: tunnel::TunnelStats) {
+        self.up.store(stats.up, Ordering::Relaxed);
+        self.down.store(stats.down, Ordering::Relaxed);
+        self.tunnel_end = Some(stats.end);
+    }
+
+    fn bad_request(mut self, message: String) -> Response<ProxyBody> {
+        self.reason = "bad-request";
+        self.status = 400;
+        text_response(
+            StatusCode::BAD_REQUEST,
+            ("x-egress-error", "bad-request"),
+            message,
+        )
+    }
+
+    fn denied(mut self, denial: Denial) -> Response<ProxyBody> {
+        self.decision = "denied";
+        self.reason = denial.reason.code();
+        self.status = 403;
+        let mut response = Response::new(full(format!(
+            "egressd denied {} {}: {}\n",
+            self.method, self.target, denial.message
+        )));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            "x-egress-denied",
+            HeaderValue::from_static(denial.reason.code()),
+        );
+        headers::add_via(headers);
+        response
+    }
+
+    fn egress_error(self, err: EgressError) -> Response<ProxyBody> {
+        self.egress_error_ref(&err)
+    }
+
+    fn egress_error_ref(mut self, err: &EgressError) -> Response<ProxyBody> {
+        if let EgressError::Denied(denial) = err {
+            return self.denied(denial.clone());
+        }
+        let kind = err.kind();
+        self.metrics.upstream_error(kind);
+        self.reason = kind;
+        let status = match err {
+            EgressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        self.status = status.as_u16();
+        text_response(
+            status,
+            ("x-egress-error", kind),
+            format!("egressd could not reach {}: {err}", self.target),
+        )
+    }
+
+    fn upstream_failed(mut self, err: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+        self.metrics.upstream_error("upstream");
+        self.reason = "upstream";
+        self.status = 502;
+        let detail = std::error::Error::source(err)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| err.to_string());
+        text_response(
+            StatusCode::BAD_GATEWAY,
+            ("x-egress-error", "upstream"),
+            format!("egressd: the upstream failed: {detail}"),
+        )
+    }
+}
+
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        let up = self.up.load(Ordering::Relaxed);
+        let down = self.down.load(Ordering::Relaxed);
+        let elapsed = self.start.elapsed();
+        let protocol = self.protocol.as_str();
+        self.metrics.request(
+            protocol,
+            self.decision,
+            if self.reason.is_empty() {
+                "none"
+            } else {
+                self.reason
+            },
+        );
+        self.metrics.relayed(up, down);
+        self.metrics
+            .observe_duration(protocol, elapsed.as_secs_f64());
+        tracing::info!(
+            target: "egressd::access",
+            client = %self.client,
+            method = %self.method,
+            target = %self.target,
+            decision = self.decision,
+            reason = self.reason,
+            rule = self.rule.as_deref().unwrap_or(""),
+            status = self.status,
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            tunnel_end = self.tunnel_end.map(TunnelEnd::as_str).unwrap_or(""),
+        );
+    }
+}
+
+/// A response body that counts bytes down and logs the exchange when it is done or dropped.
+struct LoggedBody {
+    inner: ProxyBody,
+    record: AccessRecord,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.record
+                    .down
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,114 @@
+//! Listeners, connection limits and graceful shutdown.
+//!
+//! The accept loop never dies from one connection: accept errors (e.g. out of file
+//! descriptors) back off and retry. A semaphore caps client connections; a connection over
+//! the cap gets a short `503` and is closed, so overload is visible to clients and metrics
+//! instead of piling up in the kernel backlog. On shutdown the loop stops accepting, each
+//! connection finishes its in-flight request, and tunnels get the grace period before they
+//! are cut.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProxySettings;
+use crate::proxy::Proxy;
+
+/// Limits applied to each client connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub max_head_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl From<&ProxySettings> for ConnLimits {
+    fn from(s: &ProxySettings) -> Self {
+        ConnLimits {
+            header_read_timeout: s.header_read_timeout,
+            max_head_bytes: s.max_request_head_bytes,
+            max_connections: s.max_connections,
+        }
+    }
+}
+
+/// Serves the proxy listener until `shutdown` is cancelled. Returns once no new connections
+/// are accepted; in-flight work is tracked by `proxy.tasks`.
+pub async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            proxy.metrics.rejected_connections.inc();
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy_for_conn = proxy.clone();
+        let shutdown = shutdown.clone();
+        proxy.tasks.spawn(async move {
+            proxy_for_conn.metrics.active_connections.inc();
+            serve_connection(stream, client, proxy_for_conn.clone(), limits, shutdown).await;
+            proxy_for_conn.metrics.active_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    proxy: Arc<Proxy>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let service = service_fn(move |req| proxy.clone().handle(client, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%client, error = %err, "client connection ended with an error");
+    }
+}
+
+/// Tells a client over the connection cap to come back later.
+async fn refuse_busy(mut stream: TcpStream) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-egress-error: too-many-connections\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\negressd: too many connections, retry\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+    let _ = stream.shutdown().await;
+}
