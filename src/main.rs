@@ -68,7 +68,9 @@ fn init_logging(format: LogFormat) {
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // The access log has its own `target` field (the request target), so the
+        // tracing target is left out of JSON lines.
+        LogFormat::Json => builder.json().flatten_event(true).with_target(false).init(),
     }
 }
 

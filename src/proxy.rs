@@ -30,6 +30,7 @@ use crate::headers::{self, MaxForwards};
 use crate::host::Host;
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Protocol, Target, TargetError};
+use crate::server::ClientConn;
 use crate::tunnel::{self, TunnelEnd};
 
 /// Body type of every response egressd sends and every request it forwards.
@@ -77,22 +78,22 @@ impl Proxy {
     /// Entry point for every request on a client connection.
     pub async fn handle(
         self: Arc<Self>,
-        client: SocketAddr,
+        conn: ClientConn,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let response = if req.method() == Method::CONNECT {
-            self.connect(client, req).await
+            self.connect(conn, req).await
         } else {
-            self.forward(client, req).await
+            self.forward(conn.addr, req).await
         };
         Ok(response)
     }
 
-    async fn connect(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn connect(&self, conn: ClientConn, req: Request<Incoming>) -> Response<ProxyBody> {
         let mut record = AccessRecord::new(
             self.metrics.clone(),
             Protocol::Connect,
-            client,
+            conn.addr,
             &Method::CONNECT,
             req.uri().to_string(),
         );
@@ -125,6 +126,7 @@ impl Proxy {
             metrics.active_tunnels.inc();
             let stats = tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await;
             metrics.active_tunnels.dec();
+            drop(conn);
             record.tunnel_closed(stats);
         });
         Response::new(empty())
@@ -450,9 +452,21 @@ impl AccessRecord {
         }
     }
 
+    /// Records the outcome once, counting it at once (a tunnel's log line waits for its end,
+    /// its request counter does not).
+    fn settle(&mut self, decision: &'static str, reason: &'static str, status: u16) {
+        self.decision = decision;
+        self.reason = reason;
+        self.status = status;
+        self.metrics.request(
+            self.protocol.as_str(),
+            decision,
+            if reason.is_empty() { "none" } else { reason },
+        );
+    }
+
     fn allowed(&mut self, status: StatusCode) {
-        self.decision = "allowed";
-        self.status = status.as_u16();
+        self.settle("allowed", "", status.as_u16());
     }
 
     fn tunnel_closed(&mut self, stats: tunnel::TunnelStats) {
@@ -462,8 +476,7 @@ impl AccessRecord {
     }
 
     fn bad_request(mut self, message: String) -> Response<ProxyBody> {
-        self.reason = "bad-request";
-        self.status = 400;
+        self.settle("error", "bad-request", 400);
         text_response(
             StatusCode::BAD_REQUEST,
             ("x-egress-error", "bad-request"),
@@ -472,9 +485,7 @@ impl AccessRecord {
     }
 
     fn denied(mut self, denial: Denial) -> Response<ProxyBody> {
-        self.decision = "denied";
-        self.reason = denial.reason.code();
-        self.status = 403;
+        self.settle("denied", denial.reason.code(), 403);
         let mut response = Response::new(full(format!(
             "egressd denied {} {}: {}\n",
             self.method, self.target, denial.message
@@ -503,12 +514,11 @@ impl AccessRecord {
         }
         let kind = err.kind();
         self.metrics.upstream_error(kind);
-        self.reason = kind;
         let status = match err {
             EgressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
-        self.status = status.as_u16();
+        self.settle("error", kind, status.as_u16());
         text_response(
             status,
             ("x-egress-error", kind),
@@ -518,8 +528,7 @@ impl AccessRecord {
 
     fn upstream_failed(mut self, err: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
         self.metrics.upstream_error("upstream");
-        self.reason = "upstream";
-        self.status = 502;
+        self.settle("error", "upstream", 502);
         let detail = std::error::Error::source(err)
             .map(|s| s.to_string())
             .unwrap_or_else(|| err.to_string());

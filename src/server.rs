@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxySettings;
@@ -38,6 +38,15 @@ impl From<&ProxySettings> for ConnLimits {
             max_connections: s.max_connections,
         }
     }
+}
+
+/// One accepted client connection.
+#[derive(Clone)]
+pub struct ClientConn {
+    pub addr: SocketAddr,
+    /// The connection's place under `max_connections`. A CONNECT tunnel keeps a clone, so
+    /// the place is held until both the HTTP connection and its tunnel are gone.
+    _slot: Arc<OwnedSemaphorePermit>,
 }
 
 /// Serves the proxy listener until `shutdown` is cancelled. Returns once no new connections
@@ -69,23 +78,27 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let proxy_for_conn = proxy.clone();
         let shutdown = shutdown.clone();
+        let conn = ClientConn {
+            addr: client,
+            _slot: Arc::new(permit),
+        };
         proxy.tasks.spawn(async move {
             proxy_for_conn.metrics.active_connections.inc();
-            serve_connection(stream, client, proxy_for_conn.clone(), limits, shutdown).await;
+            serve_connection(stream, conn, proxy_for_conn.clone(), limits, shutdown).await;
             proxy_for_conn.metrics.active_connections.dec();
-            drop(permit);
         });
     }
 }
 
 async fn serve_connection(
     stream: TcpStream,
-    client: SocketAddr,
+    conn: ClientConn,
     proxy: Arc<Proxy>,
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let service = service_fn(move |req| proxy.clone().handle(client, req));
+    let client = conn.addr;
+    let service = service_fn(move |req| proxy.clone().handle(conn.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)

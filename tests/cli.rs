@@ -1,0 +1,180 @@
+//! `egressd check` and `egressd explain` through the real binary.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("egressd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn egressd() -> Command {
+    Command::cargo_bin("egressd").unwrap()
+}
+
+#[test]
+fn check_accepts_the_shipped_example() {
+    let out = egressd()
+        .args(["check", "--config", "config/egressd.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("config/egressd.toml: OK"), "{text}");
+    assert!(
+        text.contains("3 entries: 1 exact, 1 wildcard, 1 IP"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_lists_every_invalid_pattern_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = [
+        ("*", "a bare \"*\" would allow every host"),
+        ("*.", "\"*.\" needs a domain after it"),
+        (
+            "*.*.example.com",
+            "only one leading wildcard is allowed; use \"*.example.com\"",
+        ),
+        ("a.*.com", "a wildcard must be the whole first label"),
+        ("*x.com", "use \"*.x.com\" for its subdomains or \"x.com\""),
+        ("x.*", "a wildcard must be the whole first label"),
+        ("*.com", "at least two labels"),
+        ("a..example.com", "empty label"),
+        ("https://example.com", "not URLs; write \"example.com\""),
+        ("example.com/api", "without a path; write \"example.com\""),
+        ("example.com:443", "without a port; write \"example.com\""),
+        ("bücher.example", "punycode form \"xn--bcher-kva.example\""),
+        ("0x7f.1", "not a canonical IPv4 address"),
+    ];
+    let long_label = format!("{}.com", "a".repeat(64));
+    let long_name = format!("{}.com", vec!["a".repeat(60); 5].join("."));
+    let mut text = String::from("[allowlist]\ndomains = [\n  \"good.example.com\",\n");
+    for (entry, _) in &entries {
+        text.push_str(&format!("  \"{entry}\",\n"));
+    }
+    text.push_str(&format!("  \"{long_label}\",\n  \"{long_name}\",\n]\n"));
+    let path = write(dir.path(), &text);
+    let out = egressd()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), entries.len() + 2, "{stderr}");
+    for (i, (entry, message)) in entries.iter().enumerate() {
+        let prefix = format!(
+            "{}:{}: allowlist.domains[{}] \"{}\": ",
+            path.display(),
+            i + 4,
+            i + 1,
+            entry
+        );
+        assert!(
+            lines[i].starts_with(&prefix),
+            "{:?} should start with {prefix:?}",
+            lines[i]
+        );
+        assert!(
+            lines[i].contains(message),
+            "{:?} lacks {message:?}",
+            lines[i]
+        );
+    }
+    assert!(
+        lines[entries.len()].contains("longer than 63 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        lines[entries.len() + 1].contains("longer than 253 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_unknown_keys_and_syntax_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[proxy]\nlisten = \"127.0.0.1:3128\"\nconect_ports = [443]\n",
+    );
+    let out = egressd()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:3: ", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown field `conect_ports`"), "{stderr}");
+
+    let path = write(dir.path(), "[allowlist]\ndomains = [\"a.com\"\n");
+    let out = egressd()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with(&format!("{}:", path.display())));
+}
+
+#[test]
+fn run_refuses_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "[allowlist]\ndomains = [\"*\"]\n");
+    let out = egressd()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("allowlist.domains[0] \"*\""));
+}
+
+#[test]
+fn explain_prints_decision_reason_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[proxy]\nhttp_ports = [80]\n[dns]\noverrides = { \"db.example.org\" = \"10.1.2.3\" }\n[allowlist]\ndomains = [\n  \"example.com\",\n  \"*.example.org\",\n]\n",
+    );
+    let cases: [(&str, i32, &str); 7] = [
+        ("www.example.com", 1, "denied (not-allowlisted): \"example.com\" is allowlisted but does not cover subdomains; add \"www.example.com\" or \"*.example.com\""),
+        ("example.com", 0, "allowed: CONNECT to example.com:443 matches rule \"example.com\" (line 7)"),
+        ("https://a.b.example.org/path", 0, "allowed: CONNECT to a.b.example.org:443 matches rule \"*.example.org\" (line 8)"),
+        ("http://example.com/", 0, "allowed: HTTP to example.com:80 matches rule \"example.com\" (line 7)"),
+        ("example.org", 1, "denied (not-allowlisted): \"*.example.org\" covers subdomains only, not \"example.org\" itself; add \"example.org\""),
+        ("example.com:8443", 1, "denied (port-not-allowed): port 8443 is not open for connect requests"),
+        ("db.example.org", 1, "denied (private-destination): 10.1.2.3 is in the private 10.0.0.0/8 range"),
+    ];
+    for (target, code, expected) in cases {
+        let out = egressd()
+            .args(["explain", "--config"])
+            .arg(&path)
+            .arg(target)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(code), "{target}: {stdout}");
+        assert!(
+            stdout.starts_with(expected),
+            "{target}: {stdout:?} should start with {expected:?}"
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! Plain-HTTP forwarding through the real binary, driven by curl and raw sockets.
+
+mod support;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn curl_allowed_and_denied_over_http_proxy() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .dns("other.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let url = format!("http://api.test:{}/echo?q=1", origin.port());
+    let (code, body, _) = curl(&["-i", &url], &[("http_proxy", &proxy.proxy_url())]).await;
+    assert_eq!(code, 0);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("GET /echo?q=1 HTTP/1.1"),
+        "origin sees origin-form: {body}"
+    );
+    assert!(
+        body.contains(&format!("host: api.test:{}", origin.port())),
+        "{body}"
+    );
+    assert!(body.contains("via: 1.1 egressd"), "{body}");
+
+    let denied = format!("http://other.test:{}/", origin.port());
+    let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &denied], &[]).await;
+    assert!(body.starts_with("HTTP/1.1 403"), "{body}");
+    assert_eq!(header(&body, "x-egress-denied"), Some("not-allowlisted"));
+    assert!(
+        body.contains("\"other.test\" is not on the allowlist; add \"other.test\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn subdomain_pitfall_is_explained_in_the_denial() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("www.example.test", "127.0.0.1")
+        .allow("example.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let url = format!("http://www.example.test:{}/", origin.port());
+    let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &url], &[]).await;
+    assert_eq!(header(&body, "x-egress-denied"), Some("not-allowlisted"));
+    assert!(
+        body.contains("\"example.test\" is allowlisted but does not cover subdomains; add \"www.example.test\" or \"*.example.test\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn private_destinations_are_denied_even_when_allowlisted() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .strict_private()
+        .dns("api.test", "127.0.0.1")
+        .dns("metadata.test", "169.254.169.254")
+        .allow("api.test")
+        .allow("metadata.test")
+        .allow("127.0.0.1")
+        .ports(&[443], &[origin.port(), 80])
+        .start();
+    for url in [
+        format!("http://api.test:{}/", origin.port()),
+        "http://metadata.test/latest/meta-data/".to_string(),
+        format!("http://127.0.0.1:{}/", origin.port()),
+    ] {
+        let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &url], &[]).await;
+        assert!(body.starts_with("HTTP/1.1 403"), "{url}: {body}");
+        assert_eq!(
+            header(&body, "x-egress-denied"),
+            Some("private-destination"),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn non_canonical_ip_literals_are_invalid_targets() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .allow("127.0.0.1")
+        .ports(&[443], &[origin.port()])
+        .start();
+    for host in ["127.1", "2130706433", "0x7f.1", "0177.0.0.1"] {
+        let request = format!(
+            "GET http://{host}:{}/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+            origin.port()
+        );
+        let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 403"), "{host}: {response}");
+        assert_eq!(
+            header(&response, "x-egress-denied"),
+            Some("invalid-target"),
+            "{host}"
+        );
+        let connect = format!("CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n");
+        let response = one_response(proxy.proxy, connect.as_bytes()).await;
+        assert_eq!(
+            header(&response, "x-egress-denied"),
+            Some("invalid-target"),
+            "CONNECT {host}: {response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let p = origin.port();
+    let cases = [
+        ("origin-form", "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n".to_string()),
+        ("https scheme", format!("GET https://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\n\r\n")),
+        ("host mismatch", format!("GET http://api.test:{p}/ HTTP/1.1\r\nHost: evil.test\r\n\r\n")),
+        ("port mismatch", format!("GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test\r\n\r\n")),
+        ("two hosts", format!("GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nHost: api.test:{p}\r\n\r\n")),
+        ("userinfo", format!("GET http://user:pw@api.test:{p}/ HTTP/1.1\r\n\r\n")),
+        ("CONNECT without port", "CONNECT api.test HTTP/1.1\r\nHost: api.test\r\n\r\n".to_string()),
+        ("CONNECT userinfo", "CONNECT user@api.test:443 HTTP/1.1\r\n\r\n".to_string()),
+        ("CONNECT absolute", "CONNECT http://api.test:443/ HTTP/1.1\r\n\r\n".to_string()),
+    ];
+    for (name, request) in cases {
+        let response = raw_exchange(
+            proxy.proxy,
+            request
+                .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{name}: {response}");
+    }
+    // A Host header that agrees with the target (default port spelled out or not) is fine.
+    let ok = format!(
+        "GET http://API.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nConnection: close\r\n\r\n"
+    );
+    assert!(raw_exchange(proxy.proxy, ok.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let p = origin.port();
+    let request = format!(
+        "GET http://api.test:{p}/hop HTTP/1.1\r\nHost: api.test:{p}\r\nConnection: close, X-Client-Hop\r\nX-Client-Hop: 1\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 300\r\nTE: trailers\r\n\
+         Upgrade: websocket\r\nX-End-To-End: yes\r\n\r\n"
+    );
+    let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let seen = body.to_ascii_lowercase();
+    for gone in [
+        "x-client-hop",
+        "proxy-authorization",
+        "proxy-connection",
+        "keep-alive",
+        "te:",
+        "upgrade",
+    ] {
+        assert!(!seen.contains(gone), "origin saw {gone}: {body}");
+    }
+    assert!(seen.contains("x-end-to-end: yes"), "{body}");
+    assert!(seen.contains("via: 1.1 egressd"), "{body}");
+    assert_eq!(
+        header(head, "x-private-hop"),
+        None,
+        "response hop header leaked: {head}"
+    );
+    assert_eq!(header(head, "keep-alive"), None, "{head}");
+    assert_eq!(header(head, "x-end-to-end"), Some("kept"));
+    assert_eq!(header(head, "via"), Some("1.1 egressd"));
+}
+
+#[tokio::test]
+async fn every_request_on_a_keep_alive_connection_is_checked() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .dns("other.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let p = origin.port();
+    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    for (host, expected) in [
+        ("api.test", "200"),
+        ("other.test", "403"),
+        ("api.test", "200"),
+    ] {
+        let request = format!("GET http://{host}:{p}/ HTTP/1.1\r\nHost: {host}:{p}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{host}: {head}"
+        );
+        let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+        let mut body = vec![0; len];
+        stream.read_exact(&mut body).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn hyper_client_through_the_proxy() {
+    use http_body_util::{BodyExt, Empty, Full};
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let url = format!("http://api.test:{}/body", origin.port());
+    // A 1 MiB body streams up; the origin reports how much arrived.
+    let req = hyper::Request::post(&url)
+        .body(Full::new(bytes::Bytes::from(vec![7u8; 1 << 20])))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"received 1048576 bytes");
+    // And 1 MiB streams down on the same connection.
+    let req = hyper::Request::get(format!("http://api.test:{}/big", origin.port()))
+        .body(Full::default())
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes().len(),
+        1 << 20
+    );
+    let _ = Empty::<bytes::Bytes>::new();
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_by_the_proxy() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .dns("other.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let p = origin.port();
+    // Denied: 403 arrives at once, without the client sending the body.
+    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    let head = format!("POST http://other.test:{p}/body HTTP/1.1\r\nHost: other.test:{p}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 403"));
+
+    // Allowed: 100 Continue, then the body goes through.
+    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    let head = format!("POST http://api.test:{p}/body HTTP/1.1\r\nHost: api.test:{p}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 100"));
+    stream.write_all(b"hello").await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0; header(&head, "content-length").unwrap().parse().unwrap()];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(body, b"received 5 bytes");
+}
+
+#[tokio::test]
+async fn max_forwards_on_options_and_trace() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .start();
+    let p = origin.port();
+    let options = format!("OPTIONS http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n");
+    let response = raw_exchange(proxy.proxy, options.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        header(&response, "allow").unwrap().contains("GET"),
+        "{response}"
+    );
+    assert!(
+        !response.contains("OPTIONS /"),
+        "answered by the proxy, not the origin: {response}"
+    );
+
+    let trace = format!("TRACE http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nMax-Forwards: 2\r\nConnection: close\r\n\r\n");
+    let response = raw_exchange(proxy.proxy, trace.as_bytes()).await;
+    assert!(
+        response.contains("TRACE / HTTP/1.1"),
+        "forwarded to the origin: {response}"
+    );
+    assert!(
+        response.contains("max-forwards: 1"),
+        "decremented: {response}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+        .proxy("max_request_head_bytes = 8192")
+        .start();
+    let p = origin.port();
+    let request = format!(
+        "GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+}
+
+#[tokio::test]
+async fn slow_header_clients_are_disconnected() {
+    let proxy = egressd()
+        .allow("api.test")
+        .proxy("header_read_timeout = \"1s\"")
+        .start();
+    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    stream
+        .write_all(b"GET http://api.test/ HTTP/1.1\r\nHost: api")
+        .await
+        .unwrap();
+    // The proxy must close the connection on its own; we never finish the head.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open after the header read timeout"
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains(" 200 "));
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502() {
+    let port = closed_port();
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[port], &[port])
+        .start();
+    let url = format!("http://api.test:{port}/");
+    let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &url], &[]).await;
+    assert!(body.starts_with("HTTP/1.1 502"), "{body}");
+    assert_eq!(header(&body, "x-egress-error"), Some("connect-refused"));
+    let connect = format!("CONNECT api.test:{port} HTTP/1.1\r\n\r\n");
+    let response = one_response(proxy.proxy, connect.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+    assert_eq!(header(&response, "x-egress-error"), Some("connect-refused"));
+}
+
+#[tokio::test]
+async fn unresponsive_upstream_is_504() {
+    // A listener whose accept queue is full drops further SYNs, so a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[addr.port()], &[addr.port()])
+        .proxy("connect_timeout = \"1s\"")
+        .start();
+    let connect = format!("CONNECT api.test:{} HTTP/1.1\r\n\r\n", addr.port());
+    let response = one_response(proxy.proxy, connect.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert_eq!(header(&response, "x-egress-error"), Some("connect-timeout"));
+    drop(listener);
+}
+
+#[tokio::test]
+async fn dns_failure_is_502() {
+    // A name server port with nothing behind it: the lookup fails, nothing leaves loopback.
+    let dead_dns = closed_port();
+    let proxy = egressd()
+        .allow("nowhere.test")
+        .ports(&[443], &[80])
+        .dns_line(&format!("servers = [\"127.0.0.1:{dead_dns}\"]"))
+        .dns_line("timeout = \"1s\"")
+        .start();
+    let (_, body, _) = curl(
+        &["-i", "-x", &proxy.proxy_url(), "http://nowhere.test/"],
+        &[],
+    )
+    .await;
+    assert!(body.starts_with("HTTP/1.1 502"), "{body}");
+    assert_eq!(header(&body, "x-egress-error"), Some("dns"));
+}
+
+#[tokio::test]
+async fn requests_to_the_proxy_itself_are_denied() {
+    let port = closed_port();
+    let proxy = egressd()
+        .proxy(&format!("listen = \"127.0.0.1:{port}\""))
+        .allow("127.0.0.1")
+        .dns("self.test", "127.0.0.1")
+        .allow("self.test")
+        .ports(&[port], &[port])
+        .start();
+    assert_eq!(proxy.proxy.port(), port);
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://self.test:{port}/"),
+    ] {
+        let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &url], &[]).await;
+        assert_eq!(
+            header(&body, "x-egress-denied"),
+            Some("private-destination"),
+            "{url}: {body}"
+        );
+        assert!(body.contains("egressd's own listener"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503() {
+    let proxy = egressd()
+        .allow("api.test")
+        .proxy("max_connections = 1")
+        .start();
+    let _holder = TcpStream::connect(proxy.proxy).await.unwrap();
+    // Give the accept loop a moment to take the first connection's permit, bounded.
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = raw_exchange(proxy.proxy, b"GET http://api.test/ HTTP/1.1\r\n\r\n").await;
+        if last.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(last.starts_with("HTTP/1.1 503"), "{last}");
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("egressd_rejected_connections_total"),
+        "{metrics}"
+    );
+}

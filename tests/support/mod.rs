@@ -1,0 +1,447 @@
+//! Test support: the real `egressd` binary on loopback, real origins, real clients.
+//!
+//! Every server binds `127.0.0.1:0`; names reach the origins through `[dns] overrides`, with
+//! `allow_private_cidrs = ["127.0.0.0/8"]` so loopback origins are reachable.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_egressd");
+
+/// Bounded wait for events that should happen promptly; never a speed assertion.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A running `egressd run` process. Killed on drop.
+pub struct Egressd {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Builder for an egressd config; `[proxy]` listens on free loopback ports.
+pub struct EgressdBuilder {
+    proxy_lines: Vec<String>,
+    overrides: Vec<(String, String)>,
+    dns_lines: Vec<String>,
+    domains: Vec<String>,
+}
+
+pub fn egressd() -> EgressdBuilder {
+    EgressdBuilder {
+        proxy_lines: vec!["allow_private_cidrs = [\"127.0.0.0/8\"]".into()],
+        overrides: Vec::new(),
+        dns_lines: Vec::new(),
+        domains: Vec::new(),
+    }
+}
+
+impl EgressdBuilder {
+    /// Adds a raw `key = value` line to `[proxy]`.
+    pub fn proxy(mut self, line: &str) -> Self {
+        self.proxy_lines.push(line.to_string());
+        self
+    }
+
+    /// Replaces the default `allow_private_cidrs`.
+    pub fn strict_private(mut self) -> Self {
+        self.proxy_lines
+            .retain(|l| !l.starts_with("allow_private_cidrs"));
+        self
+    }
+
+    pub fn dns(mut self, name: &str, ip: &str) -> Self {
+        self.overrides.push((name.into(), ip.into()));
+        self
+    }
+
+    pub fn dns_line(mut self, line: &str) -> Self {
+        self.dns_lines.push(line.into());
+        self
+    }
+
+    pub fn allow(mut self, domain: &str) -> Self {
+        self.domains.push(domain.into());
+        self
+    }
+
+    pub fn ports(self, connect: &[u16], http: &[u16]) -> Self {
+        self.proxy(&format!("connect_ports = {connect:?}"))
+            .proxy(&format!("http_ports = {http:?}"))
+    }
+
+    pub fn config_text(&self) -> String {
+        let mut text = String::from("[proxy]\n");
+        if !self.proxy_lines.iter().any(|l| l.starts_with("listen")) {
+            text.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        text.push_str("admin_listen = \"127.0.0.1:0\"\n");
+        for line in &self.proxy_lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("[dns]\n");
+        let overrides: Vec<String> = self
+            .overrides
+            .iter()
+            .map(|(n, ip)| format!("\"{n}\" = \"{ip}\""))
+            .collect();
+        text.push_str(&format!("overrides = {{ {} }}\n", overrides.join(", ")));
+        for line in &self.dns_lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let domains: Vec<String> = self.domains.iter().map(|d| format!("\"{d}\"")).collect();
+        text.push_str(&format!(
+            "[allowlist]\ndomains = [{}]\n",
+            domains.join(", ")
+        ));
+        text
+    }
+
+    /// Writes the config, starts the binary and waits for its listening line.
+    pub fn start(self) -> Egressd {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("egressd.toml");
+        std::fs::write(&config_path, self.config_text()).unwrap();
+        Egressd::spawn(dir, config_path)
+    }
+}
+
+impl Egressd {
+    pub fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Egressd {
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start egressd");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("egressd listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("egressd did not start; logs: {:?}", logs.lock().unwrap())
+        });
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr = |key: &str| json[key].as_str().unwrap().parse().unwrap();
+        Egressd {
+            proxy: addr("proxy"),
+            admin: addr("admin"),
+            child,
+            dir,
+            config_path,
+            logs,
+        }
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    /// Access-log records (JSON objects) emitted so far.
+    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("decision").is_some())
+            .collect()
+    }
+
+    /// Waits until an access-log record satisfies `pred`.
+    pub async fn wait_for_log(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(v) = self.access_logs().into_iter().find(&pred) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no matching log line in {:?}",
+                self.access_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let raw = raw_exchange(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        let status = raw[9..12].parse().unwrap();
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "egressd did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Egressd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP origin that reports what it received: `GET /echo` answers with the request head
+/// as text; other routes are in [`origin_route`].
+pub struct Origin {
+    pub addr: SocketAddr,
+}
+
+pub async fn origin() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(origin_route))
+                    .await;
+            });
+        }
+    });
+    Origin { addr }
+}
+
+impl Origin {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+async fn origin_route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let path = req.uri().path().to_string();
+    let mut head = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+    for (name, value) in req.headers() {
+        head.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+    }
+    let response = match path.as_str() {
+        "/hop" => Response::builder()
+            .header("connection", "x-private-hop")
+            .header("x-private-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-end-to-end", "kept")
+            .body(Full::new(Bytes::from(head)))
+            .unwrap(),
+        "/body" => {
+            let body = req.into_body().collect().await?.to_bytes();
+            Response::new(Full::new(Bytes::from(format!(
+                "received {} bytes",
+                body.len()
+            ))))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Response::new(Full::new(Bytes::from("slow done")))
+        }
+        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20]))),
+        _ => Response::new(Full::new(Bytes::from(head))),
+    };
+    Ok(response)
+}
+
+/// A TCP server that echoes until EOF, then closes: shows half-close passing through.
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let _ = stream.read_to_end(&mut received).await;
+                let _ = stream
+                    .write_all(format!("echo:{}", String::from_utf8_lossy(&received)).as_bytes())
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Sends raw bytes, reads until the peer closes (bounded), returns what came back.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response head (up to the blank line) from `stream`.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
+            .await
+            .expect("head in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    String::from_utf8(buf).unwrap()
+}
+
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Runs curl and returns (exit code, stdout, stderr).
+pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10"]).args(args);
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("curl is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends one request and reads exactly one response (head plus `Content-Length` body),
+/// without waiting for the connection to close.
+pub async fn one_response(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let head = read_head(&mut stream).await;
+    let len: usize = header(&head, "content-length")
+        .map(|l| l.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// An HTTPS origin with a certificate for `name`, generated now. Returns its address and the
+/// PEM of the certificate for the client to trust.
+pub async fn tls_origin(name: &str) -> (SocketAddr, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let pem = cert.pem();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service_fn(origin_route))
+                    .await;
+            });
+        }
+    });
+    (addr, pem)
+}
