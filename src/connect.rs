@@ -207,3 +207,85 @@ fn target_of(uri: &Uri) -> Result<Target, EgressError> {
         port: uri.port_u16().unwrap_or(80),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allowlist::Allowlist;
+    use crate::netguard::PrivateAllow;
+    use crate::policy::PortSet;
+    use crate::resolve::ResolveFuture;
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers each lookup with the next address list, like a rebinding DNS server.
+    struct SequenceResolver {
+        answers: Vec<Vec<IpAddr>>,
+        calls: AtomicUsize,
+    }
+
+    impl Resolve for SequenceResolver {
+        fn resolve<'a>(&'a self, _name: &'a str) -> ResolveFuture<'a> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answers[n.min(self.answers.len() - 1)].clone();
+            Box::pin(async move { Ok(answer) })
+        }
+    }
+
+    fn policy(open: &str) -> Policy {
+        Policy {
+            allowlist: Allowlist::default(),
+            connect_ports: PortSet::new(vec![]),
+            http_ports: PortSet::new(vec![]),
+            private: PrivateAllow::new(vec![open.parse().unwrap()]),
+        }
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_checked_address_is_the_dialled_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let resolver = Arc::new(SequenceResolver {
+            answers: vec![ips(&["127.0.0.1"]), ips(&["127.0.0.2"])],
+            calls: AtomicUsize::new(0),
+        });
+        let dialer = Dialer::new(resolver.clone(), vec![], Duration::from_secs(5));
+        let target = Target {
+            host: Host::Domain("rebind.test".into()),
+            port,
+        };
+        let policy = policy("127.0.0.1/32");
+        let (_, addr) = dialer.dial(&target, &policy).await.unwrap();
+        assert_eq!(addr, SocketAddr::new("127.0.0.1".parse().unwrap(), port));
+        assert_eq!(
+            resolver.calls.load(Ordering::SeqCst),
+            1,
+            "one lookup per dial"
+        );
+        // The rebound answer is checked on its own and refused.
+        let err = dialer.dial(&target, &policy).await.unwrap_err();
+        assert_eq!(err.kind(), "private-destination");
+    }
+
+    #[tokio::test]
+    async fn one_private_answer_refuses_the_whole_name() {
+        let resolver = Arc::new(SequenceResolver {
+            answers: vec![ips(&["127.0.0.1", "10.0.0.1"])],
+            calls: AtomicUsize::new(0),
+        });
+        let dialer = Dialer::new(resolver, vec![], Duration::from_secs(5));
+        let target = Target {
+            host: Host::Domain("mixed.test".into()),
+            port: 443,
+        };
+        let err = dialer
+            .dial(&target, &policy("127.0.0.1/32"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("10.0.0.1"), "{err}");
+    }
+}
