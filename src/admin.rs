@@ -1,5 +1,8 @@
-//! The admin listener: health, metrics and the allowlist as JSON. Loopback by default; a
-//! non-loopback address requires a bearer token (checked at config load).
+//! The admin listener: health, metrics, the allowlist with activation state, and reload.
+//!
+//! Loopback by default; a non-loopback address requires a bearer token (checked at config
+//! load). State-changing endpoints (`POST /v1/reload`) require `Authorization: Bearer
+//! <token>` whenever a token is configured.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,27 +18,34 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{format_utc, unix_ms};
 use crate::allowlist::Pattern;
 use crate::config::AdminToken;
 use crate::connect::PolicyHandle;
 use crate::metrics::Metrics;
 use crate::proxy::{full, ProxyBody};
+use crate::reload::{Outcome, Reloader};
 
 pub struct Admin {
     pub policy: PolicyHandle,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
     /// Required on state-changing endpoints when set.
     pub token: Option<AdminToken>,
-    pub loaded_at: SystemTime,
-    pub generation: u64,
 }
 
 #[derive(Serialize)]
 struct AllowlistView {
     generation: u64,
     loaded_at: String,
-    last_error: Option<String>,
+    last_error: Option<ErrorView>,
     entries: Vec<EntryView>,
+}
+
+#[derive(Serialize)]
+struct ErrorView {
+    message: String,
+    at: String,
 }
 
 #[derive(Serialize)]
@@ -43,7 +53,19 @@ struct EntryView {
     pattern: String,
     kind: &'static str,
     state: &'static str,
+    added_at: Option<String>,
+    active_at: String,
     line: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct ReloadView {
+    result: &'static str,
+    generation: u64,
+    added: Vec<String>,
+    removed: usize,
+    revoked: usize,
+    errors: Vec<String>,
 }
 
 pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
@@ -63,7 +85,7 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.route(req)) }
+                async move { Ok::<_, Infallible>(admin.route(req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -73,7 +95,7 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
 }
 
 impl Admin {
-    fn route(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn route(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
             (&Method::GET, "/metrics") => {
@@ -86,8 +108,18 @@ impl Admin {
                 );
                 r
             }
-            (&Method::GET, "/v1/allowlist") => self.allowlist(),
-            (_, "/healthz" | "/metrics" | "/v1/allowlist") => text(
+            (&Method::GET, "/v1/allowlist") => json(StatusCode::OK, &self.allowlist()),
+            (&Method::POST, "/v1/reload") if self.authorized(&req) => self.reload().await,
+            (&Method::POST, "/v1/reload") => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token is required\n".into(),
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            (_, "/healthz" | "/metrics" | "/v1/allowlist" | "/v1/reload") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed\n".into(),
             ),
@@ -95,40 +127,120 @@ impl Admin {
         }
     }
 
-    fn allowlist(&self) -> Response<ProxyBody> {
+    /// Whether the request may change state: always without a configured token, otherwise
+    /// only with `Authorization: Bearer <token>`.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|presented| token.matches(presented.trim()))
+    }
+
+    async fn reload(&self) -> Response<ProxyBody> {
+        let reloader = self.reloader.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin"))
+            .await
+            .unwrap_or_else(|e| Outcome::Failed(vec![format!("reload task failed: {e}")]));
+        let generation = self.reloader.status().generation;
+        let (status, view) = match outcome {
+            Outcome::Reloaded {
+                added,
+                removed,
+                revoked,
+                ..
+            } => (
+                StatusCode::OK,
+                ReloadView {
+                    result: "reloaded",
+                    generation,
+                    added,
+                    removed,
+                    revoked,
+                    errors: vec![],
+                },
+            ),
+            Outcome::Unchanged => (
+                StatusCode::OK,
+                ReloadView {
+                    result: "unchanged",
+                    generation,
+                    added: vec![],
+                    removed: 0,
+                    revoked: 0,
+                    errors: vec![],
+                },
+            ),
+            Outcome::Failed(errors) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ReloadView {
+                    result: "failed",
+                    generation,
+                    added: vec![],
+                    removed: 0,
+                    revoked: 0,
+                    errors,
+                },
+            ),
+        };
+        json(status, &view)
+    }
+
+    fn allowlist(&self) -> AllowlistView {
         let policy = self.policy.load();
         let list = &policy.allowlist;
+        let now = unix_ms(SystemTime::now());
         let entries = list
             .patterns()
             .iter()
             .enumerate()
-            .map(|(id, pattern)| EntryView {
-                pattern: pattern.to_string(),
-                kind: match pattern {
-                    Pattern::Exact(_) => "exact",
-                    Pattern::Wildcard(_) => "wildcard",
-                    Pattern::Ip(_) => "ip",
-                },
-                state: "active",
-                line: list.line(id as u32),
+            .map(|(id, pattern)| {
+                let key = pattern.to_string();
+                let active_at = list.active_at(id as u32);
+                EntryView {
+                    added_at: self.reloader.stamp(&key).map(|s| format_utc(s.added_at)),
+                    pattern: key,
+                    kind: match pattern {
+                        Pattern::Exact(_) => "exact",
+                        Pattern::Wildcard(_) => "wildcard",
+                        Pattern::Ip(_) => "ip",
+                    },
+                    state: if active_at <= now {
+                        "active"
+                    } else {
+                        "pending"
+                    },
+                    active_at: format_utc(active_at),
+                    line: list.line(id as u32),
+                }
             })
             .collect();
-        let view = AllowlistView {
-            generation: self.generation,
-            loaded_at: humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
-            last_error: None,
+        let status = self.reloader.status();
+        AllowlistView {
+            generation: status.generation,
+            loaded_at: format_utc(unix_ms(status.loaded_at)),
+            last_error: status.last_error.map(|(message, at)| ErrorView {
+                message,
+                at: format_utc(unix_ms(at)),
+            }),
             entries,
-        };
-        let mut r = text(
-            StatusCode::OK,
-            serde_json::to_string_pretty(&view).expect("serializable") + "\n",
-        );
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+        }
     }
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
+    let mut r = text(
+        status,
+        serde_json::to_string_pretty(value).expect("serializable") + "\n",
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -153,12 +153,33 @@ fn parse_exact(entry: &str) -> Result<Pattern, PatternError> {
 /// Index of a rule in the allowlist, in the order the entries were written.
 pub type RuleId = u32;
 
+/// The outcome of matching a host against the allowlist at a moment in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Active(RuleId),
+    /// Only patterns still waiting out their activation delay match; this one is due first.
+    Pending(RuleId),
+    NoMatch,
+}
+
+impl Lookup {
+    pub fn rule(self) -> Option<RuleId> {
+        match self {
+            Lookup::Active(id) | Lookup::Pending(id) => Some(id),
+            Lookup::NoMatch => None,
+        }
+    }
+}
+
 /// The compiled allowlist. Duplicate entries keep the first occurrence.
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
     patterns: Vec<Pattern>,
     /// Config file line of each pattern (0 when it did not come from a file).
     lines: Vec<u32>,
+    /// When each pattern becomes active, in Unix milliseconds (0: active from the start).
+    /// Newly added patterns wait out the activation delay; see `activation`.
+    active_at: Vec<u64>,
     exact: HashMap<Box<str>, RuleId>,
     wildcard: HashMap<Box<str>, RuleId>,
     ips: HashMap<IpAddr, RuleId>,
@@ -188,6 +209,7 @@ impl Allowlist {
         if fresh {
             self.patterns.push(pattern);
             self.lines.push(line);
+            self.active_at.push(0);
         }
     }
 
@@ -212,30 +234,65 @@ impl Allowlist {
         Some(self.lines[id as usize]).filter(|l| *l > 0)
     }
 
-    /// The rule that allows `host`, if any. An exact entry wins over a wildcard, and a longer
-    /// wildcard suffix over a shorter one.
+    /// Sets when `id` becomes active (Unix milliseconds; 0 for always).
+    pub fn set_active_at(&mut self, id: RuleId, unix_ms: u64) {
+        self.active_at[id as usize] = unix_ms;
+    }
+
+    /// When `id` becomes active (Unix milliseconds; 0 for always).
+    pub fn active_at(&self, id: RuleId) -> u64 {
+        self.active_at[id as usize]
+    }
+
+    /// The most specific rule matching `host`, active or not. An exact entry wins over a
+    /// wildcard, and a longer wildcard suffix over a shorter one.
     pub fn find(&self, host: &Host) -> Option<RuleId> {
-        match host {
-            Host::Ip(ip) => self.ips.get(ip).copied(),
-            Host::Domain(name) => self.find_domain(name),
+        self.lookup(host, u64::MAX).rule()
+    }
+
+    /// The most specific rule that matches `host` and is active at `now_ms`; failing that, the
+    /// matching rule that becomes active first.
+    pub fn lookup(&self, host: &Host, now_ms: u64) -> Lookup {
+        let mut pending: Option<RuleId> = None;
+        let mut consider = |id: RuleId| -> Option<RuleId> {
+            let at = self.active_at[id as usize];
+            if at <= now_ms {
+                return Some(id);
+            }
+            if pending.is_none_or(|p| at < self.active_at[p as usize]) {
+                pending = Some(id);
+            }
+            None
+        };
+        let active = match host {
+            Host::Ip(ip) => self.ips.get(ip).and_then(|id| consider(*id)),
+            Host::Domain(name) => self.matching_domain_rules(name).find_map(&mut consider),
+        };
+        match (active, pending) {
+            (Some(id), _) => Lookup::Active(id),
+            (None, Some(id)) => Lookup::Pending(id),
+            (None, None) => Lookup::NoMatch,
         }
     }
 
-    fn find_domain(&self, name: &str) -> Option<RuleId> {
-        if let Some(id) = self.exact.get(name) {
-            return Some(*id);
-        }
-        if self.wildcard.is_empty() {
-            return None;
-        }
+    /// Rules matching `name`, most specific first: the exact entry, then wildcards from the
+    /// longest suffix to the shortest. One hash probe per label.
+    fn matching_domain_rules<'a>(&'a self, name: &'a str) -> impl Iterator<Item = RuleId> + 'a {
+        let exact = self.exact.get(name).copied();
         let mut rest = name;
-        while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(id) = self.wildcard.get(suffix) {
-                return Some(*id);
+        let wildcards = std::iter::from_fn(move || {
+            if self.wildcard.is_empty() {
+                return None;
             }
-            rest = suffix;
-        }
-        None
+            loop {
+                let (_, suffix) = rest.split_once('.')?;
+                rest = suffix;
+                if let Some(id) = self.wildcard.get(suffix) {
+                    return Some(*id);
+                }
+            }
+        });
+        exact.into_iter().chain(wildcards)
     }
 
     /// Explains why `host` is not allowed and what entry to add. Points out the classic
@@ -484,6 +541,34 @@ mod tests {
         assert!(l
             .denial_hint(&Host::parse("api.other.net").unwrap())
             .contains("add \"api.other.net\" (or \"*.other.net\""));
+    }
+
+    #[test]
+    fn pending_rules_fall_back_to_active_ones() {
+        let mut l = list(&["a.example.org", "*.example.org", "*.other.net"]);
+        l.set_active_at(0, 2_000);
+        let host = Host::parse("a.example.org").unwrap();
+        assert_eq!(
+            l.lookup(&host, 1_000),
+            Lookup::Active(1),
+            "the active wildcard allows it meanwhile"
+        );
+        assert_eq!(l.lookup(&host, 2_000), Lookup::Active(0));
+        l.set_active_at(1, 3_000);
+        assert_eq!(
+            l.lookup(&host, 1_000),
+            Lookup::Pending(0),
+            "the earliest pending rule is reported"
+        );
+        l.set_active_at(2, 5_000);
+        assert_eq!(
+            l.lookup(&Host::parse("x.other.net").unwrap(), 4_999),
+            Lookup::Pending(2)
+        );
+        assert_eq!(
+            l.lookup(&Host::parse("x.third.net").unwrap(), 0),
+            Lookup::NoMatch
+        );
     }
 
     #[test]

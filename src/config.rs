@@ -41,6 +41,8 @@ struct RawProxy {
     idle_timeout: Option<Spanned<String>>,
     header_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    activation_delay: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
     max_request_head_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
 }
@@ -56,7 +58,8 @@ struct RawDns {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RawAllowlist {
-    domains: Vec<Spanned<String>>,
+    /// Required: a file cut short before this key must not read as "allow nothing".
+    domains: Option<Vec<Spanned<String>>>,
 }
 
 /// A validated configuration.
@@ -79,17 +82,19 @@ pub struct ProxySettings {
     /// Slowloris guard: the whole request head must arrive within this time.
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// How long a newly added allowlist pattern waits before it allows anything.
+    pub activation_delay: Duration,
+    /// Where activation state survives restarts.
+    pub state_dir: PathBuf,
     /// Largest request head accepted; larger ones get 431.
     pub max_request_head_bytes: usize,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
 }
 
-/// Resolver settings.
+/// Resolver settings (the static overrides are part of [`Policy`]).
 #[derive(Clone, Debug, Default)]
 pub struct DnsSettings {
-    /// Static answers, consulted before the resolver (normalised host → address).
-    pub overrides: HashMap<Box<str>, IpAddr>,
     /// Name servers to ask; empty means the system's (`/etc/resolv.conf`).
     pub servers: Vec<SocketAddr>,
     pub timeout: Duration,
@@ -171,16 +176,26 @@ const MIN_HEAD_BYTES: i64 = 8192;
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], also returning the text that was validated.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &src)
+        Self::parse(path, &src).map(|config| (config, src))
     }
 
     /// Validates config text; `path` is used for messages and relative paths.
     pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
         let mut problems = Problems::new(path, src);
+        if src.trim().is_empty() {
+            // Most often a file caught between truncate and write.
+            problems.push(None, "", None, "the file is empty".into());
+            return Err(ConfigError::Invalid(problems.list));
+        }
         let raw: RawConfig = match toml::from_str(src) {
             Ok(raw) => raw,
             Err(err) => {
@@ -189,10 +204,9 @@ impl Config {
                 return Err(ConfigError::Invalid(problems.list));
             }
         };
-        let base_dir = path.parent().unwrap_or(Path::new("."));
-        let proxy = proxy_settings(&raw.proxy, base_dir, &mut problems);
-        let dns = dns_settings(&raw.dns, &mut problems);
-        let policy = policy(&raw, &mut problems);
+        let proxy = proxy_settings(&raw.proxy, &mut problems);
+        let (dns, overrides) = dns_settings(&raw.dns, &mut problems);
+        let policy = policy(&raw, overrides, &mut problems);
         match (proxy, problems.list.is_empty()) {
             (Some(proxy), true) => Ok(Config {
                 path: path.to_path_buf(),
@@ -336,7 +350,7 @@ impl<'a> Problems<'a> {
     }
 }
 
-fn proxy_settings(raw: &RawProxy, base_dir: &Path, p: &mut Problems) -> Option<ProxySettings> {
+fn proxy_settings(raw: &RawProxy, p: &mut Problems) -> Option<ProxySettings> {
     let listen = p.addr(&raw.listen, "proxy.listen", DEFAULT_LISTEN);
     let admin_listen = p.addr(
         &raw.admin_listen,
@@ -344,8 +358,8 @@ fn proxy_settings(raw: &RawProxy, base_dir: &Path, p: &mut Problems) -> Option<P
         DEFAULT_ADMIN_LISTEN,
     );
     let admin_token = raw.admin_token_file.as_ref().and_then(|file| {
-        let path = base_dir.join(file.get_ref());
-        match std::fs::read_to_string(&path) {
+        let path = Path::new(file.get_ref());
+        match std::fs::read_to_string(path) {
             Ok(token) if !token.trim().is_empty() => Some(AdminToken(token.trim().to_string())),
             Ok(_) => {
                 p.at(
@@ -405,6 +419,16 @@ fn proxy_settings(raw: &RawProxy, base_dir: &Path, p: &mut Problems) -> Option<P
             "proxy.shutdown_grace",
             Duration::from_secs(30),
         ),
+        activation_delay: p.duration(
+            &raw.activation_delay,
+            "proxy.activation_delay",
+            Duration::from_secs(300),
+        ),
+        state_dir: raw
+            .state_dir
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("state")),
         max_request_head_bytes: p.positive(
             &raw.max_request_head_bytes,
             "proxy.max_request_head_bytes",
@@ -416,7 +440,7 @@ fn proxy_settings(raw: &RawProxy, base_dir: &Path, p: &mut Problems) -> Option<P
     Some(settings)
 }
 
-fn dns_settings(raw: &RawDns, p: &mut Problems) -> DnsSettings {
+fn dns_settings(raw: &RawDns, p: &mut Problems) -> (DnsSettings, HashMap<Box<str>, IpAddr>) {
     let mut overrides = HashMap::new();
     for (name, value) in &raw.overrides {
         let key = format!("dns.overrides.\"{name}\"");
@@ -465,16 +489,25 @@ fn dns_settings(raw: &RawDns, p: &mut Problems) -> DnsSettings {
         }
     }
     let timeout = p.duration(&raw.timeout, "dns.timeout", Duration::from_secs(5));
-    DnsSettings {
-        overrides,
-        servers,
-        timeout,
-    }
+    (DnsSettings { servers, timeout }, overrides)
 }
 
-fn policy(raw: &RawConfig, p: &mut Problems) -> Policy {
-    let mut patterns = Vec::with_capacity(raw.allowlist.domains.len());
-    for (i, entry) in raw.allowlist.domains.iter().enumerate() {
+fn policy(raw: &RawConfig, dns_overrides: HashMap<Box<str>, IpAddr>, p: &mut Problems) -> Policy {
+    let domains = match &raw.allowlist.domains {
+        Some(domains) => domains.as_slice(),
+        None => {
+            p.push(
+                None,
+                "allowlist.domains",
+                None,
+                "missing; list the allowed hosts, or write `domains = []` to deny everything"
+                    .into(),
+            );
+            &[]
+        }
+    };
+    let mut patterns = Vec::with_capacity(domains.len());
+    for (i, entry) in domains.iter().enumerate() {
         match Pattern::parse(entry.get_ref()) {
             Ok(pattern) => {
                 let line = p.line_of(entry.span().start) as u32;
@@ -511,6 +544,7 @@ fn policy(raw: &RawConfig, p: &mut Problems) -> Policy {
         connect_ports: p.ports(&raw.proxy.connect_ports, "proxy.connect_ports", 443),
         http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
         private: PrivateAllow::new(nets),
+        dns_overrides,
     }
 }
 
@@ -527,8 +561,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_gives_strict_defaults() {
-        let c = parse("").unwrap();
+    fn empty_or_truncated_files_are_refused() {
+        assert_eq!(
+            problems(""),
+            vec!["cfg.toml: the file is empty".to_string()]
+        );
+        let list = problems("[proxy]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(list[0].contains("allowlist.domains: missing"), "{list:?}");
+    }
+
+    #[test]
+    fn minimal_file_gives_strict_defaults() {
+        let c = parse("[allowlist]\ndomains = []\n").unwrap();
+        assert_eq!(c.proxy.activation_delay, Duration::from_secs(300));
         assert_eq!(c.proxy.listen, "127.0.0.1:3128".parse().unwrap());
         assert!(c.policy.allowlist.is_empty());
         assert!(c.policy.connect_ports.contains(443));
@@ -550,7 +595,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let list = problems("[proxy]\nlisten = \"127.0.0.1:1\"\nconect_ports = [443]\n");
+        let list = problems(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\nconect_ports = [443]\n[allowlist]\ndomains = []\n",
+        );
         assert_eq!(list.len(), 1);
         assert!(list[0].starts_with("cfg.toml:3: "), "{list:?}");
         assert!(list[0].contains("conect_ports"), "{list:?}");
@@ -564,7 +611,7 @@ mod tests {
 
     #[test]
     fn values_are_checked() {
-        let src = "[proxy]\nconnect_ports = [443, 70000]\nconnect_timeout = \"ten\"\nallow_private_cidrs = [\"10.0.0.1/8\"]\nmax_request_head_bytes = 100\n[dns]\noverrides = { \"api.test\" = \"nope\" }\n";
+        let src = "[proxy]\nconnect_ports = [443, 70000]\nconnect_timeout = \"ten\"\nallow_private_cidrs = [\"10.0.0.1/8\"]\nmax_request_head_bytes = 100\n[dns]\noverrides = { \"api.test\" = \"nope\" }\n[allowlist]\ndomains = []\n";
         let list = problems(src).join("\n");
         assert!(
             list.contains("cfg.toml:2: proxy.connect_ports[1] \"70000\""),
@@ -587,7 +634,8 @@ mod tests {
 
     #[test]
     fn public_admin_listener_needs_a_token() {
-        let list = problems("[proxy]\nadmin_listen = \"0.0.0.0:9901\"\n");
+        let list =
+            problems("[proxy]\nadmin_listen = \"0.0.0.0:9901\"\n[allowlist]\ndomains = []\n");
         assert!(list[0].contains("needs proxy.admin_token_file"), "{list:?}");
     }
 

@@ -128,11 +128,14 @@ impl Dialer {
     ) -> Result<Vec<SocketAddr>, EgressError> {
         let ips = match &target.host {
             Host::Ip(ip) => vec![*ip],
-            Host::Domain(name) => self
-                .resolver
-                .resolve(name)
-                .await
-                .map_err(EgressError::Dns)?,
+            Host::Domain(name) => match policy.dns_overrides.get(name) {
+                Some(ip) => vec![*ip],
+                None => self
+                    .resolver
+                    .resolve(name)
+                    .await
+                    .map_err(EgressError::Dns)?,
+            },
         };
         let mut addrs = Vec::with_capacity(ips.len());
         for ip in ips {
@@ -238,6 +241,7 @@ mod tests {
             connect_ports: PortSet::new(vec![]),
             http_ports: PortSet::new(vec![]),
             private: PrivateAllow::new(vec![open.parse().unwrap()]),
+            dns_overrides: Default::default(),
         }
     }
 

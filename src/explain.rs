@@ -1,9 +1,11 @@
 //! `egressd explain`: the decision the live proxy would make for a target, in words.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use http::Uri;
 
+use crate::activation::unix_ms;
 use crate::config::Config;
 use crate::host::Host;
 use crate::policy::{Denial, Protocol, Target, TargetError};
@@ -50,7 +52,7 @@ impl fmt::Display for Explanation {
 /// Explains `input`: `host` (CONNECT to 443), `host:port` (CONNECT), or an `http://` or
 /// `https://` URL. Names in `[dns] overrides` are checked against the private ranges too; other
 /// names are not resolved.
-pub fn explain(config: &Config, input: &str) -> Explanation {
+pub fn explain(config: &Config, input: &str, now: SystemTime) -> Explanation {
     let (target, protocol) = match parse(input) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -65,12 +67,12 @@ pub fn explain(config: &Config, input: &str) -> Explanation {
         target: target.to_string(),
         denial,
     };
-    let rule = match policy.decide(&target, protocol) {
+    let rule = match policy.decide(&target, protocol, unix_ms(now)) {
         Ok(rule) => rule,
         Err(denial) => return denied(denial),
     };
     if let Host::Domain(name) = &target.host {
-        if let Some(ip) = config.dns.overrides.get(name) {
+        if let Some(ip) = policy.dns_overrides.get(name) {
             if let Err(denial) = policy.check_address(*ip) {
                 return denied(denial);
             }
@@ -149,6 +151,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
     fn config() -> Config {
         let src = r#"
 [proxy]
@@ -163,7 +167,7 @@ domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example
 
     #[test]
     fn explains_the_subdomain_pitfall() {
-        let e = explain(&config(), "www.example.com");
+        let e = explain(&config(), "www.example.com", NOW);
         assert_eq!(
             e.to_string(),
             "denied (not-allowlisted): \"example.com\" is allowlisted but does not cover subdomains; add \"www.example.com\" or \"*.example.com\""
@@ -172,10 +176,10 @@ domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example
 
     #[test]
     fn urls_pick_protocol_and_port() {
-        let e = explain(&config(), "http://a.example.org:8080/x");
+        let e = explain(&config(), "http://a.example.org:8080/x", NOW);
         assert!(e.is_allowed(), "{e}");
         assert!(e.to_string().contains("HTTP to a.example.org:8080"), "{e}");
-        let e = explain(&config(), "https://a.example.org:8443/");
+        let e = explain(&config(), "https://a.example.org:8443/", NOW);
         assert!(
             e.to_string().starts_with("denied (port-not-allowed)"),
             "{e}"
@@ -184,13 +188,13 @@ domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example
 
     #[test]
     fn idn_input_is_compared_in_punycode() {
-        assert!(explain(&config(), "bücher.de").is_allowed());
-        assert!(explain(&config(), "https://bücher.de/").is_allowed());
+        assert!(explain(&config(), "bücher.de", NOW).is_allowed());
+        assert!(explain(&config(), "https://bücher.de/", NOW).is_allowed());
     }
 
     #[test]
     fn overrides_to_private_addresses_are_denied() {
-        let e = explain(&config(), "internal.example.com");
+        let e = explain(&config(), "internal.example.com", NOW);
         assert!(
             e.to_string()
                 .starts_with("denied (private-destination): 10.0.0.5"),
@@ -200,7 +204,7 @@ domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example
 
     #[test]
     fn non_canonical_ips_are_invalid_targets() {
-        let e = explain(&config(), "0x7f.1:443");
+        let e = explain(&config(), "0x7f.1:443", NOW);
         assert!(e.to_string().starts_with("denied (invalid-target)"), "{e}");
     }
 }

@@ -6,6 +6,7 @@
 //! [`netguard`], pin, dial) → [`tunnel`] or the pooled HTTP client (relay).
 //! [`config`] turns the TOML file into these types; [`admin`] and [`metrics`] observe them.
 
+pub mod activation;
 pub mod admin;
 pub mod allowlist;
 pub mod app;
@@ -18,6 +19,8 @@ pub mod metrics;
 pub mod netguard;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod resolve;
+pub mod revoke;
 pub mod server;
 pub mod tunnel;

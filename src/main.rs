@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::SystemTime;
+
+use egressd::activation::{unix_ms, ActivationBook};
 use egressd::allowlist::Pattern;
 use egressd::app::App;
 use egressd::config::Config;
@@ -88,19 +91,26 @@ fn load_or_report(path: &std::path::Path) -> Option<Config> {
 
 fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     init_logging(format);
-    let Some(config) = load_or_report(path) else {
-        return ExitCode::FAILURE;
+    let (config, text) = match Config::load_with_text(path) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            for problem in err.problems() {
+                eprintln!("{problem}");
+            }
+            return ExitCode::FAILURE;
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async move {
-        let app = App::bind(config).await?;
+        let app = App::bind(config, text).await?;
         tracing::info!(proxy = %app.proxy_addr(), admin = %app.admin_addr(), "egressd listening");
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        app.run(shutdown).await
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(handle_signals(shutdown.clone(), reload_tx));
+        app.run(shutdown, reload_rx).await
     });
     match result {
         Ok(()) => {
@@ -115,15 +125,25 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     }
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// SIGTERM/SIGINT start a graceful shutdown; SIGHUP asks for a config reload.
+async fn handle_signals(shutdown: CancellationToken, reload: tokio::sync::mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the config");
+                let _ = reload.try_send(());
+                continue;
+            }
+        }
+        shutdown.cancel();
+        return;
     }
-    shutdown.cancel();
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -181,7 +201,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     };
     println!(
         "  dns        {} override(s), {servers}",
-        config.dns.overrides.len()
+        config.policy.dns_overrides.len()
     );
     println!(
         "  timeouts   connect {:?}, idle {:?}, header read {:?}",
@@ -194,10 +214,26 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn explain(path: &std::path::Path, target: &str) -> ExitCode {
-    let Some(config) = load_or_report(path) else {
+    let Some(mut config) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    let explanation = egressd::explain::explain(&config, target);
+    let now = SystemTime::now();
+    // Against a live instance's state dir, new patterns show as pending until their time.
+    match ActivationBook::peek(&config.proxy.state_dir) {
+        Ok(Some(book)) => {
+            let unknown = unix_ms(now) + config.proxy.activation_delay.as_millis() as u64;
+            book.apply(&mut config.policy.allowlist, unknown);
+        }
+        Ok(None) => {}
+        Err(err) => {
+            eprintln!("note: {err}; like egressd itself, treating every pattern as pending");
+            let pending = unix_ms(now) + config.proxy.activation_delay.as_millis() as u64;
+            for id in 0..config.policy.allowlist.len() as u32 {
+                config.policy.allowlist.set_active_at(id, pending);
+            }
+        }
+    }
+    let explanation = egressd::explain::explain(&config, target, now);
     println!("{explanation}");
     if explanation.is_allowed() {
         ExitCode::SUCCESS

@@ -24,6 +24,11 @@ pub struct Metrics {
     /// Body and tunnel bytes relayed, `up` towards the upstream and `down` towards the client.
     bytes: Family<Labels<1>, Counter>,
     duration: HistogramFamily,
+    /// Config reloads by result (success, failure, unchanged).
+    reloads: Family<Labels<1>, Counter>,
+    /// Tunnels and connections cut because a reload no longer allows them.
+    revocations: Family<Labels<1>, Counter>,
+    pub config_generation: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +52,24 @@ impl Metrics {
             "requests",
             "Requests and tunnels by protocol, decision and reason",
             requests.clone(),
+        );
+        let reloads = Family::default();
+        let revocations = Family::default();
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_reloads",
+            "Config reload attempts by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "revoked",
+            "Tunnels and connections cut by a reload, by kind",
+            revocations.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config in force (1 at start)",
+            config_generation.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -87,6 +110,9 @@ impl Metrics {
             rejected_connections,
             bytes,
             duration,
+            reloads,
+            revocations,
+            config_generation,
         }
     }
 
@@ -115,6 +141,14 @@ impl Metrics {
         self.duration
             .get_or_create(&[("protocol", protocol)])
             .observe(seconds);
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn revoked(&self, kind: &'static str) {
+        self.revocations.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// The Prometheus text exposition.

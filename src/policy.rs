@@ -4,10 +4,12 @@
 //! The proxy loads it once per request; a decision is a pure function of the policy and the
 //! [`Target`], so `egressd explain` and the live proxy cannot disagree.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::allowlist::{Allowlist, RuleId};
+use crate::activation::format_utc;
+use crate::allowlist::{Allowlist, Lookup, RuleId};
 use crate::host::{Host, HostError};
 use crate::netguard::PrivateAllow;
 
@@ -87,6 +89,8 @@ pub enum DenyReason {
     PortNotAllowed,
     PrivateDestination,
     InvalidTarget,
+    /// Only patterns still inside their activation delay match.
+    PendingActivation,
 }
 
 impl DenyReason {
@@ -96,6 +100,7 @@ impl DenyReason {
             DenyReason::PortNotAllowed => "port-not-allowed",
             DenyReason::PrivateDestination => "private-destination",
             DenyReason::InvalidTarget => "invalid-target",
+            DenyReason::PendingActivation => "pending-activation",
         }
     }
 }
@@ -155,17 +160,30 @@ pub struct Policy {
     pub connect_ports: PortSet,
     pub http_ports: PortSet,
     pub private: PrivateAllow,
+    /// Static DNS answers (`[dns] overrides`), consulted before the resolver. They live here,
+    /// not in the resolver, so a reload changes them together with the allowlist.
+    pub dns_overrides: HashMap<Box<str>, IpAddr>,
 }
 
 impl Policy {
-    /// Decides on the target alone; the dialer checks resolved addresses afterwards.
-    pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<RuleId, Denial> {
-        let rule = self.allowlist.find(&target.host).ok_or_else(|| {
-            Denial::new(
-                DenyReason::NotAllowlisted,
-                self.allowlist.denial_hint(&target.host),
-            )
-        })?;
+    /// Decides on the target alone at `now_ms` (Unix milliseconds); the dialer checks
+    /// resolved addresses afterwards.
+    pub fn decide(
+        &self,
+        target: &Target,
+        protocol: Protocol,
+        now_ms: u64,
+    ) -> Result<RuleId, Denial> {
+        let rule = match self.allowlist.lookup(&target.host, now_ms) {
+            Lookup::Active(rule) => rule,
+            Lookup::Pending(rule) => return Err(self.pending(rule)),
+            Lookup::NoMatch => {
+                return Err(Denial::new(
+                    DenyReason::NotAllowlisted,
+                    self.allowlist.denial_hint(&target.host),
+                ))
+            }
+        };
         let ports = match protocol {
             Protocol::Connect => &self.connect_ports,
             Protocol::Http => &self.http_ports,
@@ -189,6 +207,17 @@ impl Policy {
             self.check_address(ip)?;
         }
         Ok(rule)
+    }
+
+    fn pending(&self, rule: RuleId) -> Denial {
+        Denial::new(
+            DenyReason::PendingActivation,
+            format!(
+                "{} was added recently and becomes active at {} (UTC); new allowlist entries wait out proxy.activation_delay",
+                self.describe_rule(rule),
+                format_utc(self.allowlist.active_at(rule)),
+            ),
+        )
     }
 
     /// Refuses special addresses that no `allow_private_cidrs` entry opens.
@@ -220,6 +249,7 @@ mod tests {
             connect_ports: PortSet::new(vec![443]),
             http_ports: PortSet::new(vec![80]),
             private: PrivateAllow::default(),
+            dns_overrides: HashMap::new(),
         }
     }
 
@@ -264,9 +294,9 @@ mod tests {
     fn decision_order_is_allowlist_then_port_then_address() {
         let p = policy(&["www.example.com", "10.0.0.1"]);
         assert!(p
-            .decide(&target("www.example.com:443"), Protocol::Connect)
+            .decide(&target("www.example.com:443"), Protocol::Connect, 0)
             .is_ok());
-        let deny = |t: &str, proto| p.decide(&target(t), proto).unwrap_err().reason;
+        let deny = |t: &str, proto| p.decide(&target(t), proto, 0).unwrap_err().reason;
         assert_eq!(
             deny("example.com:443", Protocol::Connect),
             DenyReason::NotAllowlisted
@@ -283,5 +313,26 @@ mod tests {
             deny("10.0.0.1:443", Protocol::Connect),
             DenyReason::PrivateDestination
         );
+    }
+
+    #[test]
+    fn pending_patterns_deny_with_their_activation_time() {
+        let mut p = policy(&["www.example.com"]);
+        p.allowlist.set_active_at(0, 1_800_000_000_000);
+        let target = target("www.example.com:443");
+        let denial = p
+            .decide(&target, Protocol::Connect, 1_799_999_999_999)
+            .unwrap_err();
+        assert_eq!(denial.reason, DenyReason::PendingActivation);
+        assert!(
+            denial
+                .message
+                .contains("becomes active at 2027-01-15T08:00:00Z (UTC)"),
+            "{}",
+            denial.message
+        );
+        assert!(p
+            .decide(&target, Protocol::Connect, 1_800_000_000_000)
+            .is_ok());
     }
 }

@@ -24,12 +24,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::activation::unix_ms;
 use crate::config::ProxySettings;
 use crate::connect::{Dialer, EgressConnector, EgressError, PolicyHandle};
 use crate::headers::{self, MaxForwards};
 use crate::host::Host;
 use crate::metrics::Metrics;
-use crate::policy::{Denial, Protocol, Target, TargetError};
+use crate::policy::{Denial, Policy, Protocol, Target, TargetError};
+use crate::revoke::{Peer, Registration, Registry};
 use crate::server::ClientConn;
 use crate::tunnel::{self, TunnelEnd};
 
@@ -48,6 +50,8 @@ pub struct Proxy {
     pub tasks: TaskTracker,
     /// Cancelled when the grace period is over: open tunnels are cut.
     pub hard_stop: CancellationToken,
+    /// Open tunnels and connections, re-checked after every reload.
+    pub registry: Arc<Registry>,
 }
 
 impl Proxy {
@@ -55,6 +59,7 @@ impl Proxy {
         policy: PolicyHandle,
         dialer: Arc<Dialer>,
         metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
         settings: &ProxySettings,
     ) -> Self {
         let connector = EgressConnector::new(dialer.clone(), policy.clone());
@@ -72,6 +77,7 @@ impl Proxy {
             idle_timeout: settings.idle_timeout,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            registry,
         }
     }
 
@@ -84,7 +90,7 @@ impl Proxy {
         let response = if req.method() == Method::CONNECT {
             self.connect(conn, req).await
         } else {
-            self.forward(conn.addr, req).await
+            self.forward(conn, req).await
         };
         Ok(response)
     }
@@ -103,18 +109,24 @@ impl Proxy {
             Err(Refusal::Denied(denial)) => return record.denied(denial),
         };
         let policy = self.policy.load_full();
-        match policy.decide(&target, Protocol::Connect) {
+        match policy.decide(&target, Protocol::Connect, now_ms()) {
             Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
             Err(denial) => return record.denied(denial),
         }
-        let upstream = match self.dialer.dial(&target, &policy).await {
-            Ok((stream, _addr)) => stream,
+        let (upstream, addr) = match self.dialer.dial(&target, &policy).await {
+            Ok(dialled) => dialled,
             Err(err) => return record.egress_error(err),
         };
         record.allowed(StatusCode::OK);
         let metrics = self.metrics.clone();
         let idle = self.idle_timeout;
-        let cancel = self.hard_stop.child_token();
+        let peer = Peer {
+            target,
+            protocol: Protocol::Connect,
+            addr: Some(addr),
+        };
+        let registration = self.register(&policy, "tunnel", peer, self.hard_stop.child_token());
+        let cancel = registration.live.cancelled().clone();
         self.tasks.spawn(async move {
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(upgraded) => upgraded,
@@ -127,16 +139,33 @@ impl Proxy {
             let stats = tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await;
             metrics.active_tunnels.dec();
             drop(conn);
-            record.tunnel_closed(stats);
+            record.tunnel_closed(stats, registration.live.was_revoked());
         });
         Response::new(empty())
     }
 
-    async fn forward(&self, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Registers a tunnel for revocation. A reload that landed after `decided_under` was
+    /// loaded did not see this tunnel, so it is checked against the current policy here.
+    fn register(
+        &self,
+        decided_under: &Arc<Policy>,
+        kind: &'static str,
+        peer: Peer,
+        cancel: CancellationToken,
+    ) -> Registration {
+        let registration = self.registry.register(kind, Some(peer), cancel);
+        let current = self.policy.load();
+        if !Arc::ptr_eq(&current, decided_under) {
+            self.registry.recheck(&registration, &current, now_ms());
+        }
+        registration
+    }
+
+    async fn forward(&self, conn: ClientConn, req: Request<Incoming>) -> Response<ProxyBody> {
         let mut record = AccessRecord::new(
             self.metrics.clone(),
             Protocol::Http,
-            client,
+            conn.addr,
             req.method(),
             req.uri().to_string(),
         );
@@ -146,10 +175,15 @@ impl Proxy {
             Err(Refusal::Denied(denial)) => return record.denied(denial),
         };
         let policy = self.policy.load_full();
-        match policy.decide(&target, Protocol::Http) {
+        match policy.decide(&target, Protocol::Http, now_ms()) {
             Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
             Err(denial) => return record.denied(denial),
         }
+        conn.live.live.set_peer(Peer {
+            target: target.clone(),
+            protocol: Protocol::Http,
+            addr: None,
+        });
         let (mut parts, body) = req.into_parts();
         match headers::max_forwards(&parts.method, &parts.headers) {
             MaxForwards::Absent => {}
@@ -379,6 +413,10 @@ fn find_egress_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 pub fn empty() -> ProxyBody {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
@@ -469,10 +507,14 @@ impl AccessRecord {
         self.settle("allowed", "", status.as_u16());
     }
 
-    fn tunnel_closed(&mut self, stats: tunnel::TunnelStats) {
+    fn tunnel_closed(&mut self, stats: tunnel::TunnelStats, revoked: bool) {
         self.up.store(stats.up, Ordering::Relaxed);
         self.down.store(stats.down, Ordering::Relaxed);
-        self.tunnel_end = Some(stats.end);
+        self.tunnel_end = Some(if revoked {
+            TunnelEnd::Revoked
+        } else {
+            stats.end
+        });
     }
 
     fn bad_request(mut self, message: String) -> Response<ProxyBody> {

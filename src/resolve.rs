@@ -1,10 +1,9 @@
 //! Name resolution behind our own trait.
 //!
 //! hickory's API moves between minor versions, so the rest of egressd sees only [`Resolve`].
-//! Static overrides from `[dns] overrides` are answered first, without a lookup, which is how
-//! tests map names to loopback origins and how operators pin internal services.
+//! Static `[dns] overrides` are part of the policy and answered by the dialer before it asks
+//! a resolver.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -35,9 +34,8 @@ pub enum ResolveError {
     Failed { name: String, message: String },
 }
 
-/// Overrides first, then hickory.
+/// The configured (or system) name servers, through hickory.
 pub struct DnsResolver {
-    overrides: HashMap<Box<str>, IpAddr>,
     resolver: Option<TokioResolver>,
     timeout: Duration,
 }
@@ -54,7 +52,6 @@ impl DnsResolver {
             }
         };
         Arc::new(DnsResolver {
-            overrides: settings.overrides.clone(),
             resolver,
             timeout: settings.timeout,
         })
@@ -88,9 +85,6 @@ fn name_server(addr: &SocketAddr) -> NameServerConfig {
 impl Resolve for DnsResolver {
     fn resolve<'a>(&'a self, name: &'a str) -> ResolveFuture<'a> {
         Box::pin(async move {
-            if let Some(ip) = self.overrides.get(name) {
-                return Ok(vec![*ip]);
-            }
             let Some(resolver) = &self.resolver else {
                 return Err(ResolveError::Failed {
                     name: name.to_string(),

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxySettings;
 use crate::proxy::Proxy;
+use crate::revoke::Registration;
 
 /// Limits applied to each client connection.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +48,8 @@ pub struct ClientConn {
     /// The connection's place under `max_connections`. A CONNECT tunnel keeps a clone, so
     /// the place is held until both the HTTP connection and its tunnel are gone.
     _slot: Arc<OwnedSemaphorePermit>,
+    /// Its entry for revocation: a reload that denies its latest target closes it.
+    pub live: Arc<Registration>,
 }
 
 /// Serves the proxy listener until `shutdown` is cancelled. Returns once no new connections
@@ -78,9 +81,13 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let proxy_for_conn = proxy.clone();
         let shutdown = shutdown.clone();
+        let live = proxy
+            .registry
+            .register("connection", None, CancellationToken::new());
         let conn = ClientConn {
             addr: client,
             _slot: Arc::new(permit),
+            live: Arc::new(live),
         };
         proxy.tasks.spawn(async move {
             proxy_for_conn.metrics.active_connections.inc();
@@ -98,6 +105,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let client = conn.addr;
+    let revoked = conn.live.live.cancelled().clone();
     let service = service_fn(move |req| proxy.clone().handle(conn.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -113,6 +121,8 @@ async fn serve_connection(
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        // Dropping the connection closes the socket, in-flight response or not.
+        _ = revoked.cancelled() => return,
     };
     if let Err(err) = result {
         tracing::debug!(%client, error = %err, "client connection ended with an error");

@@ -23,8 +23,10 @@ pub enum TunnelEnd {
     Closed,
     /// No bytes either way for the idle timeout.
     Idle,
-    /// egressd cut it (shutdown, revocation).
+    /// egressd cut it at shutdown.
     Cancelled,
+    /// A reload no longer allows its target.
+    Revoked,
     /// A socket error on either side.
     Error,
 }
@@ -35,6 +37,7 @@ impl TunnelEnd {
             TunnelEnd::Closed => "closed",
             TunnelEnd::Idle => "idle-timeout",
             TunnelEnd::Cancelled => "cancelled",
+            TunnelEnd::Revoked => "revoked",
             TunnelEnd::Error => "error",
         }
     }

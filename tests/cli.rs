@@ -4,8 +4,19 @@ use std::path::Path;
 
 use assert_cmd::Command;
 
+/// Writes `text` as the config; a `[proxy]` table gets a state_dir inside `dir`, so no test
+/// reads activation state from the working directory.
 fn write(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("egressd.toml");
+    let state = format!(
+        "[proxy]\nstate_dir = {:?}\n",
+        dir.join("state").display().to_string()
+    );
+    let text = if text.contains("[proxy]\n") {
+        text.replacen("[proxy]\n", &state, 1)
+    } else {
+        text.to_string()
+    };
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -115,7 +126,7 @@ fn check_reports_unknown_keys_and_syntax_errors() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.starts_with(&format!("{}:3: ", path.display())),
+        stderr.starts_with(&format!("{}:4: ", path.display())),
         "{stderr}"
     );
     assert!(stderr.contains("unknown field `conect_ports`"), "{stderr}");
@@ -156,9 +167,9 @@ fn explain_prints_decision_reason_and_rule() {
     );
     let cases: [(&str, i32, &str); 7] = [
         ("www.example.com", 1, "denied (not-allowlisted): \"example.com\" is allowlisted but does not cover subdomains; add \"www.example.com\" or \"*.example.com\""),
-        ("example.com", 0, "allowed: CONNECT to example.com:443 matches rule \"example.com\" (line 7)"),
-        ("https://a.b.example.org/path", 0, "allowed: CONNECT to a.b.example.org:443 matches rule \"*.example.org\" (line 8)"),
-        ("http://example.com/", 0, "allowed: HTTP to example.com:80 matches rule \"example.com\" (line 7)"),
+        ("example.com", 0, "allowed: CONNECT to example.com:443 matches rule \"example.com\" (line 8)"),
+        ("https://a.b.example.org/path", 0, "allowed: CONNECT to a.b.example.org:443 matches rule \"*.example.org\" (line 9)"),
+        ("http://example.com/", 0, "allowed: HTTP to example.com:80 matches rule \"example.com\" (line 8)"),
         ("example.org", 1, "denied (not-allowlisted): \"*.example.org\" covers subdomains only, not \"example.org\" itself; add \"example.org\""),
         ("example.com:8443", 1, "denied (port-not-allowed): port 8443 is not open for connect requests"),
         ("db.example.org", 1, "denied (private-destination): 10.1.2.3 is in the private 10.0.0.0/8 range"),

@@ -87,8 +87,12 @@ impl EgressdBuilder {
             .proxy(&format!("http_ports = {http:?}"))
     }
 
-    pub fn config_text(&self) -> String {
+    pub fn config_text(&self, state_dir: &std::path::Path) -> String {
         let mut text = String::from("[proxy]\n");
+        text.push_str(&format!(
+            "state_dir = {:?}\n",
+            state_dir.display().to_string()
+        ));
         if !self.proxy_lines.iter().any(|l| l.starts_with("listen")) {
             text.push_str("listen = \"127.0.0.1:0\"\n");
         }
@@ -120,7 +124,7 @@ impl EgressdBuilder {
     pub fn start(self) -> Egressd {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("egressd.toml");
-        std::fs::write(&config_path, self.config_text()).unwrap();
+        std::fs::write(&config_path, self.config_text(&dir.path().join("state"))).unwrap();
         Egressd::spawn(dir, config_path)
     }
 }

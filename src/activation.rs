@@ -1,0 +1,307 @@
+//! Activation delay: a newly added allowlist pattern becomes active only after
+//! `proxy.activation_delay`; a removed one stops at once; a re-added one starts over.
+//!
+//! The [`ActivationBook`] remembers, per pattern, when it was added and when it becomes active.
+//! It is persisted in `state_dir/activation.json` (temp file + fsync + rename) so a restart
+//! cannot bypass the delay:
+//! - no state file (the very first start): every configured pattern is active at once;
+//! - a recorded pattern keeps its times, active or pending;
+//! - a pattern the file does not know (added while egressd was down) starts its delay now;
+//! - an unreadable or corrupt file is reported and every pattern starts its delay now — the
+//!   safe side — instead of crashing or trusting nothing-at-all as "all active".
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::allowlist::Allowlist;
+
+const STATE_FILE: &str = "activation.json";
+
+/// Added and active times of one pattern, in Unix milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub added_at: u64,
+    pub active_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    /// Pattern text (as `Pattern` displays it) → times.
+    patterns: BTreeMap<String, Stamp>,
+}
+
+/// How the book was opened, for the startup log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    FirstStart,
+    Restored { known: usize, new: usize },
+    Corrupt(String),
+}
+
+/// The activation times of the patterns currently configured.
+#[derive(Debug)]
+pub struct ActivationBook {
+    file: Option<PathBuf>,
+    stamps: BTreeMap<String, Stamp>,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// RFC 3339 in UTC, to the second.
+pub fn format_utc(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()
+}
+
+impl ActivationBook {
+    /// Opens the book for `allowlist` at start-up, creating `state_dir` if needed. `state_dir`
+    /// `None` keeps the book in memory only (tests, `explain` without a state dir).
+    pub fn open(
+        state_dir: Option<&Path>,
+        allowlist: &Allowlist,
+        delay: Duration,
+        now: SystemTime,
+    ) -> (Self, Opened) {
+        let now_ms = unix_ms(now);
+        let file = state_dir.map(|dir| dir.join(STATE_FILE));
+        let (recorded, opened) = match file.as_deref().map(read_state) {
+            None | Some(Ok(None)) => (None, Opened::FirstStart),
+            Some(Ok(Some(stamps))) => (Some(stamps), Opened::Restored { known: 0, new: 0 }),
+            Some(Err(err)) => (Some(BTreeMap::new()), Opened::Corrupt(err)),
+        };
+        let pending_at = now_ms + delay.as_millis() as u64;
+        let mut book = ActivationBook {
+            file,
+            stamps: BTreeMap::new(),
+        };
+        let (mut known, mut new) = (0, 0);
+        for pattern in allowlist.patterns() {
+            let key = pattern.to_string();
+            let stamp = match &recorded {
+                None => Stamp {
+                    added_at: now_ms,
+                    active_at: now_ms,
+                },
+                Some(map) => match map.get(&key) {
+                    Some(stamp) => {
+                        known += 1;
+                        *stamp
+                    }
+                    None => {
+                        new += 1;
+                        Stamp {
+                            added_at: now_ms,
+                            active_at: pending_at,
+                        }
+                    }
+                },
+            };
+            book.stamps.insert(key, stamp);
+        }
+        let opened = match opened {
+            Opened::Restored { .. } => Opened::Restored { known, new },
+            other => other,
+        };
+        (book, opened)
+    }
+
+    /// Reads the book of a running instance without changing it (for `explain`).
+    pub fn peek(state_dir: &Path) -> Result<Option<Self>, String> {
+        let file = state_dir.join(STATE_FILE);
+        Ok(read_state(&file)?.map(|stamps| ActivationBook { file: None, stamps }))
+    }
+
+    /// Follows a reload: new patterns start their delay, removed ones are forgotten (so a
+    /// re-add starts over), the rest keep their times. Returns the patterns added.
+    pub fn update(
+        &mut self,
+        allowlist: &Allowlist,
+        delay: Duration,
+        now: SystemTime,
+    ) -> Vec<String> {
+        let now_ms = unix_ms(now);
+        let current: HashSet<String> = allowlist.patterns().iter().map(|p| p.to_string()).collect();
+        self.stamps.retain(|key, _| current.contains(key));
+        let mut added = Vec::new();
+        for key in current {
+            self.stamps.entry(key.clone()).or_insert_with(|| {
+                added.push(key);
+                Stamp {
+                    added_at: now_ms,
+                    active_at: now_ms + delay.as_millis() as u64,
+                }
+            });
+        }
+        added.sort();
+        added
+    }
+
+    pub fn len(&self) -> usize {
+        self.stamps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stamps.is_empty()
+    }
+
+    pub fn stamp(&self, pattern: &str) -> Option<Stamp> {
+        self.stamps.get(pattern).copied()
+    }
+
+    /// Copies the activation times into the allowlist's index. Patterns the book does not
+    /// know are treated as added `now` (only `explain` against a live state dir meets them).
+    pub fn apply(&self, allowlist: &mut Allowlist, unknown_active_at: u64) {
+        for id in 0..allowlist.len() as u32 {
+            let key = allowlist.pattern(id).to_string();
+            let at = self
+                .stamps
+                .get(&key)
+                .map(|s| s.active_at)
+                .unwrap_or(unknown_active_at);
+            allowlist.set_active_at(id, at);
+        }
+    }
+
+    /// Writes the book atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn persist(&self) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let dir = file.parent().expect("state file has a directory");
+        std::fs::create_dir_all(dir)?;
+        let state = StateFile {
+            version: 1,
+            patterns: self.stamps.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// `Ok(None)` when there is no state file yet.
+fn read_state(file: &Path) -> Result<Option<BTreeMap<String, Stamp>>, String> {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("{}: {err}", file.display())),
+    };
+    let state: StateFile =
+        serde_json::from_slice(&bytes).map_err(|err| format!("{}: {err}", file.display()))?;
+    if state.version != 1 {
+        return Err(format!(
+            "{}: unknown version {}",
+            file.display(),
+            state.version
+        ));
+    }
+    Ok(Some(state.patterns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allowlist::Pattern;
+
+    fn list(entries: &[&str]) -> Allowlist {
+        Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))
+    }
+
+    const DELAY: Duration = Duration::from_secs(300);
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn first_start_activates_everything_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, opened) =
+            ActivationBook::open(Some(dir.path()), &list(&["a.com"]), DELAY, at(0));
+        assert_eq!(opened, Opened::FirstStart);
+        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+    }
+
+    #[test]
+    fn reload_adds_pending_removes_at_once_and_readd_starts_over() {
+        let (mut book, _) = ActivationBook::open(None, &list(&["a.com"]), DELAY, at(0));
+        assert_eq!(
+            book.update(&list(&["a.com", "b.com"]), DELAY, at(10)),
+            vec!["b.com"]
+        );
+        assert_eq!(book.stamp("b.com").unwrap().active_at, unix_ms(at(310)));
+        book.update(&list(&["a.com"]), DELAY, at(20));
+        assert_eq!(book.stamp("b.com"), None);
+        book.update(&list(&["a.com", "b.com"]), DELAY, at(30));
+        assert_eq!(book.stamp("b.com").unwrap().active_at, unix_ms(at(330)));
+        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+    }
+
+    #[test]
+    fn restart_keeps_times_and_delays_patterns_added_while_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut book, _) = ActivationBook::open(Some(dir.path()), &list(&["a.com"]), DELAY, at(0));
+        book.update(&list(&["a.com", "b.com"]), DELAY, at(10));
+        book.persist().unwrap();
+        let (book, opened) = ActivationBook::open(
+            Some(dir.path()),
+            &list(&["a.com", "b.com", "c.com"]),
+            DELAY,
+            at(100),
+        );
+        assert_eq!(opened, Opened::Restored { known: 2, new: 1 });
+        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+        assert_eq!(
+            book.stamp("b.com").unwrap().active_at,
+            unix_ms(at(310)),
+            "original time kept"
+        );
+        assert_eq!(
+            book.stamp("c.com").unwrap().active_at,
+            unix_ms(at(400)),
+            "delay starts at the restart"
+        );
+    }
+
+    #[test]
+    fn corrupt_state_puts_everything_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{ not json").unwrap();
+        let (book, opened) =
+            ActivationBook::open(Some(dir.path()), &list(&["a.com"]), DELAY, at(0));
+        assert!(
+            matches!(opened, Opened::Corrupt(ref e) if e.contains("activation.json")),
+            "{opened:?}"
+        );
+        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(300)));
+    }
+
+    #[test]
+    fn apply_sets_the_index_times() {
+        let (mut book, _) = ActivationBook::open(None, &list(&["a.com"]), DELAY, at(0));
+        let mut l = list(&["a.com", "b.com"]);
+        book.update(&l, DELAY, at(5));
+        book.apply(&mut l, 0);
+        assert_eq!(l.active_at(0), unix_ms(at(0)));
+        assert_eq!(l.active_at(1), unix_ms(at(305)));
+    }
+}

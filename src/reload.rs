@@ -1,0 +1,257 @@
+//! Reloading the config file: watched with `notify`, on SIGHUP, or on `POST /v1/reload`.
+//!
+//! A reload reads and validates the whole file before anything changes. A file that fails
+//! (syntax, unknown key, invalid pattern, empty or cut short) never replaces the running
+//! config: the last good one keeps serving and the error is kept for `/v1/allowlist` and
+//! counted. A good file is turned into a new [`Policy`], the activation book is updated
+//! (new patterns pending, removed ones gone) and persisted, and the policy is swapped in one
+//! atomic store — requests in flight keep the snapshot they loaded. Then every tunnel and
+//! connection the new policy denies is cut.
+//!
+//! The watcher watches the file's directory, not the file: editors replace files by rename
+//! and Kubernetes swaps a `..data` symlink, and both only show up as directory events.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode, DebounceEventResult, Debouncer};
+
+use crate::activation::{unix_ms, ActivationBook};
+use crate::config::{Config, ProxySettings};
+use crate::connect::PolicyHandle;
+use crate::metrics::Metrics;
+use crate::revoke::Registry;
+
+/// What the admin API shows about the loaded config.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    /// The last failed reload, until a good one clears it.
+    pub last_error: Option<(String, SystemTime)>,
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Reloaded {
+        generation: u64,
+        added: Vec<String>,
+        removed: usize,
+        revoked: usize,
+    },
+    Unchanged,
+    Failed(Vec<String>),
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    policy: PolicyHandle,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    /// Listener settings in force; changes to them need a restart and are only warned about.
+    started_with: ProxySettings,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    book: ActivationBook,
+    last_text: String,
+    status: Status,
+}
+
+impl Reloader {
+    /// Applies the activation book to the start-up config and returns the reloader holding it.
+    pub fn new(
+        config: &Config,
+        book: ActivationBook,
+        policy: PolicyHandle,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        loaded_text: String,
+    ) -> Arc<Self> {
+        metrics.config_generation.set(1);
+        Arc::new(Reloader {
+            path: config.path.clone(),
+            policy,
+            registry,
+            metrics,
+            started_with: config.proxy.clone(),
+            inner: Mutex::new(Inner {
+                book,
+                last_text: loaded_text,
+                status: Status {
+                    generation: 1,
+                    loaded_at: SystemTime::now(),
+                    last_error: None,
+                },
+            }),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        self.inner.lock().expect("reload lock").status.clone()
+    }
+
+    /// Stamps of the current patterns, for the admin view.
+    pub fn stamp(&self, pattern: &str) -> Option<crate::activation::Stamp> {
+        self.inner.lock().expect("reload lock").book.stamp(pattern)
+    }
+
+    /// Reads, validates and applies the config file. Blocking (file I/O, parsing): call it
+    /// from a blocking thread.
+    pub fn reload(&self, trigger: &str) -> Outcome {
+        let mut inner = self.inner.lock().expect("reload lock");
+        let started = std::time::Instant::now();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(err) => {
+                return self.fail(
+                    &mut inner,
+                    trigger,
+                    vec![format!("{}: cannot read: {err}", self.path.display())],
+                )
+            }
+        };
+        if text == inner.last_text {
+            self.metrics.reload("unchanged");
+            return Outcome::Unchanged;
+        }
+        let config = match Config::parse(&self.path, &text) {
+            Ok(config) => config,
+            Err(err) => return self.fail(&mut inner, trigger, err.problems()),
+        };
+        self.warn_about_restart_settings(&config.proxy);
+        let now = SystemTime::now();
+        let mut policy = config.policy;
+        let before = inner.book_len();
+        let added = inner
+            .book
+            .update(&policy.allowlist, config.proxy.activation_delay, now);
+        let removed = (before + added.len()).saturating_sub(policy.allowlist.len());
+        inner.book.apply(&mut policy.allowlist, 0);
+        if let Err(err) = inner.book.persist() {
+            tracing::error!(error = %err, "cannot persist activation state; new patterns stay pending across a restart only if it is written");
+        }
+        let policy = Arc::new(policy);
+        self.policy.store(policy.clone());
+        inner.last_text = text;
+        inner.status.generation += 1;
+        inner.status.loaded_at = now;
+        inner.status.last_error = None;
+        let generation = inner.status.generation;
+        drop(inner);
+
+        let revoked = self.registry.revoke_denied(&policy, unix_ms(now));
+        for (kind, target) in &revoked {
+            self.metrics.revoked(kind);
+            tracing::warn!(kind = *kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
+        }
+        self.metrics.reload("success");
+        self.metrics.config_generation.set(generation as i64);
+        tracing::info!(
+            trigger,
+            generation,
+            entries = policy.allowlist.len(),
+            added = added.len(),
+            removed,
+            revoked = revoked.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "config reloaded"
+        );
+        Outcome::Reloaded {
+            generation,
+            added,
+            removed,
+            revoked: revoked.len(),
+        }
+    }
+
+    fn fail(&self, inner: &mut Inner, trigger: &str, problems: Vec<String>) -> Outcome {
+        for problem in &problems {
+            tracing::error!(trigger, problem = %problem, "config reload failed; the running config stays in force");
+        }
+        self.metrics.reload("failure");
+        inner.status.last_error = Some((problems.join("\n"), SystemTime::now()));
+        Outcome::Failed(problems)
+    }
+
+    fn warn_about_restart_settings(&self, new: &ProxySettings) {
+        let old = &self.started_with;
+        let changed = [
+            ("proxy.listen", old.listen != new.listen),
+            ("proxy.admin_listen", old.admin_listen != new.admin_listen),
+            (
+                "proxy.max_connections",
+                old.max_connections != new.max_connections,
+            ),
+            (
+                "proxy.max_request_head_bytes",
+                old.max_request_head_bytes != new.max_request_head_bytes,
+            ),
+            (
+                "proxy.header_read_timeout",
+                old.header_read_timeout != new.header_read_timeout,
+            ),
+            (
+                "proxy.connect_timeout",
+                old.connect_timeout != new.connect_timeout,
+            ),
+            ("proxy.idle_timeout", old.idle_timeout != new.idle_timeout),
+            ("proxy.state_dir", old.state_dir != new.state_dir),
+            ("proxy.admin_token_file", old.admin_token != new.admin_token),
+        ];
+        for (key, differs) in changed {
+            if differs {
+                tracing::warn!(
+                    key,
+                    "changed in the file but takes effect only after a restart"
+                );
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn book_len(&self) -> usize {
+        self.book.len()
+    }
+}
+
+/// Watches the config file's directory and reloads (debounced) on any change there.
+/// The returned debouncer must be kept alive.
+pub fn watch(
+    reloader: Arc<Reloader>,
+) -> anyhow::Result<Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
+    let dir = watch_dir(&reloader.path);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(200),
+        move |result: DebounceEventResult| match result {
+            Ok(_) => {
+                let _ = tx.send(());
+            }
+            Err(err) => tracing::warn!(error = %err, "config watch error"),
+        },
+    )?;
+    debouncer
+        .watcher()
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload("watch")).await;
+        }
+    });
+    Ok(debouncer)
+}
+
+fn watch_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

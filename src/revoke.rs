@@ -1,0 +1,141 @@
+//! Revocation: after a reload, cut what the new policy no longer allows.
+//!
+//! Every CONNECT tunnel and every client connection registers here with what it is talking
+//! to (a tunnel: its target and the address dialled; a keep-alive connection: the target of
+//! its latest request). A reload re-decides each entry under the new policy and cancels the
+//! ones it denies. The registry is touched when connections and tunnels open and close, and
+//! a connection's own slot when it starts a request — never a shared lock per byte.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::{Policy, Protocol, Target};
+
+/// What a registered tunnel or connection is talking to.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub target: Target,
+    pub protocol: Protocol,
+    /// The address dialled, re-checked against the private ranges (tunnels only).
+    pub addr: Option<SocketAddr>,
+}
+
+/// One tunnel or client connection.
+pub struct Live {
+    kind: &'static str,
+    peer: Mutex<Option<Peer>>,
+    cancel: CancellationToken,
+    revoked: AtomicBool,
+}
+
+impl Live {
+    /// Records the peer of the connection's latest request.
+    pub fn set_peer(&self, peer: Peer) {
+        *self.peer.lock().expect("peer lock") = Some(peer);
+    }
+
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    pub fn was_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
+}
+
+fn revoke_if_denied(live: &Live, policy: &Policy, now_ms: u64) -> Option<(&'static str, Target)> {
+    let peer = live.peer.lock().expect("peer lock").clone()?;
+    let denied = policy.decide(&peer.target, peer.protocol, now_ms).is_err()
+        || peer
+            .addr
+            .is_some_and(|a| policy.check_address(a.ip()).is_err());
+    if denied && !live.revoked.swap(true, Ordering::Relaxed) {
+        live.cancel.cancel();
+        return Some((live.kind, peer.target));
+    }
+    None
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    entries: Mutex<HashMap<u64, Arc<Live>>>,
+}
+
+/// Removes its entry from the registry when dropped.
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    pub live: Arc<Live>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .entries
+            .lock()
+            .expect("registry lock")
+            .remove(&self.id);
+    }
+}
+
+impl Registry {
+    /// Registers a `kind` ("tunnel" or "connection"); `cancel` fires on revocation.
+    pub fn register(
+        self: &Arc<Self>,
+        kind: &'static str,
+        peer: Option<Peer>,
+        cancel: CancellationToken,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let live = Arc::new(Live {
+            kind,
+            peer: Mutex::new(peer),
+            cancel,
+            revoked: AtomicBool::new(false),
+        });
+        self.entries
+            .lock()
+            .expect("registry lock")
+            .insert(id, live.clone());
+        Registration {
+            registry: self.clone(),
+            id,
+            live,
+        }
+    }
+
+    /// Cancels every entry `policy` no longer allows at `now_ms`. Returns what was cut.
+    pub fn revoke_denied(&self, policy: &Policy, now_ms: u64) -> Vec<(&'static str, Target)> {
+        let entries: Vec<Arc<Live>> = self
+            .entries
+            .lock()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
+        entries
+            .iter()
+            .filter_map(|live| revoke_if_denied(live, policy, now_ms))
+            .collect()
+    }
+
+    /// Checks one fresh registration against a policy newer than the one it was allowed by.
+    pub fn recheck(&self, registration: &Registration, policy: &Policy, now_ms: u64) {
+        if let Some((kind, target)) = revoke_if_denied(&registration.live, policy, now_ms) {
+            tracing::warn!(kind, target = %target, "revoked: a reload during setup no longer allows it");
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
