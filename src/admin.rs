@@ -21,13 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::activation::{format_utc, unix_ms};
 use crate::allowlist::Pattern;
 use crate::config::AdminToken;
-use crate::connect::PolicyHandle;
 use crate::metrics::Metrics;
 use crate::proxy::{full, ProxyBody};
 use crate::reload::{Outcome, Reloader};
 
 pub struct Admin {
-    pub policy: PolicyHandle,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     /// Required on state-changing endpoints when set.
@@ -190,7 +188,7 @@ impl Admin {
     }
 
     fn allowlist(&self) -> AllowlistView {
-        let policy = self.policy.load();
+        let (policy, status) = self.reloader.snapshot();
         let list = &policy.allowlist;
         let now = unix_ms(SystemTime::now());
         let entries = list
@@ -218,7 +216,6 @@ impl Admin {
                 }
             })
             .collect();
-        let status = self.reloader.status();
         AllowlistView {
             generation: status.generation,
             loaded_at: format_utc(unix_ms(status.loaded_at)),

@@ -1,4 +1,8 @@
 //! Wiring: from a validated [`Config`] to running listeners, and back down on shutdown.
+//!
+//! [`App::start`] does everything that can fail — binding, restoring activation state,
+//! watching the config — before egressd reports itself listening, so "listening" means
+//! ready, reloads included. [`App::run`] then serves until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,48 +10,90 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use notify_debouncer_mini::{notify::RecommendedWatcher, Debouncer};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::{ActivationBook, Opened};
 use crate::admin::{serve_admin, Admin};
-use crate::config::Config;
+use crate::config::{Config, ProxySettings};
 use crate::connect::Dialer;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::proxy::Proxy;
 use crate::reload::{self, Reloader};
 use crate::resolve::DnsResolver;
 use crate::revoke::Registry;
 use crate::server::{serve_proxy, ConnLimits};
 
-/// Bound listeners, ready to serve.
+/// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
-    config: Config,
-    /// The file text `config` was parsed from; a reload of identical text is a no-op.
-    config_text: String,
+    settings: ProxySettings,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
+    reloader: Arc<Reloader>,
+    /// Dropping it stops the watch.
+    _watcher: Debouncer<RecommendedWatcher>,
 }
 
 impl App {
-    /// Binds both listeners (port 0 picks a free port; see [`App::proxy_addr`]).
-    pub async fn bind(config: Config, config_text: String) -> anyhow::Result<App> {
-        let proxy_listener = TcpListener::bind(config.proxy.listen)
+    /// Binds both listeners (port 0 picks a free port), restores activation state from
+    /// `state_dir` and starts watching the config file. `config_text` is the text `config`
+    /// was parsed from: a reload of identical text is a no-op.
+    pub async fn start(config: Config, config_text: String) -> anyhow::Result<App> {
+        let settings = config.proxy.clone();
+        let proxy_listener = TcpListener::bind(settings.listen)
             .await
-            .with_context(|| format!("cannot listen on proxy.listen {}", config.proxy.listen))?;
-        let admin_listener = TcpListener::bind(config.proxy.admin_listen)
+            .with_context(|| format!("cannot listen on proxy.listen {}", settings.listen))?;
+        let admin_listener = TcpListener::bind(settings.admin_listen)
             .await
             .with_context(|| {
                 format!(
                     "cannot listen on proxy.admin_listen {}",
-                    config.proxy.admin_listen
+                    settings.admin_listen
                 )
             })?;
-        Ok(App {
-            config,
+        let own_addrs = vec![proxy_listener.local_addr()?, admin_listener.local_addr()?];
+
+        let mut policy = config.policy.clone();
+        let book = open_activation_book(&config, &mut policy)?;
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::default());
+        let resolver = DnsResolver::new(&config.dns);
+        let dialer = Arc::new(Dialer::new(resolver, own_addrs, settings.connect_timeout));
+        let proxy = Arc::new(Proxy::new(
+            policy.clone(),
+            dialer,
+            metrics.clone(),
+            registry.clone(),
+            &settings,
+        ));
+        let reloader = Reloader::new(
+            &config,
+            book,
+            policy,
+            registry,
+            metrics.clone(),
             config_text,
+        );
+        let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
+        let admin = Arc::new(Admin {
+            metrics,
+            reloader: reloader.clone(),
+            token: settings.admin_token.clone(),
+        });
+        Ok(App {
+            settings,
             proxy_listener,
             admin_listener,
+            proxy,
+            admin,
+            reloader,
+            _watcher: watcher,
         })
     }
 
@@ -59,63 +105,38 @@ impl App {
         self.admin_listener.local_addr().expect("bound listener")
     }
 
-    /// Serves until `shutdown` is cancelled, then drains for the grace period. `reload`
-    /// fires for every SIGHUP.
+    /// Serves until `shutdown` is cancelled, then drains for the grace period. Each message on
+    /// `reload_signal` (SIGHUP) reloads the config.
     pub async fn run(
         self,
         shutdown: CancellationToken,
-        mut reload_signal: tokio::sync::mpsc::Receiver<()>,
+        mut reload_signal: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
-        let own_addrs = vec![self.proxy_addr(), self.admin_addr()];
-        let settings = self.config.proxy.clone();
-        let mut policy = self.config.policy.clone();
-        let book = open_activation_book(&self.config, &mut policy)?;
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
-        let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::default());
-        let resolver = DnsResolver::new(&self.config.dns);
-        let dialer = Arc::new(Dialer::new(resolver, own_addrs, settings.connect_timeout));
-        let proxy = Arc::new(Proxy::new(
-            policy.clone(),
-            dialer,
-            metrics.clone(),
-            registry.clone(),
-            &settings,
-        ));
-        let reloader = Reloader::new(
-            &self.config,
-            book,
-            policy.clone(),
-            registry,
-            metrics.clone(),
-            self.config_text,
-        );
-        let _watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
-        let on_signal = reloader.clone();
+        let reloader = self.reloader.clone();
         tokio::spawn(async move {
             while reload_signal.recv().await.is_some() {
-                let reloader = on_signal.clone();
+                let reloader = reloader.clone();
                 let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
             }
         });
-        let admin = Arc::new(Admin {
-            policy,
-            metrics,
-            reloader,
-            token: settings.admin_token.clone(),
-        });
-        let admin_task = tokio::spawn(serve_admin(self.admin_listener, admin, shutdown.clone()));
+        let admin_task = tokio::spawn(serve_admin(
+            self.admin_listener,
+            self.admin,
+            shutdown.clone(),
+        ));
+        let proxy = self.proxy;
         serve_proxy(
             self.proxy_listener,
             proxy.clone(),
-            ConnLimits::from(&settings),
+            ConnLimits::from(&self.settings),
             shutdown,
         )
         .await;
 
-        tracing::info!(grace = ?settings.shutdown_grace, "shutting down: no new connections, draining");
+        let grace = self.settings.shutdown_grace;
+        tracing::info!(?grace, "shutting down: no new connections, draining");
         proxy.tasks.close();
-        if tokio::time::timeout(settings.shutdown_grace, proxy.tasks.wait())
+        if tokio::time::timeout(grace, proxy.tasks.wait())
             .await
             .is_err()
         {
@@ -132,12 +153,9 @@ impl App {
     }
 }
 
-/// Restores activation times from the state dir (creating it on first start) and applies them
-/// to the start-up policy.
-fn open_activation_book(
-    config: &Config,
-    policy: &mut crate::policy::Policy,
-) -> anyhow::Result<ActivationBook> {
+/// Restores activation times from the state dir (creating it on first start), applies them to
+/// the start-up policy and writes the book back.
+fn open_activation_book(config: &Config, policy: &mut Policy) -> anyhow::Result<ActivationBook> {
     let dir = &config.proxy.state_dir;
     let (book, opened) = ActivationBook::open(
         Some(dir),
@@ -149,9 +167,12 @@ fn open_activation_book(
         Opened::FirstStart => {
             tracing::info!(state_dir = %dir.display(), "first start: every configured pattern is active")
         }
-        Opened::Restored { known, new } => {
-            tracing::info!(state_dir = %dir.display(), known, new, "activation state restored; patterns added while stopped are pending")
-        }
+        Opened::Restored { known, new } => tracing::info!(
+            state_dir = %dir.display(),
+            known,
+            new,
+            "activation state restored; patterns added while stopped are pending"
+        ),
         Opened::Corrupt(err) => tracing::error!(
             error = %err,
             "activation state is unreadable; every pattern starts its activation delay now"

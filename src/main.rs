@@ -105,11 +105,12 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async move {
-        let app = App::bind(config, text).await?;
+        let app = App::start(config, text).await?;
+        let signals = Signals::install()?;
         tracing::info!(proxy = %app.proxy_addr(), admin = %app.admin_addr(), "egressd listening");
         let shutdown = CancellationToken::new();
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(handle_signals(shutdown.clone(), reload_tx));
+        tokio::spawn(handle_signals(signals, shutdown.clone(), reload_tx));
         app.run(shutdown, reload_rx).await
     });
     match result {
@@ -125,17 +126,36 @@ fn run(path: &std::path::Path, format: LogFormat) -> ExitCode {
     }
 }
 
+/// Signal streams, installed before egressd reports itself listening so that a signal sent
+/// right after never meets the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT start a graceful shutdown; SIGHUP asks for a config reload.
-async fn handle_signals(shutdown: CancellationToken, reload: tokio::sync::mpsc::Sender<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+async fn handle_signals(
+    mut signals: Signals,
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::Sender<()>,
+) {
     loop {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-            _ = hup.recv() => {
+            _ = signals.term.recv() => tracing::info!("SIGTERM received"),
+            _ = signals.int.recv() => tracing::info!("SIGINT received"),
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
                 let _ = reload.try_send(());
                 continue;
@@ -206,6 +226,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!(
         "  timeouts   connect {:?}, idle {:?}, header read {:?}",
         p.connect_timeout, p.idle_timeout, p.header_read_timeout
+    );
+    println!(
+        "  reload     new entries active after {:?}; state in {}",
+        p.activation_delay,
+        p.state_dir.display()
     );
     if policy.allowlist.is_empty() {
         println!("  note: the allowlist is empty, so every request will be denied");

@@ -90,6 +90,13 @@ impl Reloader {
         })
     }
 
+    /// The policy in force and the status that describes it, read together: a reload swaps
+    /// the policy and bumps the generation under the same lock.
+    pub fn snapshot(&self) -> (Arc<crate::policy::Policy>, Status) {
+        let inner = self.inner.lock().expect("reload lock");
+        (self.policy.load_full(), inner.status.clone())
+    }
+
     pub fn status(&self) -> Status {
         self.inner.lock().expect("reload lock").status.clone()
     }
@@ -116,6 +123,7 @@ impl Reloader {
         };
         if text == inner.last_text {
             self.metrics.reload("unchanged");
+            tracing::info!(trigger, "config unchanged");
             return Outcome::Unchanged;
         }
         let config = match Config::parse(&self.path, &text) {
@@ -135,13 +143,16 @@ impl Reloader {
             tracing::error!(error = %err, "cannot persist activation state; new patterns stay pending across a restart only if it is written");
         }
         let policy = Arc::new(policy);
-        self.policy.store(policy.clone());
+        // The old policy is dropped here, on this blocking thread, unless a request still
+        // holds it: freeing a large index must not land on a proxy worker if avoidable.
+        let old = self.policy.swap(policy.clone());
         inner.last_text = text;
         inner.status.generation += 1;
         inner.status.loaded_at = now;
         inner.status.last_error = None;
         let generation = inner.status.generation;
         drop(inner);
+        drop(old);
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now));
         for (kind, target) in &revoked {

@@ -18,7 +18,7 @@ async fn https_proxy_to_a_tls_origin_and_a_denied_host() {
         .allow("secure.test")
         .ports(&[addr.port()], &[])
         .start();
-    let ca = proxy.dir.path().join("ca.pem");
+    let ca = proxy.dir().join("ca.pem");
     std::fs::write(&ca, pem).unwrap();
     let env = [("HTTPS_PROXY", proxy.proxy_url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -31,7 +31,7 @@ pub struct Egressd {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -164,25 +164,113 @@ impl Egressd {
             proxy: addr("proxy"),
             admin: addr("admin"),
             child,
-            dir,
+            dir: Some(dir),
             config_path,
             logs,
         }
+    }
+
+    /// The temp dir holding the config and the state dir.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+
+    /// Stops with SIGTERM and starts again on the same config and state dir.
+    pub fn restart(mut self) -> Egressd {
+        self.signal("TERM");
+        assert_eq!(self.wait_exit(), Some(0));
+        let dir = self.dir.take().expect("dir");
+        Egressd::spawn(dir, self.config_path.clone())
+    }
+
+    /// Starts again after the process was stopped (see [`Egressd::wait_exit`]).
+    pub fn restart_stopped(mut self) -> Egressd {
+        let dir = self.dir.take().expect("dir");
+        Egressd::spawn(dir, self.config_path.clone())
+    }
+
+    /// Replaces the `domains = [...]` line of the config, writing the file the way `how` says.
+    pub fn set_domains(&self, domains: &[&str], how: Write) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        write_file(&self.config_path, &with_domains(&text, domains), how);
+    }
+
+    /// The `/v1/allowlist` view.
+    pub async fn allowlist(&self) -> serde_json::Value {
+        let (status, body) = self.admin_get("/v1/allowlist").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub async fn generation(&self) -> u64 {
+        self.allowlist().await["generation"].as_u64().unwrap()
+    }
+
+    /// Waits until `/v1/allowlist` satisfies `pred`.
+    pub async fn wait_allowlist(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually("the allowlist view to match", || async {
+            let view = self.allowlist().await;
+            pred(&view).then_some(view)
+        })
+        .await
+    }
+
+    /// Waits until the config generation exceeds `previous`.
+    pub async fn wait_generation_above(&self, previous: u64) -> serde_json::Value {
+        self.wait_allowlist(|v| v["generation"].as_u64().unwrap() > previous)
+            .await
+    }
+
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_exchange(self.admin, request.as_bytes()).await;
+        let status = raw[9..12].parse().unwrap();
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)
     }
 
-    /// Access-log records (JSON objects) emitted so far.
-    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+    /// Every JSON log line emitted so far.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
         self.logs
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Access-log records (one per request or tunnel) emitted so far.
+    pub fn access_logs(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
             .filter(|v| v.get("decision").is_some())
             .collect()
+    }
+
+    /// Waits until any JSON log line satisfies `pred`.
+    pub async fn wait_for_line(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually("a matching log line", || async {
+            self.log_lines().into_iter().find(&pred)
+        })
+        .await
     }
 
     /// Waits until an access-log record satisfies `pred`.
@@ -190,18 +278,10 @@ impl Egressd {
         &self,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(v) = self.access_logs().into_iter().find(&pred) {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no matching log line in {:?}",
-                self.access_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("a matching access-log line", || async {
+            self.access_logs().into_iter().find(&pred)
+        })
+        .await
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -243,6 +323,64 @@ impl Drop for Egressd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `text` with its `domains = [...]` line replaced.
+pub fn with_domains(text: &str, domains: &[&str]) -> String {
+    let list: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    let mut out: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("domains = ") {
+                format!("domains = [{}]", list.join(", "))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
+    out
+}
+
+/// How a test writes a config file, as editors and Kubernetes do.
+#[derive(Clone, Copy, Debug)]
+pub enum Write {
+    /// Truncate and write the same inode.
+    InPlace,
+    /// Write a temp file beside it and rename it over (vim, most editors, `sed -i`).
+    Rename,
+}
+
+pub fn write_file(path: &std::path::Path, text: &str, how: Write) {
+    match how {
+        Write::InPlace => std::fs::write(path, text).unwrap(),
+        Write::Rename => {
+            let tmp = path.with_extension("tmp~");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
+}
+
+/// Polls `probe` until it yields a value, for at most [`PATIENCE`]; panics naming `what`.
+/// For events that happen promptly but not synchronously (a reload, a log line).
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
