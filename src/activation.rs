@@ -10,14 +10,14 @@
 //! - an unreadable or corrupt file is reported and every pattern starts its delay now — the
 //!   safe side — instead of crashing or trusting nothing-at-all as "all active".
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::allowlist::Allowlist;
+use crate::allowlist::{Allowlist, Pattern};
 
 const STATE_FILE: &str = "activation.json";
 
@@ -48,7 +48,7 @@ pub enum Opened {
 #[derive(Debug)]
 pub struct ActivationBook {
     file: Option<PathBuf>,
-    stamps: BTreeMap<String, Stamp>,
+    stamps: HashMap<Pattern, Stamp>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -80,42 +80,37 @@ impl ActivationBook {
         let (recorded, opened) = match file.as_deref().map(read_state) {
             None | Some(Ok(None)) => (None, Opened::FirstStart),
             Some(Ok(Some(stamps))) => (Some(stamps), Opened::Restored { known: 0, new: 0 }),
-            Some(Err(err)) => (Some(BTreeMap::new()), Opened::Corrupt(err)),
+            Some(Err(err)) => (Some(HashMap::new()), Opened::Corrupt(err)),
         };
-        let pending_at = now_ms + delay.as_millis() as u64;
-        let mut book = ActivationBook {
-            file,
-            stamps: BTreeMap::new(),
+        let fresh = Stamp {
+            added_at: now_ms,
+            active_at: now_ms,
         };
+        let pending = Stamp {
+            added_at: now_ms,
+            active_at: now_ms + delay.as_millis() as u64,
+        };
+        let mut stamps = HashMap::with_capacity(allowlist.len());
         let (mut known, mut new) = (0, 0);
         for pattern in allowlist.patterns() {
-            let key = pattern.to_string();
-            let stamp = match &recorded {
-                None => Stamp {
-                    added_at: now_ms,
-                    active_at: now_ms,
-                },
-                Some(map) => match map.get(&key) {
-                    Some(stamp) => {
-                        known += 1;
-                        *stamp
-                    }
-                    None => {
-                        new += 1;
-                        Stamp {
-                            added_at: now_ms,
-                            active_at: pending_at,
-                        }
-                    }
-                },
+            let stamp = match recorded.as_ref().map(|map| map.get(pattern)) {
+                None => fresh,
+                Some(Some(stamp)) => {
+                    known += 1;
+                    *stamp
+                }
+                Some(None) => {
+                    new += 1;
+                    pending
+                }
             };
-            book.stamps.insert(key, stamp);
+            stamps.insert(pattern.clone(), stamp);
         }
         let opened = match opened {
             Opened::Restored { .. } => Opened::Restored { known, new },
             other => other,
         };
-        (book, opened)
+        (ActivationBook { file, stamps }, opened)
     }
 
     /// Reads the book of a running instance without changing it (for `explain`).
@@ -125,28 +120,30 @@ impl ActivationBook {
     }
 
     /// Follows a reload: new patterns start their delay, removed ones are forgotten (so a
-    /// re-add starts over), the rest keep their times. Returns the patterns added.
+    /// re-add starts over), the rest keep their times. Returns the patterns added and how
+    /// many were removed.
     pub fn update(
         &mut self,
         allowlist: &Allowlist,
         delay: Duration,
         now: SystemTime,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, usize) {
         let now_ms = unix_ms(now);
-        let current: HashSet<String> = allowlist.patterns().iter().map(|p| p.to_string()).collect();
-        self.stamps.retain(|key, _| current.contains(key));
+        let before = self.stamps.len();
+        self.stamps.retain(|pattern, _| allowlist.contains(pattern));
+        let removed = before - self.stamps.len();
+        let pending = Stamp {
+            added_at: now_ms,
+            active_at: now_ms + delay.as_millis() as u64,
+        };
         let mut added = Vec::new();
-        for key in current {
-            self.stamps.entry(key.clone()).or_insert_with(|| {
-                added.push(key);
-                Stamp {
-                    added_at: now_ms,
-                    active_at: now_ms + delay.as_millis() as u64,
-                }
-            });
+        for pattern in allowlist.patterns() {
+            if !self.stamps.contains_key(pattern) {
+                self.stamps.insert(pattern.clone(), pending);
+                added.push(pattern.to_string());
+            }
         }
-        added.sort();
-        added
+        (added, removed)
     }
 
     pub fn len(&self) -> usize {
@@ -157,20 +154,18 @@ impl ActivationBook {
         self.stamps.is_empty()
     }
 
-    pub fn stamp(&self, pattern: &str) -> Option<Stamp> {
+    pub fn stamp(&self, pattern: &Pattern) -> Option<Stamp> {
         self.stamps.get(pattern).copied()
     }
 
     /// Copies the activation times into the allowlist's index. Patterns the book does not
-    /// know are treated as added `now` (only `explain` against a live state dir meets them).
+    /// know get `unknown_active_at` (only `explain` against a live state dir meets them).
     pub fn apply(&self, allowlist: &mut Allowlist, unknown_active_at: u64) {
         for id in 0..allowlist.len() as u32 {
-            let key = allowlist.pattern(id).to_string();
             let at = self
                 .stamps
-                .get(&key)
-                .map(|s| s.active_at)
-                .unwrap_or(unknown_active_at);
+                .get(allowlist.pattern(id))
+                .map_or(unknown_active_at, |s| s.active_at);
             allowlist.set_active_at(id, at);
         }
     }
@@ -182,11 +177,25 @@ impl ActivationBook {
         };
         let dir = file.parent().expect("state file has a directory");
         std::fs::create_dir_all(dir)?;
-        let state = StateFile {
-            version: 1,
-            patterns: self.stamps.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
+        // Sorted, one pattern per line: stable output that diffs well. Patterns are plain
+        // ASCII host syntax, so they need no JSON escaping.
+        let mut entries: Vec<(String, Stamp)> = self
+            .stamps
+            .iter()
+            .map(|(p, s)| (p.to_string(), *s))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut bytes = Vec::with_capacity(entries.len() * 72 + 32);
+        bytes.extend_from_slice(b"{\"version\":1,\"patterns\":{");
+        for (i, (pattern, stamp)) in entries.iter().enumerate() {
+            let sep = if i == 0 { "\n" } else { ",\n" };
+            write!(
+                bytes,
+                "{sep}\"{pattern}\":{{\"added_at\":{},\"active_at\":{}}}",
+                stamp.added_at, stamp.active_at
+            )?;
+        }
+        bytes.extend_from_slice(b"\n}}\n");
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         {
             let mut f = std::fs::File::create(&tmp)?;
@@ -199,7 +208,8 @@ impl ActivationBook {
 }
 
 /// `Ok(None)` when there is no state file yet.
-fn read_state(file: &Path) -> Result<Option<BTreeMap<String, Stamp>>, String> {
+/// Entries whose pattern no longer parses are dropped: they cannot be in any valid config.
+fn read_state(file: &Path) -> Result<Option<HashMap<Pattern, Stamp>>, String> {
     let bytes = match std::fs::read(file) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -214,7 +224,12 @@ fn read_state(file: &Path) -> Result<Option<BTreeMap<String, Stamp>>, String> {
             state.version
         ));
     }
-    Ok(Some(state.patterns))
+    let stamps = state
+        .patterns
+        .into_iter()
+        .filter_map(|(text, stamp)| Pattern::parse(&text).ok().map(|p| (p, stamp)))
+        .collect();
+    Ok(Some(stamps))
 }
 
 #[cfg(test)]
@@ -224,6 +239,10 @@ mod tests {
 
     fn list(entries: &[&str]) -> Allowlist {
         Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))
+    }
+
+    fn pat(s: &str) -> Pattern {
+        Pattern::parse(s).unwrap()
     }
 
     const DELAY: Duration = Duration::from_secs(300);
@@ -238,7 +257,7 @@ mod tests {
         let (book, opened) =
             ActivationBook::open(Some(dir.path()), &list(&["a.com"]), DELAY, at(0));
         assert_eq!(opened, Opened::FirstStart);
-        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+        assert_eq!(book.stamp(&pat("a.com")).unwrap().active_at, unix_ms(at(0)));
     }
 
     #[test]
@@ -246,14 +265,20 @@ mod tests {
         let (mut book, _) = ActivationBook::open(None, &list(&["a.com"]), DELAY, at(0));
         assert_eq!(
             book.update(&list(&["a.com", "b.com"]), DELAY, at(10)),
-            vec!["b.com"]
+            (vec!["b.com".to_string()], 0)
         );
-        assert_eq!(book.stamp("b.com").unwrap().active_at, unix_ms(at(310)));
-        book.update(&list(&["a.com"]), DELAY, at(20));
-        assert_eq!(book.stamp("b.com"), None);
+        assert_eq!(
+            book.stamp(&pat("b.com")).unwrap().active_at,
+            unix_ms(at(310))
+        );
+        assert_eq!(book.update(&list(&["a.com"]), DELAY, at(20)), (vec![], 1));
+        assert_eq!(book.stamp(&pat("b.com")), None);
         book.update(&list(&["a.com", "b.com"]), DELAY, at(30));
-        assert_eq!(book.stamp("b.com").unwrap().active_at, unix_ms(at(330)));
-        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+        assert_eq!(
+            book.stamp(&pat("b.com")).unwrap().active_at,
+            unix_ms(at(330))
+        );
+        assert_eq!(book.stamp(&pat("a.com")).unwrap().active_at, unix_ms(at(0)));
     }
 
     #[test]
@@ -269,14 +294,14 @@ mod tests {
             at(100),
         );
         assert_eq!(opened, Opened::Restored { known: 2, new: 1 });
-        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(0)));
+        assert_eq!(book.stamp(&pat("a.com")).unwrap().active_at, unix_ms(at(0)));
         assert_eq!(
-            book.stamp("b.com").unwrap().active_at,
+            book.stamp(&pat("b.com")).unwrap().active_at,
             unix_ms(at(310)),
             "original time kept"
         );
         assert_eq!(
-            book.stamp("c.com").unwrap().active_at,
+            book.stamp(&pat("c.com")).unwrap().active_at,
             unix_ms(at(400)),
             "delay starts at the restart"
         );
@@ -292,7 +317,10 @@ mod tests {
             matches!(opened, Opened::Corrupt(ref e) if e.contains("activation.json")),
             "{opened:?}"
         );
-        assert_eq!(book.stamp("a.com").unwrap().active_at, unix_ms(at(300)));
+        assert_eq!(
+            book.stamp(&pat("a.com")).unwrap().active_at,
+            unix_ms(at(300))
+        );
     }
 
     #[test]

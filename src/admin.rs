@@ -199,7 +199,7 @@ impl Admin {
                 let key = pattern.to_string();
                 let active_at = list.active_at(id as u32);
                 EntryView {
-                    added_at: self.reloader.stamp(&key).map(|s| format_utc(s.added_at)),
+                    added_at: self.reloader.stamp(pattern).map(|s| format_utc(s.added_at)),
                     pattern: key,
                     kind: match pattern {
                         Pattern::Exact(_) => "exact",

@@ -213,6 +213,15 @@ impl Allowlist {
         }
     }
 
+    /// Whether this exact pattern is on the list.
+    pub fn contains(&self, pattern: &Pattern) -> bool {
+        match pattern {
+            Pattern::Exact(name) => self.exact.contains_key(name),
+            Pattern::Wildcard(suffix) => self.wildcard.contains_key(suffix),
+            Pattern::Ip(ip) => self.ips.contains_key(ip),
+        }
+    }
+
     pub fn patterns(&self) -> &[Pattern] {
         &self.patterns
     }

@@ -220,28 +220,34 @@ impl Config {
 }
 
 /// Collects problems with line numbers computed from spans.
-struct Problems<'a> {
+struct Problems {
     file: String,
-    src: &'a str,
+    /// Byte offset at which each line starts, so a span's line is a binary search — a
+    /// 100k-entry allowlist asks for 100k of them.
+    line_starts: Vec<usize>,
     list: Vec<Problem>,
 }
 
-impl<'a> Problems<'a> {
-    fn new(path: &Path, src: &'a str) -> Self {
+impl Problems {
+    fn new(path: &Path, src: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(
+                src.bytes()
+                    .enumerate()
+                    .filter(|(_, b)| *b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
         Problems {
             file: path.display().to_string(),
-            src,
+            line_starts,
             list: Vec::new(),
         }
     }
 
+    /// 1-based line of a byte offset.
     fn line_of(&self, offset: usize) -> usize {
-        let offset = offset.min(self.src.len());
-        self.src.as_bytes()[..offset]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.line_starts.partition_point(|start| *start <= offset)
     }
 
     fn push(&mut self, line: Option<usize>, key: &str, value: Option<String>, message: String) {

@@ -102,7 +102,7 @@ impl Reloader {
     }
 
     /// Stamps of the current patterns, for the admin view.
-    pub fn stamp(&self, pattern: &str) -> Option<crate::activation::Stamp> {
+    pub fn stamp(&self, pattern: &crate::allowlist::Pattern) -> Option<crate::activation::Stamp> {
         self.inner.lock().expect("reload lock").book.stamp(pattern)
     }
 
@@ -130,35 +130,43 @@ impl Reloader {
             Ok(config) => config,
             Err(err) => return self.fail(&mut inner, trigger, err.problems()),
         };
+        let parsed_in = started.elapsed();
         self.warn_about_restart_settings(&config.proxy);
         let now = SystemTime::now();
         let mut policy = config.policy;
-        let before = inner.book_len();
-        let added = inner
-            .book
-            .update(&policy.allowlist, config.proxy.activation_delay, now);
-        let removed = (before + added.len()).saturating_sub(policy.allowlist.len());
+        let (added, removed) =
+            inner
+                .book
+                .update(&policy.allowlist, config.proxy.activation_delay, now);
         inner.book.apply(&mut policy.allowlist, 0);
-        if let Err(err) = inner.book.persist() {
-            tracing::error!(error = %err, "cannot persist activation state; new patterns stay pending across a restart only if it is written");
-        }
         let policy = Arc::new(policy);
         // The old policy is dropped here, on this blocking thread, unless a request still
         // holds it: freeing a large index must not land on a proxy worker if avoidable.
         let old = self.policy.swap(policy.clone());
+        let effective_in = started.elapsed();
         inner.last_text = text;
         inner.status.generation += 1;
         inner.status.loaded_at = now;
         inner.status.last_error = None;
         let generation = inner.status.generation;
-        drop(inner);
-        drop(old);
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now));
         for (kind, target) in &revoked {
             self.metrics.revoked(kind);
             tracing::warn!(kind = *kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
         }
+        // Persisting after the swap is safe: a crash before the write leaves new patterns
+        // unknown to the state file, so they start a fresh (later) delay at the restart,
+        // and removed ones are dropped because the config no longer lists them.
+        let persist_started = std::time::Instant::now();
+        if !added.is_empty() || removed > 0 {
+            if let Err(err) = inner.book.persist() {
+                tracing::error!(error = %err, "cannot persist activation state; a restart would restart pending delays");
+            }
+        }
+        let persisted_in = persist_started.elapsed();
+        drop(inner);
+        drop(old);
         self.metrics.reload("success");
         self.metrics.config_generation.set(generation as i64);
         tracing::info!(
@@ -168,7 +176,10 @@ impl Reloader {
             added = added.len(),
             removed,
             revoked = revoked.len(),
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            took_ms = ms(started.elapsed()),
+            effective_ms = ms(effective_in),
+            parse_ms = ms(parsed_in),
+            persist_ms = ms(persisted_in),
             "config reloaded"
         );
         Outcome::Reloaded {
@@ -224,10 +235,8 @@ impl Reloader {
     }
 }
 
-impl Inner {
-    fn book_len(&self) -> usize {
-        self.book.len()
-    }
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// Watches the config file's directory and reloads (debounced) on any change there.
