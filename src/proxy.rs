@@ -21,6 +21,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -136,7 +137,17 @@ impl Proxy {
                 }
             };
             metrics.active_tunnels.inc();
-            let stats = tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await;
+            // A plain TCP client (the usual case) gets the buffer-free socket relay.
+            let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let client = parts.io.into_inner();
+                    tunnel::relay_tcp(client, &parts.read_buf, upstream, idle, cancel).await
+                }
+                Err(upgraded) => {
+                    tracing::debug!("tunnel client is not a TCP socket; using the generic relay");
+                    tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await
+                }
+            };
             metrics.active_tunnels.dec();
             drop(conn);
             record.tunnel_closed(stats, registration.live.was_revoked());

@@ -4,6 +4,12 @@
 //! shutdown of the other side's write half), or until neither side has sent anything for the
 //! idle timeout. Activity and byte counts live in atomics shared with the watchdog, so a
 //! tunnel cut for idleness still reports what it carried.
+//!
+//! [`relay_tcp`] is the hot path: both ends are plain TCP sockets, and a copy buffer exists
+//! only while bytes are flowing — a direction waits for readability with no buffer, takes
+//! one for the burst, and frees it when the socket would block. Ten thousand idle tunnels
+//! therefore cost sockets and a small task each, not 16 KiB of buffers each.
+//! [`relay`] is the generic fallback for streams that are not TCP sockets.
 
 use std::io;
 use std::pin::Pin;
@@ -13,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +68,119 @@ struct Activity {
     down: AtomicU64,
 }
 
-/// Relays between `client` and `upstream`.
+/// Bytes moved per burst; allocated when a burst starts, freed when it ends.
+const BURST_BUFFER: usize = 64 * 1024;
+
+/// Relays between two TCP sockets. `early` holds bytes the client sent right behind its
+/// CONNECT head (often a TLS ClientHello), already read by the HTTP parser.
+pub async fn relay_tcp(
+    client: TcpStream,
+    early: &[u8],
+    upstream: TcpStream,
+    idle: Duration,
+    cancel: CancellationToken,
+) -> TunnelStats {
+    let start = Instant::now();
+    let activity = Activity::default();
+    if !early.is_empty() {
+        if write_all(&upstream, early).await.is_err() {
+            return TunnelStats {
+                up: 0,
+                down: 0,
+                end: TunnelEnd::Error,
+            };
+        }
+        activity.up.fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    let up = pump(&client, &upstream, &activity.up, &activity, start);
+    let down = pump(&upstream, &client, &activity.down, &activity, start);
+    let end = watch(
+        async { tokio::try_join!(up, down) },
+        &activity,
+        start,
+        idle,
+        &cancel,
+    )
+    .await;
+    TunnelStats {
+        up: activity.up.load(Ordering::Relaxed),
+        down: activity.down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// Copies `from` → `to` until EOF, then half-closes `to`.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    activity: &Activity,
+    start: Instant,
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let mut buf = vec![0u8; BURST_BUFFER];
+        loop {
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    // Pass the half-close on; the other direction keeps flowing.
+                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    activity
+                        .last_ms
+                        .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    write_all(to, &buf[..n]).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Drives `copy` to its end while watching for idleness and cancellation.
+async fn watch<F, T>(
+    copy: F,
+    activity: &Activity,
+    start: Instant,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> TunnelEnd
+where
+    F: std::future::Future<Output = io::Result<T>>,
+{
+    tokio::pin!(copy);
+    loop {
+        let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+        tokio::select! {
+            result = &mut copy => return if result.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
+            _ = tokio::time::sleep_until(last + idle) => {
+                let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+                if last + idle <= Instant::now() {
+                    return TunnelEnd::Idle;
+                }
+            }
+            _ = cancel.cancelled() => return TunnelEnd::Cancelled,
+        }
+    }
+}
+
+/// Relays between `client` and `upstream`, any byte streams.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
@@ -87,21 +206,7 @@ where
         up: false,
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    let end = loop {
-        let deadline =
-            start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed)) + idle;
-        tokio::select! {
-            result = &mut copy => break if result.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
-            _ = tokio::time::sleep_until(deadline) => {
-                let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
-                if last + idle <= Instant::now() {
-                    break TunnelEnd::Idle;
-                }
-            }
-            _ = cancel.cancelled() => break TunnelEnd::Cancelled,
-        }
-    };
+    let end = watch(copy, &activity, start, idle, &cancel).await;
     TunnelStats {
         up: activity.up.load(Ordering::Relaxed),
         down: activity.down.load(Ordering::Relaxed),
@@ -189,6 +294,56 @@ mod tests {
         assert_eq!(back, b"world!");
         let stats = task.await.unwrap();
         assert_eq!((stats.up, stats.down, stats.end), (5, 6, TunnelEnd::Closed));
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (a, b) = tokio::join!(connect, listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn tcp_relay_forwards_early_bytes_bulk_and_half_close() {
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, mut upstream_peer) = tcp_pair().await;
+        let task = tokio::spawn(async move {
+            relay_tcp(
+                client,
+                b"early:",
+                upstream,
+                Duration::from_secs(60),
+                CancellationToken::new(),
+            )
+            .await
+        });
+        let bulk = vec![7u8; 3 * BURST_BUFFER + 5];
+        client_peer.write_all(&bulk).await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..6], b"early:");
+        assert_eq!(got.len(), 6 + bulk.len());
+        upstream_peer.write_all(b"reply").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client_peer.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"reply");
+        let stats = task.await.unwrap();
+        assert_eq!(
+            (stats.up, stats.down, stats.end),
+            (6 + bulk.len() as u64, 5, TunnelEnd::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_relay_stops_on_cancel() {
+        let (client, _client_peer) = tcp_pair().await;
+        let (upstream, _upstream_peer) = tcp_pair().await;
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let stats = relay_tcp(client, b"", upstream, Duration::from_secs(60), cancel).await;
+        assert_eq!(stats.end, TunnelEnd::Cancelled);
     }
 
     #[tokio::test(start_paused = true)]
