@@ -167,7 +167,10 @@ impl Proxy {
         let registration = self.registry.register(kind, Some(peer), cancel);
         let current = self.policy.load();
         if !Arc::ptr_eq(&current, decided_under) {
-            self.registry.recheck(&registration, &current, now_ms());
+            self.registry.recheck(&registration, &current, now_ms(), |kind, target| {
+                self.metrics.revoked(kind);
+                tracing::warn!(kind, target = %target, "revoked: a reload during setup no longer allows it");
+            });
         }
         registration
     }
@@ -190,7 +193,7 @@ impl Proxy {
             Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
             Err(denial) => return record.denied(denial),
         }
-        conn.live.live.set_peer(Peer {
+        conn.registration.live.set_peer(Peer {
             target: target.clone(),
             protocol: Protocol::Http,
             addr: None,
@@ -599,15 +602,6 @@ impl Drop for AccessRecord {
         let down = self.down.load(Ordering::Relaxed);
         let elapsed = self.start.elapsed();
         let protocol = self.protocol.as_str();
-        self.metrics.request(
-            protocol,
-            self.decision,
-            if self.reason.is_empty() {
-                "none"
-            } else {
-                self.reason
-            },
-        );
         self.metrics.relayed(up, down);
         self.metrics
             .observe_duration(protocol, elapsed.as_secs_f64());

@@ -150,11 +150,10 @@ impl Reloader {
         inner.status.last_error = None;
         let generation = inner.status.generation;
 
-        let revoked = self.registry.revoke_denied(&policy, unix_ms(now));
-        for (kind, target) in &revoked {
+        let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
             self.metrics.revoked(kind);
-            tracing::warn!(kind = *kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
-        }
+            tracing::warn!(kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
+        });
         // Persisting after the swap is safe: a crash before the write leaves new patterns
         // unknown to the state file, so they start a fresh (later) delay at the restart,
         // and removed ones are dropped because the config no longer lists them.
@@ -175,7 +174,7 @@ impl Reloader {
             entries = policy.allowlist.len(),
             added = added.len(),
             removed,
-            revoked = revoked.len(),
+            revoked,
             took_ms = ms(started.elapsed()),
             effective_ms = ms(effective_in),
             parse_ms = ms(parsed_in),
@@ -186,7 +185,7 @@ impl Reloader {
             generation,
             added,
             removed,
-            revoked: revoked.len(),
+            revoked,
         }
     }
 

@@ -47,17 +47,27 @@ impl Live {
     }
 }
 
-fn revoke_if_denied(live: &Live, policy: &Policy, now_ms: u64) -> Option<(&'static str, Target)> {
-    let peer = live.peer.lock().expect("peer lock").clone()?;
+/// Cancels `live` if `policy` denies its peer, calling `on_revoke` first (so metrics and
+/// logs are in place before the peer sees the close).
+fn revoke_if_denied(
+    live: &Live,
+    policy: &Policy,
+    now_ms: u64,
+    on_revoke: &mut impl FnMut(&'static str, &Target),
+) -> bool {
+    let Some(peer) = live.peer.lock().expect("peer lock").clone() else {
+        return false;
+    };
     let denied = policy.decide(&peer.target, peer.protocol, now_ms).is_err()
         || peer
             .addr
             .is_some_and(|a| policy.check_address(a.ip()).is_err());
     if denied && !live.revoked.swap(true, Ordering::Relaxed) {
+        on_revoke(live.kind, &peer.target);
         live.cancel.cancel();
-        return Some((live.kind, peer.target));
+        return true;
     }
-    None
+    false
 }
 
 #[derive(Default)]
@@ -109,8 +119,13 @@ impl Registry {
         }
     }
 
-    /// Cancels every entry `policy` no longer allows at `now_ms`. Returns what was cut.
-    pub fn revoke_denied(&self, policy: &Policy, now_ms: u64) -> Vec<(&'static str, Target)> {
+    /// Cancels every entry `policy` no longer allows at `now_ms`; returns how many.
+    pub fn revoke_denied(
+        &self,
+        policy: &Policy,
+        now_ms: u64,
+        mut on_revoke: impl FnMut(&'static str, &Target),
+    ) -> usize {
         let entries: Vec<Arc<Live>> = self
             .entries
             .lock()
@@ -120,15 +135,19 @@ impl Registry {
             .collect();
         entries
             .iter()
-            .filter_map(|live| revoke_if_denied(live, policy, now_ms))
-            .collect()
+            .filter(|live| revoke_if_denied(live, policy, now_ms, &mut on_revoke))
+            .count()
     }
 
     /// Checks one fresh registration against a policy newer than the one it was allowed by.
-    pub fn recheck(&self, registration: &Registration, policy: &Policy, now_ms: u64) {
-        if let Some((kind, target)) = revoke_if_denied(&registration.live, policy, now_ms) {
-            tracing::warn!(kind, target = %target, "revoked: a reload during setup no longer allows it");
-        }
+    pub fn recheck(
+        &self,
+        registration: &Registration,
+        policy: &Policy,
+        now_ms: u64,
+        mut on_revoke: impl FnMut(&'static str, &Target),
+    ) {
+        revoke_if_denied(&registration.live, policy, now_ms, &mut on_revoke);
     }
 
     pub fn len(&self) -> usize {

@@ -49,7 +49,7 @@ pub struct ClientConn {
     /// the place is held until both the HTTP connection and its tunnel are gone.
     _slot: Arc<OwnedSemaphorePermit>,
     /// Its entry for revocation: a reload that denies its latest target closes it.
-    pub live: Arc<Registration>,
+    pub registration: Arc<Registration>,
 }
 
 /// Serves the proxy listener until `shutdown` is cancelled. Returns once no new connections
@@ -81,13 +81,13 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let proxy_for_conn = proxy.clone();
         let shutdown = shutdown.clone();
-        let live = proxy
+        let registration = proxy
             .registry
             .register("connection", None, CancellationToken::new());
         let conn = ClientConn {
             addr: client,
             _slot: Arc::new(permit),
-            live: Arc::new(live),
+            registration: Arc::new(registration),
         };
         proxy.tasks.spawn(async move {
             proxy_for_conn.metrics.active_connections.inc();
@@ -105,7 +105,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let client = conn.addr;
-    let revoked = conn.live.live.cancelled().clone();
+    let revoked = conn.registration.live.cancelled().clone();
     let service = service_fn(move |req| proxy.clone().handle(conn.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

@@ -37,6 +37,14 @@ async fn curl_allowed_and_denied_over_http_proxy() {
         body.contains("\"other.test\" is not on the allowlist; add \"other.test\""),
         "{body}"
     );
+    // Each request is counted once, by decision and reason.
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    for line in [
+        "egressd_requests_total{protocol=\"http\",decision=\"allowed\",reason=\"none\"} 1",
+        "egressd_requests_total{protocol=\"http\",decision=\"denied\",reason=\"not-allowlisted\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
 }
 
 #[tokio::test]
