@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,15 @@ struct ReloadView {
     errors: Vec<String>,
 }
 
+/// Admin connections served at once; more are closed at accept. Scrapers and operators need
+/// a handful; the cap keeps a flood on a non-loopback admin port from taking file
+/// descriptors the proxy needs.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// A request head must arrive within this time.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,6 +87,9 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
             },
             _ = shutdown.cancelled() => break,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue; // dropping the stream closes it
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -86,8 +97,11 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
                 async move { Ok::<_, Infallible>(admin.route(req).await) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(permit);
         });
     }
 }

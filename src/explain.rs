@@ -96,30 +96,11 @@ fn parse(input: &str) -> Result<(Target, Protocol), TargetError> {
             _ => (Protocol::Connect, 443),
         };
         let authority = uri.authority().ok_or(TargetError::MissingPort)?;
-        if authority.as_str().contains('@') {
-            return Err(TargetError::Userinfo);
-        }
-        let host = Host::parse(authority.host())?;
-        return Ok((
-            Target {
-                host,
-                port: authority.port_u16().unwrap_or(default_port),
-            },
-            protocol,
-        ));
+        let target = Target::parse_authority_or(authority.as_str(), default_port)?;
+        return Ok((target, protocol));
     }
-    let ascii = host_to_ascii(input);
-    match Target::parse_authority(&ascii) {
-        Ok(target) => Ok((target, Protocol::Connect)),
-        Err(TargetError::MissingPort) => Ok((
-            Target {
-                host: Host::parse(&ascii)?,
-                port: 443,
-            },
-            Protocol::Connect,
-        )),
-        Err(err) => Err(err),
-    }
+    let target = Target::parse_authority_or(&host_to_ascii(input), 443)?;
+    Ok((target, Protocol::Connect))
 }
 
 /// IDNs typed on the command line are compared in punycode, as clients send them.

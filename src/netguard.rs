@@ -48,6 +48,8 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "IPv4-mapped ::ffff:0:0/96"
     } else if seg[..6] == [0; 6] {
         "IPv4-compatible ::/96"
+    } else if seg[..4] == [0; 4] && seg[4] == 0xffff && seg[5] == 0 {
+        "IPv4-translated ::ffff:0:0:0/96"
     } else if seg[0] == 0x64 && seg[1] == 0xff9b {
         "NAT64 64:ff9b::/96"
     } else if seg[0] == 0x2002 {
@@ -126,6 +128,7 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "2001:0:4136:e378::1",
+            "::ffff:0:7f00:1",
             "::127.0.0.1",
         ] {
             assert!(refused(addr), "{addr} should be refused");

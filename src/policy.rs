@@ -23,18 +23,46 @@ pub struct Target {
 impl Target {
     /// Parses `host:port` (authority form, as in CONNECT). IPv6 hosts are bracketed.
     pub fn parse_authority(authority: &str) -> Result<Target, TargetError> {
-        if authority.contains('@') {
-            return Err(TargetError::Userinfo);
-        }
-        let (host, port) = authority.rsplit_once(':').ok_or(TargetError::MissingPort)?;
-        if host.contains(':') && !host.starts_with('[') {
-            return Err(TargetError::MissingPort);
-        }
-        let port = parse_port(port)?;
+        let (host, port) = split_authority(authority)?;
+        let port = port.ok_or(TargetError::MissingPort)?;
+        Ok(Target {
+            host: Host::parse(host)?,
+            port: parse_port(port)?,
+        })
+    }
+
+    /// Parses `host[:port]` as in an `http://` URL or a `Host` header. A port that is present
+    /// must be valid — it never silently becomes the default.
+    pub fn parse_authority_or(authority: &str, default_port: u16) -> Result<Target, TargetError> {
+        let (host, port) = split_authority(authority)?;
+        let port = port.map(parse_port).transpose()?.unwrap_or(default_port);
         Ok(Target {
             host: Host::parse(host)?,
             port,
         })
+    }
+}
+
+/// Splits an authority into host and optional port text. Bracketed IPv6 hosts keep their
+/// brackets; an unbracketed host with colons is refused (its port would be ambiguous).
+fn split_authority(authority: &str) -> Result<(&str, Option<&str>), TargetError> {
+    if authority.contains('@') {
+        return Err(TargetError::Userinfo);
+    }
+    if authority.starts_with('[') {
+        let end = authority.find(']').ok_or(TargetError::MissingPort)? + 1;
+        return match &authority[end..] {
+            "" => Ok((&authority[..end], None)),
+            rest => match rest.strip_prefix(':') {
+                Some(port) => Ok((&authority[..end], Some(port))),
+                None => Err(TargetError::BadPort(rest.to_string())),
+            },
+        };
+    }
+    match authority.split_once(':') {
+        None => Ok((authority, None)),
+        Some((_, port)) if port.contains(':') => Err(TargetError::MissingPort),
+        Some((host, port)) => Ok((host, Some(port))),
     }
 }
 
@@ -284,6 +312,20 @@ mod tests {
             Target::parse_authority("example.com:+443"),
             Err(TargetError::BadPort(_))
         ));
+        let or80 = |s| Target::parse_authority_or(s, 80);
+        assert_eq!(or80("example.com").unwrap().port, 80);
+        assert_eq!(or80("[::1]").unwrap().port, 80);
+        assert_eq!(or80("[::1]:8080").unwrap().port, 8080);
+        assert!(matches!(
+            or80("example.com:99999"),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(
+            or80("example.com:443x"),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(or80("example.com:"), Err(TargetError::BadPort(_))));
+        assert!(matches!(or80("[::1]x"), Err(TargetError::BadPort(_))));
         assert!(matches!(
             Target::parse_authority("127.1:443"),
             Err(TargetError::Host(HostError::NonCanonicalIp(_)))

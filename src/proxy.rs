@@ -29,7 +29,6 @@ use crate::activation::unix_ms;
 use crate::config::ProxySettings;
 use crate::connect::{Dialer, EgressConnector, EgressError, PolicyHandle};
 use crate::headers::{self, MaxForwards};
-use crate::host::Host;
 use crate::metrics::Metrics;
 use crate::policy::{Denial, Policy, Protocol, Target, TargetError};
 use crate::revoke::{Peer, Registration, Registry};
@@ -165,14 +164,20 @@ impl Proxy {
         cancel: CancellationToken,
     ) -> Registration {
         let registration = self.registry.register(kind, Some(peer), cancel);
+        self.recheck_if_reloaded(decided_under, &registration);
+        registration
+    }
+
+    /// A reload that swapped the policy after `decided_under` was loaded scanned the registry
+    /// before this entry's peer was recorded, so the entry is checked here instead.
+    fn recheck_if_reloaded(&self, decided_under: &Arc<Policy>, registration: &Registration) {
         let current = self.policy.load();
         if !Arc::ptr_eq(&current, decided_under) {
-            self.registry.recheck(&registration, &current, now_ms(), |kind, target| {
+            self.registry.recheck(registration, &current, now_ms(), |kind, target| {
                 self.metrics.revoked(kind);
                 tracing::warn!(kind, target = %target, "revoked: a reload during setup no longer allows it");
             });
         }
-        registration
     }
 
     async fn forward(&self, conn: ClientConn, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -198,6 +203,7 @@ impl Proxy {
             protocol: Protocol::Http,
             addr: None,
         });
+        self.recheck_if_reloaded(&policy, &conn.registration);
         let (mut parts, body) = req.into_parts();
         match headers::max_forwards(&parts.method, &parts.headers) {
             MaxForwards::Absent => {}
@@ -283,11 +289,7 @@ fn forward_target(req: &Request<Incoming>) -> Result<Target, Refusal> {
             "user information in the URL is not allowed".into(),
         ));
     }
-    let host = Host::parse(authority.host()).map_err(|e| target_refusal(e.into()))?;
-    let target = Target {
-        host,
-        port: authority.port_u16().unwrap_or(80),
-    };
+    let target = Target::parse_authority_or(authority.as_str(), 80).map_err(target_refusal)?;
     check_host_header(req, &target)?;
     Ok(target)
 }
@@ -313,15 +315,7 @@ fn check_host_header(req: &Request<Incoming>, target: &Target) -> Result<(), Ref
 }
 
 fn parse_host_header(text: &str) -> Option<Target> {
-    let authority: http::uri::Authority = text.parse().ok()?;
-    if text.contains('@') {
-        return None;
-    }
-    let host = Host::parse(authority.host()).ok()?;
-    Some(Target {
-        host,
-        port: authority.port_u16().unwrap_or(80),
-    })
+    Target::parse_authority_or(text, 80).ok()
 }
 
 /// Rewrites the client's request for the upstream: normalised absolute URI (the pool key;

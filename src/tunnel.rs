@@ -119,9 +119,11 @@ async fn pump(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let mut buf = vec![0u8; BURST_BUFFER];
+        // Capacity only: nothing is zeroed, and a spurious wake-up costs one malloc/free.
+        let mut buf = Vec::with_capacity(BURST_BUFFER);
         loop {
-            match from.try_read(&mut buf) {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
                 Ok(0) => {
                     // Pass the half-close on; the other direction keeps flowing.
                     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
@@ -133,6 +135,11 @@ async fn pump(
                         .last_ms
                         .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                     write_all(to, &buf[..n]).await?;
+                    if n < BURST_BUFFER {
+                        // A short read usually drained the socket; don't hold the buffer
+                        // across the next wait.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

@@ -1,0 +1,169 @@
+//! The ratio bar chart (`bench/ratios.png`): one panel of ratios to the direct path, one of
+//! ratios to the relay, a group of bars per scenario and a bar per path.
+//!
+//! Text is drawn with plotters' `ab_glyph` backend from a font compiled into the binary
+//! (DejaVu Sans, from the `dejavu` crate), so the chart renders on machines without
+//! fontconfig or system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::combinators::BindKeyPoints;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::peers::Kind;
+use crate::report::times;
+use crate::scenarios::{Outcome, Scenario};
+
+const FONT: &str = "sans-serif";
+/// Width of one scenario group in x units.
+const SPAN: i32 = 1000;
+
+/// Bars of one path across the scenario groups.
+struct Series {
+    kind: Kind,
+    values: Vec<Option<f64>>,
+}
+
+fn color(kind: Kind) -> RGBColor {
+    match kind {
+        Kind::Direct => RGBColor(40, 40, 40),
+        Kind::Relay => RGBColor(150, 150, 150),
+        Kind::Egressd => RGBColor(31, 119, 180),
+        Kind::Squid => RGBColor(255, 127, 14),
+        Kind::Tinyproxy => RGBColor(44, 160, 44),
+    }
+}
+
+fn register_font() -> anyhow::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .map_err(|_| anyhow::anyhow!("embedded font rejected"));
+    });
+    result
+}
+
+/// Draws the chart of `outcome`'s throughput ratios to `path`.
+pub fn render(outcome: &Outcome, path: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    let scenarios: Vec<Scenario> = outcome.scenarios.iter().map(|(s, _)| *s).collect();
+    let kinds: Vec<Kind> = outcome.measured.iter().map(|m| m.kind).collect();
+    let panel = |reference: Kind| -> Vec<Series> {
+        kinds
+            .iter()
+            .filter(|k| **k != Kind::Direct && **k != reference)
+            .map(|&kind| Series {
+                kind,
+                values: scenarios
+                    .iter()
+                    .map(|s| outcome.ratio(*s, kind, reference))
+                    .collect(),
+            })
+            .collect()
+    };
+    let labels: Vec<&str> = scenarios.iter().map(|s| s.label()).collect();
+
+    let root = BitMapBackend::new(path, (1200, 960)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "egressd benchmark: throughput ratios (higher is better; 1.0 = reference)",
+        (FONT, 26),
+    )?;
+    let areas = root.split_evenly((2, 1));
+    draw_panel(
+        &areas[0],
+        "ratio to direct (client straight to upstream)",
+        &labels,
+        &panel(Kind::Direct),
+    )?;
+    draw_panel(
+        &areas[1],
+        "ratio to relay (plain TCP forwarder)",
+        &labels,
+        &panel(Kind::Relay),
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    labels: &[&str],
+    series: &[Series],
+) -> anyhow::Result<()> {
+    let groups = labels.len();
+    let top = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten())
+        .fold(1.0f64, |a, b| a.max(*b))
+        * 1.2;
+    // Integer x units (a group is SPAN wide): plotters' label formatter needs a coordinate
+    // with default formatting, which f64 with custom key points lacks.
+    let centres: Vec<i32> = (0..groups as i32).map(|i| i * SPAN + SPAN / 2).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(
+            (0..groups as i32 * SPAN).with_key_points(centres),
+            0f64..top,
+        )?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|x| {
+            labels
+                .get((*x / SPAN) as usize)
+                .map(|l| l.to_string())
+                .unwrap_or_default()
+        })
+        .x_label_style((FONT, 15))
+        .y_label_style((FONT, 14))
+        .y_desc("ratio")
+        .axis_desc_style((FONT, 15))
+        .draw()?;
+
+    let slot = SPAN * 8 / 10 / series.len().max(1) as i32;
+    let value_style =
+        TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (j, s) in series.iter().enumerate() {
+        let fill = color(s.kind);
+        let bars: Vec<(i32, i32, f64)> = s
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let x0 = i as i32 * SPAN + SPAN / 10 + j as i32 * slot;
+                v.map(|v| (x0, x0 + slot * 9 / 10, v))
+            })
+            .collect();
+        chart
+            .draw_series(
+                bars.iter()
+                    .map(|&(x0, x1, v)| Rectangle::new([(x0, 0.0), (x1, v)], fill.filled())),
+            )?
+            .label(s.kind.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], fill.filled()));
+        chart
+            .draw_series(bars.iter().map(|&(x0, x1, v)| {
+                Text::new(times(v), ((x0 + x1) / 2, v), value_style.clone())
+            }))?;
+    }
+    chart.draw_series(LineSeries::new(
+        [(0, 1.0), (groups as i32 * SPAN, 1.0)],
+        BLACK.stroke_width(1),
+    ))?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `egressd-bench`: parses arguments and wires. Without a subcommand it runs the benchmark;
+//! the hidden `upstream` and `relay` subcommands are the harness's own child processes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use egressd_bench::peers::{self, Env, Kind};
+use egressd_bench::report::{self, Context};
+use egressd_bench::scenarios::{self, Settings};
+use egressd_bench::upstream::{self, UpstreamAddrs};
+use egressd_bench::{chart, relay, LOOPBACK};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "egressd-bench",
+    about = "Benchmarks egressd against squid, tinyproxy, a plain TCP relay and the direct path, on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Option<Role>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Smoke run of every scenario (under a minute). Writes files only when --out/--chart say
+    /// where.
+    #[arg(long)]
+    quick: bool,
+    /// Markdown report [default: BENCHMARKS.md at the repository root; none with --quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Ratio chart [default: bench/ratios.png; a temporary file with --quick].
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// The egressd binary to measure [default: `cargo build --release` it first and use
+    /// target/release/egressd].
+    #[arg(long)]
+    egressd: Option<PathBuf>,
+    /// RUST_LOG for egressd; `info` includes the per-request access log.
+    #[arg(long, default_value = "warn")]
+    egressd_log: String,
+    /// Measure only these proxies (comma separated: egressd, squid, tinyproxy); direct and
+    /// relay always run.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Repetitions per scenario and path [default: 3, or 1 with --quick].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Measured seconds per run [default: 2, or 0.3 with --quick].
+    #[arg(long)]
+    seconds: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Serve the upstream (HTTP and TCP) and print its addresses.
+    #[command(hide = true)]
+    Upstream,
+    /// Relay one loopback port per target and print the ports, in order.
+    #[command(hide = true)]
+    Relay {
+        #[arg(long = "to", required = true)]
+        targets: Vec<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Some(Role::Upstream) => serve_child(|| async {
+            let http = TcpListener::bind((LOOPBACK, 0)).await?;
+            let tcp = TcpListener::bind((LOOPBACK, 0)).await?;
+            let addrs = UpstreamAddrs {
+                http: http.local_addr()?,
+                tcp: tcp.local_addr()?,
+            };
+            Ok((addrs.to_line(), upstream::serve(http, tcp)))
+        }),
+        Some(Role::Relay { targets }) => serve_child(|| async move {
+            let mut listeners = Vec::new();
+            for target in targets {
+                listeners.push((TcpListener::bind((LOOPBACK, 0)).await?, target));
+            }
+            let line = listeners
+                .iter()
+                .map(|(l, _)| l.local_addr().map(|a| a.to_string()))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(" ");
+            let serve = serve_relays(listeners);
+            Ok((line, serve))
+        }),
+        None => run_harness(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("egressd-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves every relay listener until the process exits.
+async fn serve_relays(listeners: Vec<(TcpListener, SocketAddr)>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, target) in listeners {
+        tasks.spawn(relay::serve(listener, target));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Runs a child role on a multi-threaded runtime: binds, prints its addresses as one line,
+/// serves until the harness closes our stdin (or dies, which closes it too).
+fn serve_child<B, BF, S>(bind: B) -> anyhow::Result<()>
+where
+    B: FnOnce() -> BF,
+    BF: std::future::Future<Output = anyhow::Result<(String, S)>>,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (line, serve) = bind().await?;
+        println!("{line}");
+        tokio::spawn(serve);
+        tokio::task::spawn_blocking(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+fn run_harness(args: RunArgs) -> anyhow::Result<()> {
+    let mut settings = if args.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    if let Some(reps) = args.reps {
+        settings.reps = reps.max(1);
+    }
+    if let Some(seconds) = args.seconds {
+        settings.measure = std::time::Duration::from_secs_f64(seconds);
+    }
+    let kinds = selected_kinds(&args.only)?;
+    let fd_limit = raise_fd_limit(settings.idle_tunnels);
+    // A proxy holds two descriptors per tunnel, plus its listeners, logs and spare room.
+    let fit = (fd_limit as usize).saturating_sub(256) / 2;
+    settings.idle_tunnels = settings.idle_tunnels.min(fit);
+    let egressd = match args.egressd {
+        Some(path) => path,
+        None => build_egressd()?,
+    };
+    let root = peers::workspace_root();
+    let out = match (&args.out, args.quick) {
+        (Some(out), _) => Some(out.clone()),
+        (None, false) => Some(root.join("BENCHMARKS.md")),
+        (None, true) => None,
+    };
+    // In quick mode the chart is still drawn, to a temp dir, so rendering cannot rot.
+    let scratch = tempfile::tempdir()?;
+    let chart_path = match (&args.chart, args.quick) {
+        (Some(chart), _) => chart.clone(),
+        (None, false) => root.join("bench").join("ratios.png"),
+        (None, true) => scratch.path().join("ratios.png"),
+    };
+    let mut context = Context::gather(invocation());
+    let harness = std::env::current_exe()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let (upstream_process, line) = peers::spawn_harness_child(&harness, "upstream", &[])?;
+        let env = Env {
+            upstream: UpstreamAddrs::from_line(&line)?,
+            harness,
+            egressd,
+            egressd_log: args.egressd_log.clone(),
+        };
+        let outcome = scenarios::run(settings, &env, &kinds, fd_limit).await;
+        drop(upstream_process);
+        outcome
+    })?;
+
+    chart::render(&outcome, &chart_path).context("drawing the chart")?;
+    let link = out
+        .as_deref()
+        .and_then(Path::parent)
+        .and_then(|dir| chart_path.strip_prefix(dir).ok())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| chart_path.display().to_string());
+    context.finish();
+    let markdown = report::markdown(&outcome, &context, Some(&link));
+    println!("{markdown}");
+    if let Some(out) = out {
+        std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {} and {}", out.display(), chart_path.display());
+    } else {
+        eprintln!(
+            "quick run: chart drawn to {} (no report written; pass --out to keep one)",
+            chart_path.display()
+        );
+    }
+    Ok(())
+}
+
+fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {
+    for name in only {
+        anyhow::ensure!(
+            Kind::ALL.iter().any(|k| k.name() == name),
+            "unknown path {name:?} in --only"
+        );
+    }
+    Ok(Kind::ALL
+        .into_iter()
+        .filter(|k| k.is_reference() || only.is_empty() || only.iter().any(|n| n == k.name()))
+        .collect())
+}
+
+/// The command line as a user would type it, for the report.
+fn invocation() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut command = "cargo run --release -p egressd-bench".to_string();
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    command
+}
+
+/// Lifts the open-files limit so the idle-tunnel scenario can hold its tunnels: the proxy
+/// needs two descriptors per tunnel, the client and the upstream one each. Children inherit
+/// the limit. Returns the soft limit in force.
+fn raise_fd_limit(tunnels: usize) -> u64 {
+    use rlimit::Resource;
+    let want = (tunnels as u64 * 2 + 4096).max(65_536);
+    if let Ok((soft, hard)) = Resource::NOFILE.get() {
+        if soft >= want {
+            return soft;
+        }
+        // Raising the hard limit needs root; otherwise take what the hard limit allows.
+        if Resource::NOFILE.set(want, want.max(hard)).is_err() {
+            let _ = Resource::NOFILE.set(hard, hard);
+        }
+    }
+    Resource::NOFILE.get().map_or(0, |(soft, _)| soft)
+}
+
+/// Builds the egressd binary in release mode and returns its path.
+fn build_egressd() -> anyhow::Result<PathBuf> {
+    let root = peers::workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building egressd (release)…");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "egressd", "--bin", "egressd"])
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "cargo build of egressd failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("egressd"))
+}

@@ -1,0 +1,492 @@
+//! The paths under test and the processes behind them.
+//!
+//! Every path is a [`Kind`]: the two references (direct, relay) and the proxies (egressd,
+//! squid, tinyproxy). [`Kind::start`] brings one up on a free loopback port with a generated
+//! config in its own temp dir and waits until it accepts connections; a proxy that is not
+//! installed comes back as [`Started::Missing`]. Each [`Process`] is killed when dropped, and
+//! the harness's own children (upstream, relay) also exit when their stdin closes, so even a
+//! killed harness leaves none of them behind.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+use crate::load::Route;
+use crate::upstream::UpstreamAddrs;
+use crate::{LOOPBACK, UPSTREAM_HOST};
+
+/// How long a process may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A child process, killed on drop.
+pub struct Process {
+    name: &'static str,
+    child: Child,
+    /// Closing it tells the harness's own children to exit.
+    _stdin: Option<ChildStdin>,
+    /// Config, logs and pid files; removed after the process is gone.
+    dir: Option<TempDir>,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The tail of the process's log, for error messages.
+    fn log_tail(&self) -> String {
+        let Some(dir) = &self.dir else {
+            return String::new();
+        };
+        let mut text = String::new();
+        for name in ["stderr.log", "cache.log"] {
+            if let Ok(mut file) = File::open(dir.path().join(name)) {
+                let _ = file.read_to_string(&mut text);
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Waits until `addr` accepts connections, failing early if the process dies.
+    fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not listen on {addr}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The paths, in the order they run within each repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Relay,
+    Egressd,
+    Squid,
+    Tinyproxy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Relay,
+        Kind::Egressd,
+        Kind::Squid,
+        Kind::Tinyproxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Relay => "relay",
+            Kind::Egressd => "egressd",
+            Kind::Squid => "squid",
+            Kind::Tinyproxy => "tinyproxy",
+        }
+    }
+
+    pub fn is_reference(self) -> bool {
+        matches!(self, Kind::Direct | Kind::Relay)
+    }
+
+    /// How this path names the upstream, when it is not [`UPSTREAM_HOST`].
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Kind::Tinyproxy => Some(
+                "tinyproxy resolves names only through the system resolver, so it is sent to \
+                 127.0.0.1 literally (its filter allows exactly that host)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What the harness needs to start a path.
+pub struct Env {
+    pub upstream: UpstreamAddrs,
+    /// This binary, which also serves as upstream and relay.
+    pub harness: PathBuf,
+    pub egressd: PathBuf,
+    /// `RUST_LOG` for egressd.
+    pub egressd_log: String,
+}
+
+/// A running path.
+pub struct Subject {
+    pub kind: Kind,
+    pub route: Route,
+    /// The process whose CPU and memory are measured (none for direct).
+    pub process: Option<Process>,
+}
+
+impl Subject {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+}
+
+pub enum Started {
+    Running(Subject),
+    /// The proxy is not installed.
+    Missing,
+}
+
+impl Kind {
+    pub fn start(self, env: &Env) -> anyhow::Result<Started> {
+        let running = |route, process| {
+            Ok(Started::Running(Subject {
+                kind: self,
+                route,
+                process,
+            }))
+        };
+        match self {
+            Kind::Direct => running(Route::Direct, None),
+            Kind::Relay => {
+                let (process, line) = spawn_harness_child(
+                    &env.harness,
+                    "relay",
+                    &[
+                        "--to".into(),
+                        env.upstream.http.to_string(),
+                        "--to".into(),
+                        env.upstream.tcp.to_string(),
+                    ],
+                )?;
+                let addrs: Vec<SocketAddr> = line
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("relay printed {line:?}"))?;
+                let [http, tcp] = addrs[..] else {
+                    bail!("relay printed {line:?}, expected two addresses");
+                };
+                running(Route::Relay { http, tcp }, Some(process))
+            }
+            Kind::Egressd => {
+                let (addr, process) = start_egressd(env)?;
+                running(proxy_route(addr, UPSTREAM_HOST), Some(process))
+            }
+            Kind::Squid => match find_program("squid") {
+                Some(squid) => {
+                    let (addr, process) = start_squid(&squid, env.upstream)?;
+                    running(proxy_route(addr, UPSTREAM_HOST), Some(process))
+                }
+                None => Ok(Started::Missing),
+            },
+            Kind::Tinyproxy => match find_program("tinyproxy") {
+                Some(tinyproxy) => {
+                    let (addr, process) = start_tinyproxy(&tinyproxy, env.upstream)?;
+                    running(proxy_route(addr, &LOOPBACK.to_string()), Some(process))
+                }
+                None => Ok(Started::Missing),
+            },
+        }
+    }
+
+    /// The version string shown in the report.
+    pub fn version(self, env: &Env) -> String {
+        let found = match self {
+            Kind::Direct | Kind::Relay => Some(format!("harness {}", env!("CARGO_PKG_VERSION"))),
+            Kind::Egressd => {
+                first_line(&env.egressd, &["--version"]).map(|v| match git_revision() {
+                    Some(rev) => format!("{v} (git {rev})"),
+                    None => v,
+                })
+            }
+            Kind::Squid => find_program("squid").and_then(|p| first_line(&p, &["-v"])),
+            Kind::Tinyproxy => find_program("tinyproxy").and_then(|p| first_line(&p, &["-v"])),
+        };
+        found.unwrap_or_else(|| "unknown".into())
+    }
+}
+
+fn proxy_route(addr: SocketAddr, host: &str) -> Route {
+    Route::Proxy {
+        addr,
+        host: host.to_string(),
+    }
+}
+
+/// The workspace this crate belongs to (the egressd repository root).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
+}
+
+/// The commit egressd was built from, marked when `src/` has uncommitted changes.
+fn git_revision() -> Option<String> {
+    let root = workspace_root();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let rev = git(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", "src"])
+        .is_some_and(|changes| !changes.is_empty());
+    Some(if dirty {
+        format!("{rev} with uncommitted changes in src/")
+    } else {
+        rev
+    })
+}
+
+fn first_line(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // tinyproxy and some squid builds print their version on stderr.
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    let line = String::from_utf8_lossy(&text)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    (!line.is_empty()).then_some(line)
+}
+
+/// Looks in `PATH` and the sbin directories, where Debian installs the daemons.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
+}
+
+/// Starts this binary in a child role and reads the one line it prints once listening.
+pub fn spawn_harness_child(
+    harness: &Path,
+    role: &'static str,
+    args: &[String],
+) -> anyhow::Result<(Process, String)> {
+    let mut child = Command::new(harness)
+        .arg(role)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start {}", harness.display()))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let process = Process {
+        name: role,
+        child,
+        _stdin: stdin,
+        dir: None,
+    };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim().is_empty() {
+        bail!("{role} exited before listening");
+    }
+    Ok((process, line.trim().to_string()))
+}
+
+/// Spawns `command` with its stderr in `dir/stderr.log` and waits for it to listen on `addr`.
+fn spawn_daemon(
+    name: &'static str,
+    mut command: Command,
+    dir: TempDir,
+    addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Process)> {
+    let stderr = File::create(dir.path().join("stderr.log"))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let mut process = Process {
+        name,
+        child,
+        _stdin: None,
+        dir: Some(dir),
+    };
+    process.wait_listening(addr)?;
+    Ok((addr, process))
+}
+
+fn start_egressd(env: &Env) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let admin = SocketAddr::new(LOOPBACK, free_port()?);
+    let config = format!(
+        r#"[proxy]
+listen = "{addr}"
+admin_listen = "{admin}"
+connect_ports = [{tcp}]
+http_ports = [{http}]
+allow_private_cidrs = ["127.0.0.0/8"]
+connect_timeout = "10s"
+idle_timeout = "5m"
+# Above the idle-tunnel count, so the memory scenario measures tunnels, not refusals.
+max_connections = 30000
+
+[dns]
+overrides = {{ "{UPSTREAM_HOST}" = "{LOOPBACK}" }}
+
+[allowlist]
+domains = ["{UPSTREAM_HOST}"]
+"#,
+        tcp = env.upstream.tcp.port(),
+        http = env.upstream.http.port(),
+    );
+    let path = dir.path().join("egressd.toml");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(&env.egressd);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", &env.egressd_log);
+    spawn_daemon("egressd", command, dir, addr)
+}
+
+fn start_squid(squid: &Path, upstream: UpstreamAddrs) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    // Squid drops root for its own user, which must still write its log and pid here.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("hosts"),
+        format!("{LOOPBACK} {UPSTREAM_HOST}\n"),
+    )?;
+    let config = format!(
+        r#"http_port {addr}
+pid_filename {d}/squid.pid
+cache_log {d}/cache.log
+access_log none
+cache_store_log none
+cache deny all
+cache_mem 0 MB
+coredump_dir {d}
+hosts_file {d}/hosts
+dns_nameservers {LOOPBACK}
+pinger_enable off
+netdb_filename none
+logfile_rotate 0
+shutdown_lifetime 0 seconds
+max_filedescriptors 65536
+acl SSL_ports port {tcp}
+acl Safe_ports port {http} {tcp}
+acl CONNECT method CONNECT
+acl upstream dstdomain {UPSTREAM_HOST}
+http_access deny !Safe_ports
+http_access deny CONNECT !SSL_ports
+http_access allow upstream
+http_access deny all
+"#,
+        tcp = upstream.tcp.port(),
+        http = upstream.http.port(),
+    );
+    let path = dir.path().join("squid.conf");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(squid);
+    command.arg("-N").arg("-f").arg(&path);
+    spawn_daemon("squid", command, dir, addr)
+}
+
+fn start_tinyproxy(
+    tinyproxy: &Path,
+    upstream: UpstreamAddrs,
+) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let filter = dir.path().join("filter");
+    std::fs::write(&filter, "^127\\.0\\.0\\.1$\n")?;
+    let config = format!(
+        r#"Port {port}
+Listen {LOOPBACK}
+Timeout 600
+MaxClients 30000
+LogLevel Critical
+DisableViaHeader Yes
+Allow {LOOPBACK}
+ConnectPort {tcp}
+Filter "{filter}"
+FilterDefaultDeny Yes
+FilterURLs Off
+"#,
+        port = addr.port(),
+        tcp = upstream.tcp.port(),
+        filter = filter.display(),
+    );
+    let path = dir.path().join("tinyproxy.conf");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(tinyproxy);
+    command.arg("-d").arg("-c").arg(&path);
+    spawn_daemon("tinyproxy", command, dir, addr)
+}
+
+/// Resident memory of `pid` in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// User plus system CPU time of `pid` (all its threads) in seconds, from `/proc/PID/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may itself hold spaces: state is the first,
+    // utime and stime the 12th and 13th.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("short stat")?.parse::<u64>()?
+        + fields.get(12).context("short stat")?.parse::<u64>()?;
+    // USER_HZ is 100 on every Linux architecture the harness runs on.
+    Ok(ticks as f64 / 100.0)
+}

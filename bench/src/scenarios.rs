@@ -1,0 +1,444 @@
+//! The scenarios and the order they run in.
+//!
+//! Each scenario runs every path once per repetition, in a fixed order (direct, relay,
+//! egressd, squid, tinyproxy, then again), so slow drift of the machine (thermal, page cache,
+//! a noisy neighbour) spreads over all paths instead of landing on one. The report takes the
+//! median of the repetitions. The idle-tunnel scenario starts a fresh instance of each path
+//! per repetition, so memory freed by earlier scenarios cannot hide the cost of a tunnel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::allowlist;
+use crate::load::{self, Tally, Window};
+use crate::peers::{self, Env, Kind, Started, Subject};
+
+/// How long and how often to measure.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    pub reps: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// Idle tunnels to hold; at most [`Settings::idle_tunnels_requested`], fewer when the
+    /// open-files limit cannot fit them.
+    pub idle_tunnels: usize,
+    pub idle_tunnels_requested: usize,
+    pub memory_reps: usize,
+    pub allowlist_entries: usize,
+    pub allowlist_lookups: usize,
+    pub reloads: usize,
+}
+
+impl Settings {
+    /// About five minutes on two cores.
+    pub fn full() -> Settings {
+        Settings {
+            quick: false,
+            reps: 3,
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs(2),
+            idle_tunnels: 10_000,
+            idle_tunnels_requested: 10_000,
+            memory_reps: 2,
+            allowlist_entries: allowlist::ENTRIES,
+            allowlist_lookups: 2_000_000,
+            reloads: 3,
+        }
+    }
+
+    /// A smoke run of every code path, well under a minute.
+    pub fn quick() -> Settings {
+        Settings {
+            quick: true,
+            reps: 1,
+            warmup: Duration::from_millis(100),
+            measure: Duration::from_millis(300),
+            idle_tunnels: 500,
+            idle_tunnels_requested: 500,
+            memory_reps: 1,
+            allowlist_entries: 10_000,
+            allowlist_lookups: 100_000,
+            reloads: 1,
+        }
+    }
+}
+
+/// Concurrent connections in the HTTP scenarios.
+pub const HTTP_CONNS: usize = 32;
+/// Concurrent openers in the new-tunnel scenario.
+pub const TUNNEL_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    KeepAlive,
+    PerRequest,
+    Bulk1,
+    Bulk4,
+    NewTunnels,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::KeepAlive,
+        Scenario::PerRequest,
+        Scenario::Bulk1,
+        Scenario::Bulk4,
+        Scenario::NewTunnels,
+    ];
+
+    pub fn title(self) -> String {
+        match self {
+            Scenario::KeepAlive => {
+                format!("1. HTTP/1.1 keep-alive, {HTTP_CONNS} connections (absolute-form)")
+            }
+            Scenario::PerRequest => {
+                format!("2. HTTP/1.1, new client connection per request, {HTTP_CONNS} at a time")
+            }
+            Scenario::Bulk1 => "3a. CONNECT tunnel bulk download, 1 stream".into(),
+            Scenario::Bulk4 => "3b. CONNECT tunnel bulk download, 4 streams".into(),
+            Scenario::NewTunnels => format!(
+                "4. New CONNECT tunnels, {TUNNEL_CONCURRENCY} at a time (open, one byte each way, close)"
+            ),
+        }
+    }
+
+    /// Short name, for progress lines and the chart.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive => "keep-alive req/s",
+            Scenario::PerRequest => "conn/request req/s",
+            Scenario::Bulk1 => "bulk 1 stream",
+            Scenario::Bulk4 => "bulk 4 streams",
+            Scenario::NewTunnels => "new tunnels/s",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive | Scenario::PerRequest => "req/s",
+            Scenario::Bulk1 | Scenario::Bulk4 => "Gbit/s",
+            Scenario::NewTunnels => "tunnels/s",
+        }
+    }
+
+    /// What the per-operation CPU cost is counted per.
+    pub fn cost_unit(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive | Scenario::PerRequest => "µs/req",
+            Scenario::Bulk1 | Scenario::Bulk4 => "ms/GB",
+            Scenario::NewTunnels => "µs/tunnel",
+        }
+    }
+
+    pub fn has_latency(self) -> bool {
+        matches!(self, Scenario::KeepAlive | Scenario::PerRequest)
+    }
+
+    async fn drive(self, subject: &Subject, env: &Env, window: Window) -> Tally {
+        let upstream = env.upstream;
+        match self {
+            Scenario::KeepAlive => {
+                let target = Arc::new(subject.route.http_target(upstream));
+                load::http_keep_alive(target, HTTP_CONNS, window).await
+            }
+            Scenario::PerRequest => {
+                let target = Arc::new(subject.route.http_target(upstream));
+                load::http_close(target, HTTP_CONNS, window).await
+            }
+            Scenario::Bulk1 | Scenario::Bulk4 => {
+                let streams = if self == Scenario::Bulk1 { 1 } else { 4 };
+                let target = Arc::new(subject.route.tunnel_target(upstream));
+                load::bulk_download(target, streams, window).await
+            }
+            Scenario::NewTunnels => {
+                let target = Arc::new(subject.route.tunnel_target(upstream));
+                load::new_tunnels(target, TUNNEL_CONCURRENCY, window).await
+            }
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Percentiles {
+    fn of(mut nanos: Vec<u64>) -> Option<Percentiles> {
+        if nanos.is_empty() {
+            return None;
+        }
+        nanos.sort_unstable();
+        let at =
+            |q: f64| nanos[((nanos.len() as f64 * q) as usize).min(nanos.len() - 1)] as f64 / 1e3;
+        Some(Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+        })
+    }
+}
+
+/// One run of one scenario on one path.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// In [`Scenario::unit`].
+    pub value: f64,
+    pub latency: Option<Percentiles>,
+    /// CPU the path's process used, in cores (1.0 = one core busy all the window).
+    pub cpu_cores: Option<f64>,
+    /// That CPU per operation, in [`Scenario::cost_unit`].
+    pub cpu_per_op: Option<f64>,
+    pub errors: u64,
+    pub connects: u64,
+}
+
+/// The idle-tunnel memory of one fresh instance.
+#[derive(Debug, Clone)]
+pub struct MemorySample {
+    pub target: usize,
+    pub reached: usize,
+    pub failures: u64,
+    pub before_kib: u64,
+    pub after_kib: u64,
+}
+
+impl MemorySample {
+    pub fn per_tunnel_kib(&self) -> Option<f64> {
+        (self.reached > 0)
+            .then(|| self.after_kib.saturating_sub(self.before_kib) as f64 / self.reached as f64)
+    }
+}
+
+/// A path that was measured, with its version.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub kind: Kind,
+    pub version: String,
+}
+
+/// Each path's repetitions of one measurement, in run order.
+pub type PerPath<T> = Vec<(Kind, Vec<T>)>;
+
+/// Everything one harness run found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub settings: Settings,
+    pub egressd_log: String,
+    pub fd_limit: u64,
+    pub measured: Vec<Measured>,
+    /// Paths left out, and why.
+    pub skipped: Vec<(Kind, String)>,
+    pub scenarios: Vec<(Scenario, PerPath<Sample>)>,
+    pub memory: PerPath<MemorySample>,
+    pub allowlist: allowlist::Timings,
+}
+
+/// Starts the paths in `kinds`, runs every scenario, and stops them again.
+pub async fn run(
+    settings: Settings,
+    env: &Env,
+    kinds: &[Kind],
+    fd_limit: u64,
+) -> anyhow::Result<Outcome> {
+    let mut subjects = Vec::new();
+    let mut skipped = Vec::new();
+    for &kind in kinds {
+        match start_checked(kind, env).await {
+            Ok(Some(subject)) => subjects.push(subject),
+            Ok(None) => skipped.push((
+                kind,
+                format!("not installed (apt-get install -y {})", kind.name()),
+            )),
+            // Only a peer may be skipped; a broken reference or egressd is a failure.
+            Err(err) if kind.is_reference() || kind == Kind::Egressd => return Err(err),
+            Err(err) => skipped.push((kind, format!("failed to start: {err:#}"))),
+        }
+    }
+    for (kind, why) in &skipped {
+        eprintln!("skipping {}: {why}", kind.name());
+    }
+    let measured = subjects
+        .iter()
+        .map(|s| Measured {
+            kind: s.kind,
+            version: s.kind.version(env),
+        })
+        .collect();
+
+    let mut scenarios = Vec::new();
+    for scenario in Scenario::ALL {
+        let mut samples: PerPath<Sample> = subjects.iter().map(|s| (s.kind, Vec::new())).collect();
+        for rep in 0..settings.reps {
+            for (subject, (_, runs)) in subjects.iter().zip(samples.iter_mut()) {
+                let sample = measure(scenario, subject, env, &settings).await;
+                eprintln!(
+                    "{:<20} rep {}/{} {:<10} {:>12.2} {}  errors {}",
+                    scenario.label(),
+                    rep + 1,
+                    settings.reps,
+                    subject.kind.name(),
+                    sample.value,
+                    scenario.unit(),
+                    sample.errors
+                );
+                runs.push(sample);
+            }
+        }
+        scenarios.push((scenario, samples));
+    }
+
+    let memory_kinds: Vec<Kind> = subjects
+        .iter()
+        .map(|s| s.kind)
+        .filter(|k| *k != Kind::Direct)
+        .collect();
+    drop(subjects);
+    let mut memory: PerPath<MemorySample> = memory_kinds.iter().map(|k| (*k, Vec::new())).collect();
+    for rep in 0..settings.memory_reps {
+        for (kind, runs) in memory.iter_mut() {
+            let sample = idle_memory(*kind, env, settings.idle_tunnels).await?;
+            eprintln!(
+                "idle tunnels         rep {}/{} {:<10} {} of {} open, {:.2} KiB each",
+                rep + 1,
+                settings.memory_reps,
+                kind.name(),
+                sample.reached,
+                sample.target,
+                sample.per_tunnel_kib().unwrap_or(f64::NAN)
+            );
+            runs.push(sample);
+        }
+    }
+
+    eprintln!(
+        "allowlist: timing lookups and a reload with {} entries",
+        settings.allowlist_entries
+    );
+    let allowlist = allowlist::measure(
+        settings.allowlist_entries,
+        settings.allowlist_lookups,
+        settings.reloads,
+    )?;
+    Ok(Outcome {
+        egressd_log: env.egressd_log.clone(),
+        settings,
+        fd_limit,
+        measured,
+        skipped,
+        scenarios,
+        memory,
+        allowlist,
+    })
+}
+
+/// Starts `kind` and proves it carries one request and one tunnel, so a misconfigured peer
+/// fails here with a message instead of as a column of errors.
+async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Option<Subject>> {
+    let subject = match kind.start(env)? {
+        Started::Running(subject) => subject,
+        Started::Missing => return Ok(None),
+    };
+    for scenario in [Scenario::KeepAlive, Scenario::NewTunnels] {
+        let window = Window::after_warmup(Duration::ZERO, Duration::from_millis(100));
+        let tally = scenario.drive(&subject, env, window).await;
+        if tally.ops == 0 || tally.errors > 0 {
+            anyhow::bail!(
+                "{} failed its smoke check ({}: {} ok, {} errors)",
+                kind.name(),
+                scenario.label(),
+                tally.ops,
+                tally.errors
+            );
+        }
+    }
+    Ok(Some(subject))
+}
+
+async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Settings) -> Sample {
+    let window = Window::after_warmup(settings.warmup, settings.measure);
+    let cpu = subject
+        .pid()
+        .map(|pid| tokio::spawn(cpu_during(pid, window)));
+    let tally = scenario.drive(subject, env, window).await;
+    let cpu_seconds = match cpu {
+        Some(handle) => handle.await.ok().flatten(),
+        None => None,
+    };
+    let seconds = window.seconds();
+    let (value, ops) = match scenario {
+        Scenario::Bulk1 | Scenario::Bulk4 => (
+            tally.bytes as f64 * 8.0 / seconds / 1e9,
+            tally.bytes as f64 / 1e9,
+        ),
+        _ => (tally.ops as f64 / seconds, tally.ops as f64),
+    };
+    // Seconds per op, shown as µs per request/tunnel or ms per GB.
+    let scale = if scenario.cost_unit() == "ms/GB" {
+        1e3
+    } else {
+        1e6
+    };
+    Sample {
+        value,
+        latency: scenario
+            .has_latency()
+            .then(|| Percentiles::of(tally.latencies_ns))
+            .flatten(),
+        cpu_cores: cpu_seconds.map(|s| s / seconds),
+        cpu_per_op: cpu_seconds.filter(|_| ops > 0.0).map(|s| s / ops * scale),
+        errors: tally.errors,
+        connects: tally.connects,
+    }
+}
+
+/// The CPU seconds `pid` spends inside `window`.
+async fn cpu_during(pid: u32, window: Window) -> Option<f64> {
+    tokio::time::sleep_until(window.from).await;
+    let before = peers::cpu_seconds(pid).ok()?;
+    tokio::time::sleep_until(window.until).await;
+    Some(peers::cpu_seconds(pid).ok()? - before)
+}
+
+/// Opens `count` idle tunnels through a fresh instance of `kind` and reads its RSS before
+/// and after.
+async fn idle_memory(kind: Kind, env: &Env, count: usize) -> anyhow::Result<MemorySample> {
+    let Started::Running(subject) = kind.start(env)? else {
+        anyhow::bail!("{} vanished between scenarios", kind.name());
+    };
+    let pid = subject
+        .pid()
+        .expect("only paths with a process are measured");
+    let target = Arc::new(subject.route.tunnel_target(env.upstream));
+    // Warm up: first tunnels pay for lazily created runtime and allocator state.
+    let (warm, _) = load::open_idle(
+        target.clone(),
+        64,
+        16,
+        Instant::now() + Duration::from_secs(10),
+    )
+    .await;
+    load::close_idle(warm).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_kib = peers::rss_kib(pid)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (held, failures) = load::open_idle(target, count, 64, deadline).await;
+    // Let queued work settle before reading the figure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_kib = peers::rss_kib(pid)?;
+    let reached = held.len();
+    load::close_idle(held).await;
+    Ok(MemorySample {
+        target: count,
+        reached,
+        failures,
+        before_kib,
+        after_kib,
+    })
+}
