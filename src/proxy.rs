@@ -140,7 +140,7 @@ impl Proxy {
             let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let client = parts.io.into_inner();
-                    tunnel::relay_tcp(client, &parts.read_buf, upstream, idle, cancel).await
+                    tunnel::relay_tcp(client, parts.read_buf, upstream, idle, cancel).await
                 }
                 Err(upgraded) => {
                     tracing::debug!("tunnel client is not a TCP socket; using the generic relay");

@@ -72,10 +72,11 @@ struct Activity {
 const BURST_BUFFER: usize = 64 * 1024;
 
 /// Relays between two TCP sockets. `early` holds bytes the client sent right behind its
-/// CONNECT head (often a TLS ClientHello), already read by the HTTP parser.
+/// CONNECT head (often a TLS ClientHello), already read by the HTTP parser. It is dropped
+/// once forwarded: it pins hyper's whole 8 KiB read buffer.
 pub async fn relay_tcp(
     client: TcpStream,
-    early: &[u8],
+    early: bytes::Bytes,
     upstream: TcpStream,
     idle: Duration,
     cancel: CancellationToken,
@@ -83,7 +84,7 @@ pub async fn relay_tcp(
     let start = Instant::now();
     let activity = Activity::default();
     if !early.is_empty() {
-        if write_all(&upstream, early).await.is_err() {
+        if write_all(&upstream, &early).await.is_err() {
             return TunnelStats {
                 up: 0,
                 down: 0,
@@ -92,6 +93,7 @@ pub async fn relay_tcp(
         }
         activity.up.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
+    drop(early);
     let up = pump(&client, &upstream, &activity.up, &activity, start);
     let down = pump(&upstream, &client, &activity.down, &activity, start);
     let end = watch(
@@ -317,7 +319,7 @@ mod tests {
         let task = tokio::spawn(async move {
             relay_tcp(
                 client,
-                b"early:",
+                bytes::Bytes::from_static(b"early:"),
                 upstream,
                 Duration::from_secs(60),
                 CancellationToken::new(),
@@ -349,7 +351,14 @@ mod tests {
         let (upstream, _upstream_peer) = tcp_pair().await;
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let stats = relay_tcp(client, b"", upstream, Duration::from_secs(60), cancel).await;
+        let stats = relay_tcp(
+            client,
+            bytes::Bytes::new(),
+            upstream,
+            Duration::from_secs(60),
+            cancel,
+        )
+        .await;
         assert_eq!(stats.end, TunnelEnd::Cancelled);
     }
 
