@@ -162,11 +162,13 @@ impl ActivationBook {
     /// know get `unknown_active_at` (only `explain` against a live state dir meets them).
     pub fn apply(&self, allowlist: &mut Allowlist, unknown_active_at: u64) {
         for id in 0..allowlist.len() as u32 {
-            let at = self
-                .stamps
-                .get(allowlist.pattern(id))
-                .map_or(unknown_active_at, |s| s.active_at);
-            allowlist.set_active_at(id, at);
+            match self.stamps.get(allowlist.pattern(id)) {
+                Some(stamp) => {
+                    allowlist.set_active_at(id, stamp.active_at);
+                    allowlist.set_added_at(id, stamp.added_at);
+                }
+                None => allowlist.set_active_at(id, unknown_active_at),
+            }
         }
     }
 

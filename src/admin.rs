@@ -213,7 +213,7 @@ impl Admin {
                 let key = pattern.to_string();
                 let active_at = list.active_at(id as u32);
                 EntryView {
-                    added_at: self.reloader.stamp(pattern).map(|s| format_utc(s.added_at)),
+                    added_at: list.added_at(id as u32).map(format_utc),
                     pattern: key,
                     kind: match pattern {
                         Pattern::Exact(_) => "exact",

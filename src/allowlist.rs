@@ -194,6 +194,8 @@ pub struct Allowlist {
     /// When each pattern becomes active, in Unix milliseconds (0: active from the start).
     /// Newly added patterns wait out the activation delay; see `activation`.
     active_at: Vec<u64>,
+    /// When each pattern was added, in Unix milliseconds (0: unknown), for the admin view.
+    added_at: Vec<u64>,
     exact: Index<Box<str>>,
     wildcard: Index<Box<str>>,
     ips: Index<IpAddr>,
@@ -229,6 +231,7 @@ impl Allowlist {
             self.patterns.push(pattern);
             self.lines.push(line);
             self.active_at.push(0);
+            self.added_at.push(0);
         }
     }
 
@@ -271,6 +274,16 @@ impl Allowlist {
             Pattern::Ip(ip) => self.ips.get_mut(ip),
         };
         slot.expect("every pattern is indexed").active_at = unix_ms;
+    }
+
+    /// Records when `id` was added (Unix milliseconds).
+    pub fn set_added_at(&mut self, id: RuleId, unix_ms: u64) {
+        self.added_at[id as usize] = unix_ms;
+    }
+
+    /// When `id` was added, if known.
+    pub fn added_at(&self, id: RuleId) -> Option<u64> {
+        Some(self.added_at[id as usize]).filter(|t| *t > 0)
     }
 
     /// When `id` becomes active (Unix milliseconds; 0 for always).

@@ -72,6 +72,15 @@ impl App {
             registry.clone(),
             &settings,
         ));
+        let on_swap = {
+            let proxy = proxy.clone();
+            Box::new(move |old: &Policy, new: &Policy| {
+                // Pooled upstream connections were dialled under the old address rules.
+                if old.private != new.private || old.dns_overrides != new.dns_overrides {
+                    proxy.reset_upstream_pool();
+                }
+            })
+        };
         let reloader = Reloader::new(
             &config,
             book,
@@ -79,6 +88,7 @@ impl App {
             registry,
             metrics.clone(),
             config_text,
+            on_swap,
         );
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
         let admin = Arc::new(Admin {

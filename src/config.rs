@@ -93,7 +93,7 @@ pub struct ProxySettings {
 }
 
 /// Resolver settings (the static overrides are part of [`Policy`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsSettings {
     /// Name servers to ask; empty means the system's (`/etc/resolv.conf`).
     pub servers: Vec<SocketAddr>,
@@ -190,6 +190,16 @@ impl Config {
 
     /// Validates config text; `path` is used for messages and relative paths.
     pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        Self::parse_with(path, src, Secrets::Read)
+    }
+
+    /// Validates config text for a reload: restart-only secrets (the admin token) are not
+    /// read, so a rotated or unreadable token file cannot block allowlist changes.
+    pub fn parse_for_reload(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        Self::parse_with(path, src, Secrets::Skip)
+    }
+
+    fn parse_with(path: &Path, src: &str, secrets: Secrets) -> Result<Config, ConfigError> {
         let mut problems = Problems::new(path, src);
         if src.trim().is_empty() {
             // Most often a file caught between truncate and write.
@@ -204,7 +214,7 @@ impl Config {
                 return Err(ConfigError::Invalid(problems.list));
             }
         };
-        let proxy = proxy_settings(&raw.proxy, &mut problems);
+        let proxy = proxy_settings(&raw.proxy, secrets, &mut problems);
         let (dns, overrides) = dns_settings(&raw.dns, &mut problems);
         let policy = policy(&raw, overrides, &mut problems);
         match (proxy, problems.list.is_empty()) {
@@ -356,14 +366,25 @@ impl Problems {
     }
 }
 
-fn proxy_settings(raw: &RawProxy, p: &mut Problems) -> Option<ProxySettings> {
+/// Whether parsing reads secret files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Read,
+    Skip,
+}
+
+fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Option<ProxySettings> {
     let listen = p.addr(&raw.listen, "proxy.listen", DEFAULT_LISTEN);
     let admin_listen = p.addr(
         &raw.admin_listen,
         "proxy.admin_listen",
         DEFAULT_ADMIN_LISTEN,
     );
-    let admin_token = raw.admin_token_file.as_ref().and_then(|file| {
+    let token_file = raw
+        .admin_token_file
+        .as_ref()
+        .filter(|_| secrets == Secrets::Read);
+    let admin_token = token_file.and_then(|file| {
         let path = Path::new(file.get_ref());
         match std::fs::read_to_string(path) {
             Ok(token) if !token.trim().is_empty() => Some(AdminToken(token.trim().to_string())),

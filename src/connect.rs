@@ -154,13 +154,16 @@ impl Dialer {
         Ok(addrs)
     }
 
+    /// Whether `addr` reaches one of our listeners: the same address, or any loopback or
+    /// unspecified address on a listener's port when that listener is on loopback or on all
+    /// interfaces. (A listener on all interfaces is also reachable on the host's own
+    /// addresses; those are private and refused unless opened. Loops through other
+    /// addresses are caught by the `Via` check on forwarded requests.)
     fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
         self.own_addrs.iter().any(|own| {
             own.port() == addr.port()
-                && (own.ip() == addr.ip()
-                    || own.ip().is_unspecified()
-                    || addr.ip().is_loopback()
-                    || addr.ip().is_unspecified())
+                && (own.ip() == addr.ip() || (local(own.ip()) && local(addr.ip())))
         })
     }
 }

@@ -52,6 +52,16 @@ pub fn add_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, VIA_VALUE);
 }
 
+/// Whether a `Via` header already names egressd (a request looping through us).
+pub fn has_our_via(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|hop| hop.split_whitespace().nth(1) == Some("egressd"))
+}
+
 /// What `Max-Forwards` asks of an OPTIONS or TRACE request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MaxForwards {
@@ -116,6 +126,16 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-length", "host", "x-kept"]);
+    }
+
+    #[test]
+    fn our_via_is_recognised() {
+        assert!(has_our_via(&map(&[("via", "1.0 fred, 1.1 egressd")])));
+        assert!(!has_our_via(&map(&[(
+            "via",
+            "1.1 squid, 1.1 egressd-lookalike"
+        )])));
+        assert!(!has_our_via(&map(&[])));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -43,7 +44,9 @@ pub struct Proxy {
     pub policy: PolicyHandle,
     pub dialer: Arc<Dialer>,
     /// Pooled upstream connections for forwarded requests, keyed by scheme, host and port.
-    client: Client<EgressConnector, ProxyBody>,
+    /// Replaced (dropping the pool) when a reload changes what addresses may be dialled: a
+    /// pooled connection was checked against the rules of the day it was dialled.
+    client: ArcSwap<UpstreamClient>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     /// Tunnels outlive the request that opened them; graceful shutdown waits for them here.
@@ -62,13 +65,7 @@ impl Proxy {
         registry: Arc<Registry>,
         settings: &ProxySettings,
     ) -> Self {
-        let connector = EgressConnector::new(dialer.clone(), policy.clone());
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .set_host(false)
-            .build(connector);
+        let client = ArcSwap::from_pointee(upstream_client(&dialer, &policy));
         Proxy {
             policy,
             dialer,
@@ -79,6 +76,12 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             registry,
         }
+    }
+
+    /// Drops pooled upstream connections; new requests dial afresh under the current policy.
+    pub fn reset_upstream_pool(&self) {
+        self.client
+            .store(Arc::new(upstream_client(&self.dialer, &self.policy)));
     }
 
     /// Entry point for every request on a client connection.
@@ -188,6 +191,9 @@ impl Proxy {
             req.method(),
             req.uri().to_string(),
         );
+        if headers::has_our_via(req.headers()) {
+            return record.loop_detected();
+        }
         let target = match forward_target(&req) {
             Ok(target) => target,
             Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
@@ -224,7 +230,8 @@ impl Proxy {
             Ok(req) => req,
             Err(msg) => return record.bad_request(msg),
         };
-        match self.client.request(upstream_req).await {
+        let client = self.client.load_full();
+        match client.request(upstream_req).await {
             Ok(response) => {
                 record.allowed(response.status());
                 downstream_response(response, record)
@@ -235,6 +242,18 @@ impl Proxy {
             },
         }
     }
+}
+
+type UpstreamClient = Client<EgressConnector, ProxyBody>;
+
+fn upstream_client(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> UpstreamClient {
+    let connector = EgressConnector::new(dialer.clone(), policy.clone());
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .set_host(false)
+        .build(connector)
 }
 
 /// Why a request is refused before the policy sees it.
@@ -523,6 +542,17 @@ impl AccessRecord {
         } else {
             stats.end
         });
+    }
+
+    /// The request already passed through egressd: forwarding it again would loop.
+    fn loop_detected(mut self) -> Response<ProxyBody> {
+        self.settle("error", "loop", 508);
+        text_response(
+            StatusCode::LOOP_DETECTED,
+            ("x-egress-error", "loop"),
+            "egressd: this request has already passed through egressd (Via); refusing to loop"
+                .into(),
+        )
     }
 
     fn bad_request(mut self, message: String) -> Response<ProxyBody> {

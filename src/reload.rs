@@ -18,9 +18,10 @@ use std::time::{Duration, SystemTime};
 use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode, DebounceEventResult, Debouncer};
 
 use crate::activation::{unix_ms, ActivationBook};
-use crate::config::{Config, ProxySettings};
+use crate::config::{Config, DnsSettings, ProxySettings};
 use crate::connect::PolicyHandle;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::revoke::Registry;
 
 /// What the admin API shows about the loaded config.
@@ -45,24 +46,33 @@ pub enum Outcome {
     Failed(Vec<String>),
 }
 
+/// Called after each swap with the old and the new policy.
+pub type SwapHook = Box<dyn Fn(&Policy, &Policy) + Send + Sync>;
+
 pub struct Reloader {
     path: PathBuf,
     policy: PolicyHandle,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    /// Listener settings in force; changes to them need a restart and are only warned about.
-    started_with: ProxySettings,
+    /// Settings read only at start; a reload that changes them is warned about.
+    started_with: (ProxySettings, DnsSettings),
+    /// Held for a whole reload: one reload at a time.
     inner: Mutex<Inner>,
+    /// Held only for the swap and for readers: admin requests never wait for a parse.
+    status: Mutex<Status>,
+    on_swap: SwapHook,
 }
 
 struct Inner {
     book: ActivationBook,
     last_text: String,
-    status: Status,
+    /// The activation delay in force. A reload that shortens it still gives the entries it
+    /// adds the longer one, so one edit cannot add an entry and skip its delay.
+    delay: Duration,
 }
 
 impl Reloader {
-    /// Applies the activation book to the start-up config and returns the reloader holding it.
+    /// Takes over the activation book opened at start-up.
     pub fn new(
         config: &Config,
         book: ActivationBook,
@@ -70,6 +80,7 @@ impl Reloader {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         loaded_text: String,
+        on_swap: SwapHook,
     ) -> Arc<Self> {
         metrics.config_generation.set(1);
         Arc::new(Reloader {
@@ -77,33 +88,30 @@ impl Reloader {
             policy,
             registry,
             metrics,
-            started_with: config.proxy.clone(),
+            started_with: (config.proxy.clone(), config.dns.clone()),
             inner: Mutex::new(Inner {
                 book,
                 last_text: loaded_text,
-                status: Status {
-                    generation: 1,
-                    loaded_at: SystemTime::now(),
-                    last_error: None,
-                },
+                delay: config.proxy.activation_delay,
             }),
+            status: Mutex::new(Status {
+                generation: 1,
+                loaded_at: SystemTime::now(),
+                last_error: None,
+            }),
+            on_swap,
         })
     }
 
     /// The policy in force and the status that describes it, read together: a reload swaps
-    /// the policy and bumps the generation under the same lock.
-    pub fn snapshot(&self) -> (Arc<crate::policy::Policy>, Status) {
-        let inner = self.inner.lock().expect("reload lock");
-        (self.policy.load_full(), inner.status.clone())
+    /// the policy and bumps the generation under the same (short) lock.
+    pub fn snapshot(&self) -> (Arc<Policy>, Status) {
+        let status = self.status.lock().expect("status lock");
+        (self.policy.load_full(), status.clone())
     }
 
     pub fn status(&self) -> Status {
-        self.inner.lock().expect("reload lock").status.clone()
-    }
-
-    /// Stamps of the current patterns, for the admin view.
-    pub fn stamp(&self, pattern: &crate::allowlist::Pattern) -> Option<crate::activation::Stamp> {
-        self.inner.lock().expect("reload lock").book.stamp(pattern)
+        self.status.lock().expect("status lock").clone()
     }
 
     /// Reads, validates and applies the config file. Blocking (file I/O, parsing): call it
@@ -115,7 +123,6 @@ impl Reloader {
             Ok(text) => text,
             Err(err) => {
                 return self.fail(
-                    &mut inner,
                     trigger,
                     vec![format!("{}: cannot read: {err}", self.path.display())],
                 )
@@ -126,29 +133,32 @@ impl Reloader {
             tracing::info!(trigger, "config unchanged");
             return Outcome::Unchanged;
         }
-        let config = match Config::parse(&self.path, &text) {
+        let config = match Config::parse_for_reload(&self.path, &text) {
             Ok(config) => config,
-            Err(err) => return self.fail(&mut inner, trigger, err.problems()),
+            Err(err) => return self.fail(trigger, err.problems()),
         };
         let parsed_in = started.elapsed();
-        self.warn_about_restart_settings(&config.proxy);
+        self.warn_about_restart_settings(&config);
         let now = SystemTime::now();
+        let new_delay = config.proxy.activation_delay;
         let mut policy = config.policy;
-        let (added, removed) =
-            inner
-                .book
-                .update(&policy.allowlist, config.proxy.activation_delay, now);
+        let delay_for_added = new_delay.max(inner.delay);
+        let (added, removed) = inner.book.update(&policy.allowlist, delay_for_added, now);
+        inner.delay = new_delay;
         inner.book.apply(&mut policy.allowlist, 0);
         let policy = Arc::new(policy);
-        // The old policy is dropped here, on this blocking thread, unless a request still
-        // holds it: freeing a large index must not land on a proxy worker if avoidable.
-        let old = self.policy.swap(policy.clone());
+
+        let (old, generation) = {
+            let mut status = self.status.lock().expect("status lock");
+            let old = self.policy.swap(policy.clone());
+            status.generation += 1;
+            status.loaded_at = now;
+            status.last_error = None;
+            (old, status.generation)
+        };
         let effective_in = started.elapsed();
+        (self.on_swap)(&old, &policy);
         inner.last_text = text;
-        inner.status.generation += 1;
-        inner.status.loaded_at = now;
-        inner.status.last_error = None;
-        let generation = inner.status.generation;
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
             self.metrics.revoked(kind);
@@ -165,7 +175,10 @@ impl Reloader {
         }
         let persisted_in = persist_started.elapsed();
         drop(inner);
+        // The old policy is freed here, on this blocking thread, unless a request still holds
+        // it: freeing a large index should not land on a proxy worker.
         drop(old);
+
         self.metrics.reload("success");
         self.metrics.config_generation.set(generation as i64);
         tracing::info!(
@@ -189,39 +202,46 @@ impl Reloader {
         }
     }
 
-    fn fail(&self, inner: &mut Inner, trigger: &str, problems: Vec<String>) -> Outcome {
+    fn fail(&self, trigger: &str, problems: Vec<String>) -> Outcome {
         for problem in &problems {
             tracing::error!(trigger, problem = %problem, "config reload failed; the running config stays in force");
         }
         self.metrics.reload("failure");
-        inner.status.last_error = Some((problems.join("\n"), SystemTime::now()));
+        self.status.lock().expect("status lock").last_error =
+            Some((problems.join("\n"), SystemTime::now()));
         Outcome::Failed(problems)
     }
 
-    fn warn_about_restart_settings(&self, new: &ProxySettings) {
-        let old = &self.started_with;
+    fn warn_about_restart_settings(&self, new: &Config) {
+        let (old, old_dns) = &self.started_with;
+        let p = &new.proxy;
         let changed = [
-            ("proxy.listen", old.listen != new.listen),
-            ("proxy.admin_listen", old.admin_listen != new.admin_listen),
+            ("proxy.listen", old.listen != p.listen),
+            ("proxy.admin_listen", old.admin_listen != p.admin_listen),
             (
                 "proxy.max_connections",
-                old.max_connections != new.max_connections,
+                old.max_connections != p.max_connections,
             ),
             (
                 "proxy.max_request_head_bytes",
-                old.max_request_head_bytes != new.max_request_head_bytes,
+                old.max_request_head_bytes != p.max_request_head_bytes,
             ),
             (
                 "proxy.header_read_timeout",
-                old.header_read_timeout != new.header_read_timeout,
+                old.header_read_timeout != p.header_read_timeout,
             ),
             (
                 "proxy.connect_timeout",
-                old.connect_timeout != new.connect_timeout,
+                old.connect_timeout != p.connect_timeout,
             ),
-            ("proxy.idle_timeout", old.idle_timeout != new.idle_timeout),
-            ("proxy.state_dir", old.state_dir != new.state_dir),
-            ("proxy.admin_token_file", old.admin_token != new.admin_token),
+            ("proxy.idle_timeout", old.idle_timeout != p.idle_timeout),
+            (
+                "proxy.shutdown_grace",
+                old.shutdown_grace != p.shutdown_grace,
+            ),
+            ("proxy.state_dir", old.state_dir != p.state_dir),
+            ("dns.servers", old_dns.servers != new.dns.servers),
+            ("dns.timeout", old_dns.timeout != new.dns.timeout),
         ];
         for (key, differs) in changed {
             if differs {

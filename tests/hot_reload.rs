@@ -493,3 +493,80 @@ async fn a_hundred_reloads_under_load_fail_no_allowed_request() {
     );
     assert!(proxy.generation().await >= 100);
 }
+
+/// Rewrites one `key = ...` line of the config at `path`.
+fn set_line(path: &std::path::Path, key: &str, line: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let new: String = text
+        .lines()
+        .map(|l| if l.starts_with(key) { line.to_string() } else { l.to_string() } + "\n")
+        .collect();
+    assert_ne!(text, new, "{key} not found");
+    write_file(path, &new, Write::Rename);
+}
+
+#[tokio::test]
+async fn shortening_the_delay_in_the_same_edit_does_not_skip_it() {
+    let (proxy, origin) = start(&["a.test"], "60s").await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let edited = with_domains(&text, &["a.test", "b.test"])
+        .replace("activation_delay = \"60s\"", "activation_delay = \"0s\"");
+    write_file(&proxy.config_path, &edited, Write::Rename);
+    proxy.wait_generation_above(1).await;
+    assert_eq!(
+        get(&proxy, &origin, "b.test").await,
+        (403, "pending-activation".to_string())
+    );
+    // The shorter delay applies to what is added after it.
+    proxy.set_domains(&["a.test", "b.test", "c.test"], Write::Rename);
+    proxy.wait_generation_above(2).await;
+    assert_eq!(get(&proxy, &origin, "c.test").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_unreadable_token_file_does_not_block_reloads() {
+    let origin = origin().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("admin.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let proxy = egressd()
+        .dns("a.test", "127.0.0.1")
+        .dns("b.test", "127.0.0.1")
+        .allow("a.test")
+        .ports(&[443], &[origin.port()])
+        .proxy("activation_delay = \"0s\"")
+        .proxy(&format!(
+            "admin_token_file = {:?}",
+            token.display().to_string()
+        ))
+        .start();
+    std::fs::remove_file(&token).unwrap();
+    proxy.set_domains(&["a.test", "b.test"], Write::Rename);
+    wait_status(&proxy, &origin, "b.test", 200).await;
+    // The token read at start still guards the reload endpoint.
+    assert_eq!(proxy.admin_post("/v1/reload", Some("s3cret")).await.0, 200);
+}
+
+#[tokio::test]
+async fn closing_a_private_range_drops_pooled_upstream_connections() {
+    let (proxy, origin) = start(&["a.test"], "0s").await;
+    let p = origin.port();
+    let mut client = TcpStream::connect(proxy.proxy).await.unwrap();
+    let request = format!("GET http://a.test:{p}/ HTTP/1.1\r\nHost: a.test:{p}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0; header(&head, "content-length").unwrap().parse().unwrap()];
+    client.read_exact(&mut body).await.unwrap();
+    // The upstream connection to 127.0.0.1 is now pooled; close the loopback range.
+    set_line(
+        &proxy.config_path,
+        "allow_private_cidrs",
+        "allow_private_cidrs = []",
+    );
+    proxy.wait_generation_above(1).await;
+    assert_eq!(
+        get(&proxy, &origin, "a.test").await,
+        (403, "private-destination".to_string())
+    );
+}

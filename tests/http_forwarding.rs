@@ -481,3 +481,23 @@ async fn connection_limit_answers_503() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn invalid_ports_and_loops_are_refused() {
+    let origin = origin().await;
+    let proxy = egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[80, origin.port()])
+        .start();
+    for target in ["http://api.test:99999/", "http://api.test:80x/"] {
+        let request = format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{target}: {response}");
+    }
+    let p = origin.port();
+    let looped = format!("GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nVia: 1.1 egressd\r\nConnection: close\r\n\r\n");
+    let response = raw_exchange(proxy.proxy, looped.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 508"), "{response}");
+    assert_eq!(header(&response, "x-egress-error"), Some("loop"));
+}
