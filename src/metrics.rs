@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::policy::Protocol;
+
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 type HistogramFamily = Family<Labels<1>, Histogram, fn() -> Histogram>;
 
@@ -21,14 +23,31 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Client connections turned away because `max_connections` was reached.
     pub rejected_connections: Counter,
-    /// Body and tunnel bytes relayed, `up` towards the upstream and `down` towards the client.
-    bytes: Family<Labels<1>, Counter>,
-    duration: HistogramFamily,
+
     /// Config reloads by result (success, failure, unchanged).
     reloads: Family<Labels<1>, Counter>,
     /// Tunnels and connections cut because a reload no longer allows them.
     revocations: Family<Labels<1>, Counter>,
     pub config_generation: Gauge,
+    /// Handles for the per-request series, resolved once: a family lookup takes a shared
+    /// read lock, which two busy cores would bounce between them on every request.
+    hot: HotSeries,
+}
+
+struct HotSeries {
+    /// Allowed requests, by protocol (connect, http).
+    allowed: [Counter; 2],
+    bytes_up: Counter,
+    bytes_down: Counter,
+    /// Durations, by protocol (connect, http).
+    duration: [Histogram; 2],
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Connect => 0,
+        Protocol::Http => 1,
+    }
 }
 
 impl Default for Metrics {
@@ -40,12 +59,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("egressd");
-        let requests = Family::default();
+        let requests: Family<Labels<3>, Counter> = Family::default();
         let upstream_errors = Family::default();
         let active_tunnels = Gauge::default();
         let active_connections = Gauge::default();
         let rejected_connections = Counter::default();
-        let bytes = Family::default();
+        let bytes: Family<Labels<1>, Counter> = Family::default();
         let duration: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
         registry.register(
@@ -101,25 +120,55 @@ impl Metrics {
             "Time from request head to end of response or tunnel",
             duration.clone(),
         );
+        // One statement per series: a family's read guard lives to the end of its statement,
+        // and a second get_or_create on the same family in that statement would deadlock.
+        let series = |family: &Family<Labels<3>, Counter>, p: Protocol| -> Counter {
+            let guard = family.get_or_create(&[
+                ("protocol", p.as_str()),
+                ("decision", "allowed"),
+                ("reason", "none"),
+            ]);
+            guard.clone()
+        };
+        let allowed = [
+            series(&requests, Protocol::Connect),
+            series(&requests, Protocol::Http),
+        ];
+        let bytes_up = bytes.get_or_create(&[("direction", "up")]).clone();
+        let bytes_down = bytes.get_or_create(&[("direction", "down")]).clone();
+        let connect_duration = duration.get_or_create(&[("protocol", "connect")]).clone();
+        let http_duration = duration.get_or_create(&[("protocol", "http")]).clone();
+        let hot = HotSeries {
+            allowed,
+            bytes_up,
+            bytes_down,
+            duration: [connect_duration, http_duration],
+        };
         Metrics {
+            hot,
             registry,
             requests,
             upstream_errors,
             active_tunnels,
             active_connections,
             rejected_connections,
-            bytes,
-            duration,
+
             reloads,
             revocations,
             config_generation,
         }
     }
 
-    pub fn request(&self, protocol: &'static str, decision: &'static str, reason: &'static str) {
+    /// Counts a request or tunnel; an empty `reason` is recorded as `none`.
+    pub fn request(&self, protocol: Protocol, decision: &'static str, reason: &'static str) {
+        if decision == "allowed" && reason.is_empty() {
+            self.hot.allowed[protocol_index(protocol)].inc();
+            return;
+        }
+        let reason = if reason.is_empty() { "none" } else { reason };
         self.requests
             .get_or_create(&[
-                ("protocol", protocol),
+                ("protocol", protocol.as_str()),
                 ("decision", decision),
                 ("reason", reason),
             ])
@@ -131,16 +180,12 @@ impl Metrics {
     }
 
     pub fn relayed(&self, up: u64, down: u64) {
-        self.bytes.get_or_create(&[("direction", "up")]).inc_by(up);
-        self.bytes
-            .get_or_create(&[("direction", "down")])
-            .inc_by(down);
+        self.hot.bytes_up.inc_by(up);
+        self.hot.bytes_down.inc_by(down);
     }
 
-    pub fn observe_duration(&self, protocol: &'static str, seconds: f64) {
-        self.duration
-            .get_or_create(&[("protocol", protocol)])
-            .observe(seconds);
+    pub fn observe_duration(&self, protocol: Protocol, seconds: f64) {
+        self.hot.duration[protocol_index(protocol)].observe(seconds);
     }
 
     pub fn reload(&self, result: &'static str) {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::activation::unix_ms;
+use crate::allowlist::RuleId;
 use crate::config::ProxySettings;
 use crate::connect::{Dialer, EgressConnector, EgressError, PolicyHandle};
 use crate::headers::{self, MaxForwards};
@@ -104,7 +105,7 @@ impl Proxy {
             Protocol::Connect,
             conn.addr,
             &Method::CONNECT,
-            req.uri().to_string(),
+            req.uri().clone(),
         );
         let target = match connect_target(req.uri()) {
             Ok(target) => target,
@@ -113,7 +114,7 @@ impl Proxy {
         };
         let policy = self.policy.load_full();
         match policy.decide(&target, Protocol::Connect, now_ms()) {
-            Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
+            Ok(rule) => record.rule = Some((policy.clone(), rule)),
             Err(denial) => return record.denied(denial),
         }
         let (upstream, addr) = match self.dialer.dial(&target, &policy).await {
@@ -189,7 +190,7 @@ impl Proxy {
             Protocol::Http,
             conn.addr,
             req.method(),
-            req.uri().to_string(),
+            req.uri().clone(),
         );
         if headers::has_our_via(req.headers()) {
             return record.loop_detected();
@@ -201,14 +202,10 @@ impl Proxy {
         };
         let policy = self.policy.load_full();
         match policy.decide(&target, Protocol::Http, now_ms()) {
-            Ok(rule) => record.rule = Some(policy.describe_rule(rule)),
+            Ok(rule) => record.rule = Some((policy.clone(), rule)),
             Err(denial) => return record.denied(denial),
         }
-        conn.registration.live.set_peer(Peer {
-            target: target.clone(),
-            protocol: Protocol::Http,
-            addr: None,
-        });
+        conn.registration.live.set_peer(&target, Protocol::Http);
         self.recheck_if_reloaded(&policy, &conn.registration);
         let (mut parts, body) = req.into_parts();
         match headers::max_forwards(&parts.method, &parts.headers) {
@@ -226,7 +223,7 @@ impl Proxy {
                     .insert(header::MAX_FORWARDS, HeaderValue::from(n));
             }
         }
-        let upstream_req = match upstream_request(parts, &target, body, record.up.clone()) {
+        let upstream_req = match upstream_request(parts, &target, body, record.relayed.clone()) {
             Ok(req) => req,
             Err(msg) => return record.bad_request(msg),
         };
@@ -343,7 +340,7 @@ fn upstream_request(
     mut parts: http::request::Parts,
     target: &Target,
     body: Incoming,
-    up: Arc<AtomicU64>,
+    relayed: Arc<Relayed>,
 ) -> Result<Request<ProxyBody>, String> {
     let host_header = if target.port == 80 {
         target.host.to_string()
@@ -370,7 +367,7 @@ fn upstream_request(
     let body = body
         .map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {
-                up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                relayed.up.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             frame
         })
@@ -481,15 +478,23 @@ struct AccessRecord {
     protocol: Protocol,
     client: SocketAddr,
     method: Method,
-    target: String,
+    /// The request target as received (a refcounted clone, formatted only when logged).
+    target: Uri,
     start: Instant,
     decision: &'static str,
     reason: &'static str,
-    rule: Option<String>,
+    /// The rule that allowed it, described only when logged.
+    rule: Option<(Arc<Policy>, RuleId)>,
     status: u16,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
+    relayed: Arc<Relayed>,
     tunnel_end: Option<TunnelEnd>,
+}
+
+/// Bytes carried by one exchange, shared with the body wrappers that count them.
+#[derive(Default)]
+struct Relayed {
+    up: AtomicU64,
+    down: AtomicU64,
 }
 
 impl AccessRecord {
@@ -498,7 +503,7 @@ impl AccessRecord {
         protocol: Protocol,
         client: SocketAddr,
         method: &Method,
-        target: String,
+        target: Uri,
     ) -> Self {
         AccessRecord {
             metrics,
@@ -511,8 +516,7 @@ impl AccessRecord {
             reason: "",
             rule: None,
             status: 0,
-            up: Arc::default(),
-            down: Arc::default(),
+            relayed: Arc::default(),
             tunnel_end: None,
         }
     }
@@ -523,11 +527,7 @@ impl AccessRecord {
         self.decision = decision;
         self.reason = reason;
         self.status = status;
-        self.metrics.request(
-            self.protocol.as_str(),
-            decision,
-            if reason.is_empty() { "none" } else { reason },
-        );
+        self.metrics.request(self.protocol, decision, reason);
     }
 
     fn allowed(&mut self, status: StatusCode) {
@@ -535,8 +535,8 @@ impl AccessRecord {
     }
 
     fn tunnel_closed(&mut self, stats: tunnel::TunnelStats, revoked: bool) {
-        self.up.store(stats.up, Ordering::Relaxed);
-        self.down.store(stats.down, Ordering::Relaxed);
+        self.relayed.up.store(stats.up, Ordering::Relaxed);
+        self.relayed.down.store(stats.down, Ordering::Relaxed);
         self.tunnel_end = Some(if revoked {
             TunnelEnd::Revoked
         } else {
@@ -622,13 +622,20 @@ impl AccessRecord {
 
 impl Drop for AccessRecord {
     fn drop(&mut self) {
-        let up = self.up.load(Ordering::Relaxed);
-        let down = self.down.load(Ordering::Relaxed);
+        let up = self.relayed.up.load(Ordering::Relaxed);
+        let down = self.relayed.down.load(Ordering::Relaxed);
         let elapsed = self.start.elapsed();
-        let protocol = self.protocol.as_str();
         self.metrics.relayed(up, down);
         self.metrics
-            .observe_duration(protocol, elapsed.as_secs_f64());
+            .observe_duration(self.protocol, elapsed.as_secs_f64());
+        if !tracing::enabled!(target: "egressd::access", tracing::Level::INFO) {
+            return;
+        }
+        let rule = self
+            .rule
+            .as_ref()
+            .map(|(policy, id)| policy.describe_rule(*id))
+            .unwrap_or_default();
         tracing::info!(
             target: "egressd::access",
             client = %self.client,
@@ -636,7 +643,7 @@ impl Drop for AccessRecord {
             target = %self.target,
             decision = self.decision,
             reason = self.reason,
-            rule = self.rule.as_deref().unwrap_or(""),
+            rule,
             status = self.status,
             bytes_up = up,
             bytes_down = down,
@@ -664,6 +671,7 @@ impl Body for LoggedBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.record
+                    .relayed
                     .down
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
             }

@@ -34,8 +34,20 @@ pub struct Live {
 
 impl Live {
     /// Records the peer of the connection's latest request.
-    pub fn set_peer(&self, peer: Peer) {
-        *self.peer.lock().expect("peer lock") = Some(peer);
+    pub fn set_peer(&self, target: &Target, protocol: Protocol) {
+        let mut slot = self.peer.lock().expect("peer lock");
+        // Keep-alive requests mostly repeat the target: skip the clone then.
+        if slot
+            .as_ref()
+            .is_some_and(|p| p.target == *target && p.protocol == protocol)
+        {
+            return;
+        }
+        *slot = Some(Peer {
+            target: target.clone(),
+            protocol,
+            addr: None,
+        });
     }
 
     pub fn cancelled(&self) -> &CancellationToken {
