@@ -105,7 +105,9 @@ impl Proxy {
             Protocol::Connect,
             conn.addr,
             &Method::CONNECT,
-            req.uri().clone(),
+            // A copy, not a clone: hyper's Uri shares the connection's 8 KiB read buffer,
+            // which a tunnel's record would otherwise pin for the tunnel's whole life.
+            req.uri().to_string().parse().unwrap_or_default(),
         );
         let target = match connect_target(req.uri()) {
             Ok(target) => target,
@@ -144,11 +146,26 @@ impl Proxy {
             let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let client = parts.io.into_inner();
-                    tunnel::relay_tcp(client, parts.read_buf, upstream, idle, cancel).await
+                    // Boxed: the task then holds only the branch it runs, not the larger
+                    // of the two relay futures.
+                    Box::pin(tunnel::relay_tcp(
+                        client,
+                        parts.read_buf,
+                        upstream,
+                        idle,
+                        cancel,
+                    ))
+                    .await
                 }
                 Err(upgraded) => {
                     tracing::debug!("tunnel client is not a TCP socket; using the generic relay");
-                    tunnel::relay(TokioIo::new(upgraded), upstream, idle, cancel).await
+                    Box::pin(tunnel::relay(
+                        TokioIo::new(upgraded),
+                        upstream,
+                        idle,
+                        cancel,
+                    ))
+                    .await
                 }
             };
             metrics.active_tunnels.dec();

@@ -68,8 +68,53 @@ struct Activity {
     down: AtomicU64,
 }
 
-/// Bytes moved per burst; allocated when a burst starts, freed when it ends.
+/// Bytes moved per burst; taken when a burst starts, given back when it ends.
 const BURST_BUFFER: usize = 64 * 1024;
+/// Spare burst buffers kept per worker thread.
+const SPARE_PER_THREAD: usize = 8;
+
+thread_local! {
+    /// Buffers of finished bursts on this thread, for the next burst. Reusing a few hot
+    /// buffers, instead of a fresh 64 KiB allocation per burst, keeps ten thousand tunnels
+    /// from scattering freed chunks across the heap (which RSS never gives back).
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A burst buffer that returns to its thread's spares when dropped.
+struct BurstBuffer(Vec<u8>);
+
+impl BurstBuffer {
+    fn take() -> Self {
+        // Capacity only: nothing is zeroed.
+        let spare = SPARE.with(|s| s.borrow_mut().pop());
+        BurstBuffer(spare.unwrap_or_else(|| Vec::with_capacity(BURST_BUFFER)))
+    }
+}
+
+impl std::ops::Deref for BurstBuffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BurstBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for BurstBuffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        let _ = SPARE.try_with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_PER_THREAD {
+                spare.push(buf);
+            }
+        });
+    }
+}
 
 /// Relays between two TCP sockets. `early` holds bytes the client sent right behind its
 /// CONNECT head (often a TLS ClientHello), already read by the HTTP parser. It is dropped
@@ -121,11 +166,10 @@ async fn pump(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
-        // Capacity only: nothing is zeroed, and a spurious wake-up costs one malloc/free.
-        let mut buf = Vec::with_capacity(BURST_BUFFER);
+        let mut buf = BurstBuffer::take();
         loop {
             buf.clear();
-            match from.try_read_buf(&mut buf) {
+            match from.try_read_buf(&mut *buf) {
                 Ok(0) => {
                     // Pass the half-close on; the other direction keeps flowing.
                     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
