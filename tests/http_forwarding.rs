@@ -6,6 +6,14 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// egressd allowing plain HTTP to `api.test`, mapped to `origin`.
+fn api_proxy(origin: &Origin) -> EgressdBuilder {
+    egressd()
+        .dns("api.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+}
+
 #[tokio::test]
 async fn curl_allowed_and_denied_over_http_proxy() {
     let origin = origin().await;
@@ -123,11 +131,7 @@ async fn non_canonical_ip_literals_are_invalid_targets() {
 #[tokio::test]
 async fn malformed_requests_get_400() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).start();
     let p = origin.port();
     let cases = [
         ("origin-form", "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n".to_string()),
@@ -162,11 +166,7 @@ async fn malformed_requests_get_400() {
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).start();
     let p = origin.port();
     let request = format!(
         "GET http://api.test:{p}/hop HTTP/1.1\r\nHost: api.test:{p}\r\nConnection: close, X-Client-Hop\r\nX-Client-Hop: 1\r\n\
@@ -231,11 +231,7 @@ async fn every_request_on_a_keep_alive_connection_is_checked() {
 async fn hyper_client_through_the_proxy() {
     use http_body_util::{BodyExt, Empty, Full};
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).start();
     let stream = TcpStream::connect(proxy.proxy).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
         hyper_util::rt::TokioIo::new(stream),
@@ -296,11 +292,7 @@ async fn expect_continue_is_answered_by_the_proxy() {
 #[tokio::test]
 async fn max_forwards_on_options_and_trace() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).start();
     let p = origin.port();
     let options = format!("OPTIONS http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n");
     let response = raw_exchange(proxy.proxy, options.as_bytes()).await;
@@ -329,10 +321,7 @@ async fn max_forwards_on_options_and_trace() {
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
+    let proxy = api_proxy(&origin)
         .proxy("max_request_head_bytes = 8192")
         .start();
     let p = origin.port();
