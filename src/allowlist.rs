@@ -186,6 +186,18 @@ impl Lookup {
 }
 
 /// The compiled allowlist. Duplicate entries keep the first occurrence.
+///
+/// ```
+/// use egressd::allowlist::{Allowlist, Pattern};
+/// use egressd::host::Host;
+///
+/// let list = Allowlist::new(["example.com", "*.example.org"].map(|e| Pattern::parse(e).unwrap()));
+/// let allowed = |h: &str| list.find(&Host::parse(h).unwrap()).is_some();
+/// assert!(allowed("example.com"));
+/// assert!(!allowed("www.example.com"), "an apex entry does not cover subdomains");
+/// assert!(allowed("a.b.example.org"));
+/// assert!(!allowed("example.org"), "a wildcard does not cover its apex");
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
     patterns: Vec<Pattern>,
