@@ -84,20 +84,7 @@ async fn tunnels_pass_half_close_both_ways() {
         .allow("echo.test")
         .ports(&[echo.port()], &[])
         .start();
-    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "CONNECT echo.test:{} HTTP/1.1\r\nHost: echo.test:{}\r\n\r\n",
-                echo.port(),
-                echo.port()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut stream = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     stream.write_all(b"ping").await.unwrap();
     // The echo server answers only after it sees EOF, so this proves the half-close arrived.
     stream.shutdown().await.unwrap();
@@ -124,12 +111,7 @@ async fn idle_tunnels_are_closed() {
         .ports(&[echo.port()], &[])
         .proxy("idle_timeout = \"1s\"")
         .start();
-    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
-    stream
-        .write_all(format!("CONNECT echo.test:{} HTTP/1.1\r\n\r\n", echo.port()).as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let mut stream = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "idle tunnel was not closed");
@@ -148,12 +130,7 @@ async fn admin_endpoints_report_state() {
         .start();
     assert_eq!(proxy.admin_get("/healthz").await, (200, "ok\n".to_string()));
 
-    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
-    stream
-        .write_all(format!("CONNECT echo.test:{} HTTP/1.1\r\n\r\n", echo.port()).as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let mut stream = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     stream.write_all(b"x").await.unwrap();
     let mut metrics = String::new();
     for _ in 0..100 {

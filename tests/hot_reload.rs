@@ -246,12 +246,7 @@ async fn revocation_cuts_tunnels_and_keep_alive_connections() {
         .allow("keep.test")
         .ports(&[echo.port()], &[origin.port()])
         .start();
-    let mut tunnel = TcpStream::connect(proxy.proxy).await.unwrap();
-    tunnel
-        .write_all(format!("CONNECT echo.test:{} HTTP/1.1\r\n\r\n", echo.port()).as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut tunnel).await.starts_with("HTTP/1.1 200"));
+    let mut tunnel = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     tunnel.write_all(b"still open").await.unwrap();
 
     let p = origin.port();

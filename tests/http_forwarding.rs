@@ -17,12 +17,7 @@ fn api_proxy(origin: &Origin) -> EgressdBuilder {
 #[tokio::test]
 async fn curl_allowed_and_denied_over_http_proxy() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .dns("other.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).dns("other.test", "127.0.0.1").start();
     let url = format!("http://api.test:{}/echo?q=1", origin.port());
     let (code, body, _) = curl(&["-i", &url], &[("http_proxy", &proxy.proxy_url())]).await;
     assert_eq!(code, 0);
@@ -201,12 +196,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
 #[tokio::test]
 async fn every_request_on_a_keep_alive_connection_is_checked() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .dns("other.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).dns("other.test", "127.0.0.1").start();
     let p = origin.port();
     let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
     for (host, expected) in [
@@ -263,12 +253,7 @@ async fn hyper_client_through_the_proxy() {
 #[tokio::test]
 async fn expect_continue_is_answered_by_the_proxy() {
     let origin = origin().await;
-    let proxy = egressd()
-        .dns("api.test", "127.0.0.1")
-        .dns("other.test", "127.0.0.1")
-        .allow("api.test")
-        .ports(&[443], &[origin.port()])
-        .start();
+    let proxy = api_proxy(&origin).dns("other.test", "127.0.0.1").start();
     let p = origin.port();
     // Denied: 403 arrives at once, without the client sending the body.
     let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();

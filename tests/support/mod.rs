@@ -534,6 +534,19 @@ pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
+/// Opens a CONNECT tunnel to `authority` through `proxy` and checks it was granted.
+pub async fn open_tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "CONNECT {authority}: {head}"
+    );
+    stream
+}
+
 /// Sends one request and reads exactly one response (head plus `Content-Length` body),
 /// without waiting for the connection to close.
 pub async fn one_response(addr: SocketAddr, request: &[u8]) -> String {
