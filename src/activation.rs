@@ -45,7 +45,7 @@ pub enum Opened {
 }
 
 /// The activation times of the patterns currently configured.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ActivationBook {
     file: Option<PathBuf>,
     stamps: HashMap<Pattern, Stamp>,
@@ -150,6 +150,11 @@ impl ActivationBook {
         self.stamps.len()
     }
 
+    /// The state directory, when the book is persisted.
+    pub fn dir(&self) -> Option<&Path> {
+        self.file.as_deref().and_then(Path::parent)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.stamps.is_empty()
     }
@@ -198,13 +203,21 @@ impl ActivationBook {
             )?;
         }
         bytes.extend_from_slice(b"\n}}\n");
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        {
+        // A name of its own per write: two writers (or a leftover from a crash) never share
+        // a temp file.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{STATE_FILE}.{}.{n}.tmp", std::process::id()));
+        let written = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, file)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, file)?;
+        written?;
         std::fs::File::open(dir)?.sync_all()
     }
 }

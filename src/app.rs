@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use notify_debouncer_mini::{notify::RecommendedWatcher, Debouncer};
+use notify::RecommendedWatcher;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ pub struct App {
     admin: Arc<Admin>,
     reloader: Arc<Reloader>,
     /// Dropping it stops the watch.
-    _watcher: Debouncer<RecommendedWatcher>,
+    _watcher: RecommendedWatcher,
 }
 
 impl App {
@@ -122,6 +122,7 @@ impl App {
         shutdown: CancellationToken,
         mut reload_signal: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
+        tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
         let reloader = self.reloader.clone();
         tokio::spawn(async move {
             while reload_signal.recv().await.is_some() {

@@ -40,6 +40,7 @@ struct RawProxy {
     connect_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     header_read_timeout: Option<Spanned<String>>,
+    response_header_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     activation_delay: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
@@ -81,6 +82,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// Slowloris guard: the whole request head must arrive within this time.
     pub header_read_timeout: Duration,
+    /// A forwarded request's upstream must send its response head within this time.
+    pub response_header_timeout: Duration,
     pub shutdown_grace: Duration,
     /// How long a newly added allowlist pattern waits before it allows anything.
     pub activation_delay: Duration,
@@ -440,6 +443,11 @@ fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Option<
             &raw.header_read_timeout,
             "proxy.header_read_timeout",
             Duration::from_secs(10),
+        ),
+        response_header_timeout: p.duration(
+            &raw.response_header_timeout,
+            "proxy.response_header_timeout",
+            Duration::from_secs(60),
         ),
         shutdown_grace: p.duration(
             &raw.shutdown_grace,

@@ -88,30 +88,13 @@ impl Dialer {
         target: &Target,
         policy: &Policy,
     ) -> Result<(TcpStream, SocketAddr), EgressError> {
-        let addrs = self.checked_addresses(target, policy).await?;
+        let addrs = interleave_families(self.checked_addresses(target, policy).await?);
         let attempt = async {
-            let mut last = None;
-            for addr in &addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok((stream, *addr));
-                    }
-                    Err(err) => last = Some((*addr, err)),
-                }
-            }
-            let (addr, err) = last.expect("at least one address");
-            Err(match err.kind() {
-                io::ErrorKind::ConnectionRefused => EgressError::Refused {
-                    target: target.to_string(),
-                    addr,
-                },
-                _ => EgressError::Connect {
-                    target: target.to_string(),
-                    addr,
-                    source: err,
-                },
-            })
+            let (stream, addr) = race(addrs, ATTEMPT_DELAY, TcpStream::connect)
+                .await
+                .map_err(|(addr, err)| connect_error(target, addr, err))?;
+            let _ = stream.set_nodelay(true);
+            Ok((stream, addr))
         };
         tokio::time::timeout(self.connect_timeout, attempt)
             .await
@@ -165,6 +148,98 @@ impl Dialer {
             own.port() == addr.port()
                 && (own.ip() == addr.ip() || (local(own.ip()) && local(addr.ip())))
         })
+    }
+}
+
+fn connect_error(target: &Target, addr: SocketAddr, err: io::Error) -> EgressError {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => EgressError::Refused {
+            target: target.to_string(),
+            addr,
+        },
+        _ => EgressError::Connect {
+            target: target.to_string(),
+            addr,
+            source: err,
+        },
+    }
+}
+
+/// RFC 8305's connection attempt delay: the next address is tried when the one before has
+/// not connected within this time, or at once when it fails. A black-holed first address
+/// (often IPv6) then costs 250 ms, not the whole `connect_timeout`.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Orders addresses as RFC 8305 §4 does: alternate the families, starting with the family
+/// of the resolver's first answer.
+fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_is_v6 = first.is_ipv6();
+    let (mut lead, mut other): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_is_v6);
+    let mut out = Vec::with_capacity(lead.len() + other.len());
+    lead.reverse();
+    other.reverse();
+    loop {
+        match (lead.pop(), other.pop()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Happy Eyeballs: starts a connection attempt per address, each `delay` after the one
+/// before (or as soon as it fails), and returns the first to connect; the others are
+/// abandoned. On failure, the last address's error.
+async fn race<C, F, Fut>(
+    addrs: Vec<SocketAddr>,
+    delay: Duration,
+    connect: F,
+) -> Result<(C, SocketAddr), (SocketAddr, io::Error)>
+where
+    C: Send + 'static,
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<C>> + Send + 'static,
+{
+    // The common case, one address, needs no race.
+    if let [addr] = addrs[..] {
+        return connect(addr)
+            .await
+            .map(|c| (c, addr))
+            .map_err(|e| (addr, e));
+    }
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut waiting = addrs.into_iter();
+    let mut last_error = None;
+    loop {
+        if let Some(addr) = waiting.next() {
+            let attempt = connect(addr);
+            attempts.spawn(async move { (addr, attempt.await) });
+        }
+        let more = waiting.len() > 0;
+        let next_attempt = tokio::time::sleep(delay);
+        tokio::pin!(next_attempt);
+        loop {
+            tokio::select! {
+                Some(joined) = attempts.join_next() => match joined {
+                    Ok((addr, Ok(conn))) => return Ok((conn, addr)),
+                    Ok((addr, Err(err))) => last_error = Some((addr, err)),
+                    Err(join) => tracing::warn!(error = %join, "connect attempt task failed"),
+                },
+                _ = &mut next_attempt, if more => break,
+                else => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        (SocketAddr::from(([0, 0, 0, 0], 0)), io::Error::other("no address to connect to"))
+                    }))
+                }
+            }
+            // A failure starts the next attempt at once.
+            if more && attempts.is_empty() {
+                break;
+            }
+        }
     }
 }
 
@@ -276,6 +351,82 @@ mod tests {
         // The rebound answer is checked on its own and refused.
         let err = dialer.dial(&target, &policy).await.unwrap_err();
         assert_eq!(err.kind(), "private-destination");
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn families_alternate_starting_with_the_first_answer() {
+        let sorted = interleave_families(addrs(&[
+            "[2001:db8::1]:443",
+            "[2001:db8::2]:443",
+            "192.0.2.1:443",
+            "192.0.2.2:443",
+            "192.0.2.3:443",
+        ]));
+        assert_eq!(
+            sorted,
+            addrs(&[
+                "[2001:db8::1]:443",
+                "192.0.2.1:443",
+                "[2001:db8::2]:443",
+                "192.0.2.2:443",
+                "192.0.2.3:443",
+            ])
+        );
+    }
+
+    /// A connect that never answers for port 1 (a black hole), fails at once for port 2
+    /// and succeeds for any other port.
+    async fn scripted_connect(addr: SocketAddr) -> io::Result<u16> {
+        match addr.port() {
+            1 => std::future::pending().await,
+            2 => Err(io::ErrorKind::ConnectionRefused.into()),
+            port => Ok(port),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_black_holed_first_address_costs_one_attempt_delay() {
+        let started = tokio::time::Instant::now();
+        let (port, _) = race(
+            addrs(&["[::1]:1", "127.0.0.1:443"]),
+            ATTEMPT_DELAY,
+            scripted_connect,
+        )
+        .await
+        .unwrap();
+        assert_eq!(port, 443);
+        assert_eq!(started.elapsed(), ATTEMPT_DELAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_attempt_starts_the_next_at_once() {
+        let started = tokio::time::Instant::now();
+        let (port, _) = race(
+            addrs(&["[::1]:2", "127.0.0.1:443"]),
+            ATTEMPT_DELAY,
+            scripted_connect,
+        )
+        .await
+        .unwrap();
+        assert_eq!(port, 443);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_address_fails_the_last_error_is_returned() {
+        let (addr, err) = race(
+            addrs(&["[::1]:2", "127.0.0.1:2"]),
+            ATTEMPT_DELAY,
+            scripted_connect,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(addr, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     }
 
     #[tokio::test]

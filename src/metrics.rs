@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Tunnels and connections cut because a reload no longer allows them.
     revocations: Family<Labels<1>, Counter>,
     pub config_generation: Gauge,
+    /// Reloads refused because the activation state could not be written.
+    pub state_persist_failures: Counter,
     /// Handles for the per-request series, resolved once: a family lookup takes a shared
     /// read lock, which two busy cores would bounce between them on every request.
     hot: HotSeries,
@@ -75,6 +77,12 @@ impl Metrics {
         let reloads = Family::default();
         let revocations = Family::default();
         let config_generation = Gauge::default();
+        let state_persist_failures = Counter::default();
+        registry.register(
+            "state_persist_failures",
+            "Reloads refused because the activation state could not be written to state_dir",
+            state_persist_failures.clone(),
+        );
         registry.register(
             "config_reloads",
             "Config reload attempts by result",
@@ -156,6 +164,7 @@ impl Metrics {
             reloads,
             revocations,
             config_generation,
+            state_persist_failures,
         }
     }
 

@@ -119,6 +119,8 @@ pub enum DenyReason {
     InvalidTarget,
     /// Only patterns still inside their activation delay match.
     PendingActivation,
+    /// A request inside an HTTP CONNECT tunnel names another host than the tunnel's.
+    TunnelHostMismatch,
 }
 
 impl DenyReason {
@@ -129,6 +131,7 @@ impl DenyReason {
             DenyReason::PrivateDestination => "private-destination",
             DenyReason::InvalidTarget => "invalid-target",
             DenyReason::PendingActivation => "pending-activation",
+            DenyReason::TunnelHostMismatch => "tunnel-host-mismatch",
         }
     }
 }

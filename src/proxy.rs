@@ -7,6 +7,7 @@
 //! go through a pooled hyper client whose connector is the same [`Dialer`].
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::ext::ReasonPhrase;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -32,13 +36,16 @@ use crate::config::ProxySettings;
 use crate::connect::{Dialer, EgressConnector, EgressError, PolicyHandle};
 use crate::headers::{self, MaxForwards};
 use crate::metrics::Metrics;
-use crate::policy::{Denial, Policy, Protocol, Target, TargetError};
+use crate::policy::{Denial, DenyReason, Policy, Protocol, Target, TargetError};
 use crate::revoke::{Peer, Registration, Registry};
 use crate::server::ClientConn;
 use crate::tunnel::{self, TunnelEnd};
 
+/// Errors a body may end with: hyper's, or egressd's own (an upstream body gone idle).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Body type of every response egressd sends and every request it forwards.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Shared state of the proxy listener.
 pub struct Proxy {
@@ -49,7 +56,10 @@ pub struct Proxy {
     /// pooled connection was checked against the rules of the day it was dialled.
     client: ArcSwap<UpstreamClient>,
     pub metrics: Arc<Metrics>,
+    /// A tunnel, or a forwarded response body, with no bytes for this long is cut.
     pub idle_timeout: Duration,
+    /// How long a forwarded request waits for the upstream's response head.
+    pub response_header_timeout: Duration,
     /// Tunnels outlive the request that opened them; graceful shutdown waits for them here.
     pub tasks: TaskTracker,
     /// Cancelled when the grace period is over: open tunnels are cut.
@@ -73,6 +83,7 @@ impl Proxy {
             client,
             metrics,
             idle_timeout: settings.idle_timeout,
+            response_header_timeout: settings.response_header_timeout,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             registry,
@@ -99,7 +110,11 @@ impl Proxy {
         Ok(response)
     }
 
-    async fn connect(&self, conn: ClientConn, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn connect(
+        self: Arc<Self>,
+        conn: ClientConn,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let mut record = AccessRecord::new(
             self.metrics.clone(),
             Protocol::Connect,
@@ -114,10 +129,23 @@ impl Proxy {
             Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
             Err(Refusal::Denied(denial)) => return record.denied(denial),
         };
+        record.normalised = Some(target.clone());
         let policy = self.policy.load_full();
-        match policy.decide(&target, Protocol::Connect, now_ms()) {
-            Ok(rule) => record.rule = Some((policy.clone(), rule)),
+        let mode = match tunnel_mode(&policy, &target, now_ms()) {
+            Ok((mode, rule)) => {
+                record.rule = Some((policy.clone(), rule));
+                mode
+            }
             Err(denial) => return record.denied(denial),
+        };
+        if mode == TunnelMode::Http {
+            record.allowed(StatusCode::OK);
+            conn.registration.live.set_peer(&target, Protocol::Http);
+            self.recheck_if_reloaded(&policy, &conn.registration);
+            let proxy = self.clone();
+            self.tasks
+                .spawn(proxy.serve_http_tunnel(conn, target, req, record));
+            return Response::new(empty());
         }
         let (upstream, addr) = match self.dialer.dial(&target, &policy).await {
             Ok(dialled) => dialled,
@@ -175,6 +203,100 @@ impl Proxy {
         Response::new(empty())
     }
 
+    /// Serves a CONNECT to an `http_ports` port as HTTP: each request inside the tunnel is
+    /// forwarded like an absolute-form one (policy, header hygiene, pool, access log,
+    /// revocation), so tunnelling plain HTTP — as Node's proxy agent does — gains nothing
+    /// over sending it in the open.
+    async fn serve_http_tunnel(
+        self: Arc<Self>,
+        conn: ClientConn,
+        target: Target,
+        req: Request<Incoming>,
+        record: AccessRecord,
+    ) {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "client went away before the tunnel opened");
+                return;
+            }
+        };
+        let revoked = conn.registration.live.cancelled().clone();
+        let hard_stop = self.hard_stop.clone();
+        let client = conn.addr;
+        let target = Arc::new(target);
+        let service = service_fn(move |req| {
+            let proxy = self.clone();
+            let conn = conn.clone();
+            let target = target.clone();
+            async move { Ok::<_, Infallible>(proxy.forward_in_tunnel(conn, &target, req).await) }
+        });
+        let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .serve_connection(upgraded, service);
+        tokio::select! {
+            result = served => {
+                if let Err(err) = result {
+                    tracing::info!(%client, error = %err, "closed an HTTP CONNECT tunnel: the client does not speak HTTP/1.x in it");
+                }
+            }
+            _ = revoked.cancelled() => {}
+            _ = hard_stop.cancelled() => {}
+        }
+        drop(record);
+    }
+
+    /// One request inside an HTTP tunnel: it must name the tunnel's authority, then it takes
+    /// the forwarding path.
+    async fn forward_in_tunnel(
+        &self,
+        conn: ClientConn,
+        tunnel: &Target,
+        mut req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT {
+            let record = AccessRecord::new(
+                self.metrics.clone(),
+                Protocol::Http,
+                conn.addr,
+                req.method(),
+                req.uri().clone(),
+            );
+            return record.bad_request("CONNECT inside an HTTP tunnel is not supported".into());
+        }
+        if let Err(message) = tunnel_request_target(&req, tunnel) {
+            let mut record = AccessRecord::new(
+                self.metrics.clone(),
+                Protocol::Http,
+                conn.addr,
+                req.method(),
+                req.uri().clone(),
+            );
+            record.normalised = Some(tunnel.clone());
+            return record.denied(Denial::new(DenyReason::TunnelHostMismatch, message));
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        match format!("http://{}{path}", authority_text(tunnel)).parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(err) => {
+                let record = AccessRecord::new(
+                    self.metrics.clone(),
+                    Protocol::Http,
+                    conn.addr,
+                    req.method(),
+                    req.uri().clone(),
+                );
+                return record.bad_request(format!("cannot rebuild the request target: {err}"));
+            }
+        }
+        self.forward(conn, req).await
+    }
+
     /// Registers a tunnel for revocation. A reload that landed after `decided_under` was
     /// loaded did not see this tunnel, so it is checked against the current policy here.
     fn register(
@@ -217,6 +339,7 @@ impl Proxy {
             Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
             Err(Refusal::Denied(denial)) => return record.denied(denial),
         };
+        record.normalised = Some(target.clone());
         let policy = self.policy.load_full();
         match policy.decide(&target, Protocol::Http, now_ms()) {
             Ok(rule) => record.rule = Some((policy.clone(), rule)),
@@ -245,15 +368,18 @@ impl Proxy {
             Err(msg) => return record.bad_request(msg),
         };
         let client = self.client.load_full();
-        match client.request(upstream_req).await {
-            Ok(response) => {
+        let response =
+            tokio::time::timeout(self.response_header_timeout, client.request(upstream_req));
+        match response.await {
+            Ok(Ok(response)) => {
                 record.allowed(response.status());
-                downstream_response(response, record)
+                downstream_response(response, record, self.idle_timeout)
             }
-            Err(err) => match find_egress_error(&err) {
+            Ok(Err(err)) => match find_egress_error(&err) {
                 Some(egress) => record.egress_error_ref(egress),
                 None => record.upstream_failed(&err),
             },
+            Err(_) => record.upstream_timeout(self.response_header_timeout),
         }
     }
 }
@@ -268,6 +394,71 @@ fn upstream_client(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> UpstreamClien
         .pool_max_idle_per_host(64)
         .set_host(false)
         .build(connector)
+}
+
+/// How a granted CONNECT is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TunnelMode {
+    /// To a `connect_ports` port: opaque bytes, relayed as they come.
+    Bytes,
+    /// To an `http_ports` port (Node's proxy agent tunnels `http://` URLs): the requests in
+    /// it are read and forwarded one by one.
+    Http,
+}
+
+/// Decides a CONNECT: a `connect_ports` port gets a byte tunnel; failing that, an
+/// `http_ports` port gets an HTTP tunnel under the plain-HTTP rules.
+fn tunnel_mode(
+    policy: &Policy,
+    target: &Target,
+    now_ms: u64,
+) -> Result<(TunnelMode, RuleId), Denial> {
+    match policy.decide(target, Protocol::Connect, now_ms) {
+        Ok(rule) => Ok((TunnelMode::Bytes, rule)),
+        Err(denial)
+            if denial.reason == DenyReason::PortNotAllowed
+                && policy.http_ports.contains(target.port) =>
+        {
+            let rule = policy.decide(target, Protocol::Http, now_ms)?;
+            Ok((TunnelMode::Http, rule))
+        }
+        Err(denial) => Err(denial),
+    }
+}
+
+/// A request inside an HTTP tunnel may only talk to the tunnel's authority: its `Host` (and
+/// its authority, if sent in absolute form) must name it.
+fn tunnel_request_target(req: &Request<Incoming>, tunnel: &Target) -> Result<(), String> {
+    let uri = req.uri();
+    if let Some(authority) = uri.authority() {
+        let named = Target::parse_authority_or(authority.as_str(), 80).ok();
+        if uri.scheme_str() != Some("http") || named.as_ref() != Some(tunnel) {
+            return Err(format!(
+                "the request names \"{uri}\" inside a tunnel to \"{tunnel}\"; a tunnel carries requests to its own host only"
+            ));
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let Some(value) = hosts.next() else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let named = parse_host_header(text);
+    if hosts.next().is_some() || named.as_ref() != Some(tunnel) {
+        return Err(format!(
+            "the Host header names \"{text}\" inside a tunnel to \"{tunnel}\"; a tunnel carries requests to its own host only"
+        ));
+    }
+    Ok(())
+}
+
+/// `host` or `host:port`, as written in an `http://` URL (port 80 left out).
+fn authority_text(target: &Target) -> String {
+    if target.port == 80 {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    }
 }
 
 /// Why a request is refused before the policy sees it.
@@ -359,11 +550,7 @@ fn upstream_request(
     body: Incoming,
     relayed: Arc<Relayed>,
 ) -> Result<Request<ProxyBody>, String> {
-    let host_header = if target.port == 80 {
-        target.host.to_string()
-    } else {
-        target.to_string()
-    };
+    let host_header = authority_text(target);
     let path = parts
         .uri
         .path_and_query()
@@ -381,6 +568,8 @@ fn upstream_request(
         HeaderValue::from_str(&host_header).map_err(|e| format!("bad host: {e}"))?,
     );
     headers::add_via(&mut parts.headers);
+    // egressd speaks HTTP/1.1 to the upstream whatever the client spoke (RFC 9110 §6.2).
+    parts.version = http::Version::HTTP_11;
     let body = body
         .map_frame(move |frame| {
             if let Some(data) = frame.data_ref() {
@@ -388,19 +577,32 @@ fn upstream_request(
             }
             frame
         })
+        .map_err(BoxError::from)
         .boxed();
     Ok(Request::from_parts(parts, body))
 }
 
-fn downstream_response(response: Response<Incoming>, record: AccessRecord) -> Response<ProxyBody> {
+/// The upstream's response as egressd sends it on: its own HTTP version (an HTTP/1.0
+/// upstream's close-delimited body then goes out chunked, so a keep-alive client is not left
+/// guessing), hop-by-hop headers removed, a body that logs the exchange when it ends and is
+/// cut when the upstream stops sending for `idle`.
+fn downstream_response(
+    response: Response<Incoming>,
+    record: AccessRecord,
+    idle: Duration,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
+    parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::add_via(&mut parts.headers);
     Response::from_parts(
         parts,
         LoggedBody {
-            inner: body.boxed(),
+            inner: body.map_err(BoxError::from).boxed(),
             record,
+            idle,
+            timer: None,
+            armed: false,
         }
         .boxed(),
     )
@@ -459,9 +661,7 @@ fn now_ms() -> u64 {
 }
 
 pub fn empty() -> ProxyBody {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
+    full(Bytes::new())
 }
 
 pub fn full(text: impl Into<Bytes>) -> ProxyBody {
@@ -470,13 +670,41 @@ pub fn full(text: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// The longest reason phrase egressd writes; a longer explanation is cut (the body keeps all
+/// of it).
+const MAX_REASON_PHRASE: usize = 200;
+
+/// `code: detail` as an HTTP reason phrase: one line of printable ASCII, bounded. Clients
+/// drop the body of a failed CONNECT and show only the status line, so this is where the
+/// reason reaches the program.
+pub fn reason_phrase(code: &str, detail: &str) -> ReasonPhrase {
+    let mut text = String::with_capacity(MAX_REASON_PHRASE);
+    for c in code.chars().chain(": ".chars()).chain(detail.chars()) {
+        if text.len() >= MAX_REASON_PHRASE {
+            text.truncate(MAX_REASON_PHRASE - 3);
+            text.push_str("...");
+            break;
+        }
+        text.push(match c {
+            ' '..='~' => c,
+            '\t' | '\r' | '\n' => ' ',
+            _ => '?',
+        });
+    }
+    ReasonPhrase::try_from(text.into_bytes()).expect("printable ASCII is a valid reason phrase")
+}
+
+/// A response egressd makes up itself: text body, `X-Egress-*` header, the reason in the
+/// status line too.
 fn text_response(
     status: StatusCode,
     header: (&'static str, &'static str),
     text: String,
 ) -> Response<ProxyBody> {
+    let phrase = reason_phrase(header.1, &text);
     let mut response = Response::new(full(text + "\n"));
     *response.status_mut() = status;
+    response.extensions_mut().insert(phrase);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -496,7 +724,10 @@ struct AccessRecord {
     client: SocketAddr,
     method: Method,
     /// The request target as received (a refcounted clone, formatted only when logged).
-    target: Uri,
+    raw_target: Uri,
+    /// The target as the decision saw it (lower case, no trailing dot, explicit port), once
+    /// parsed. Logged as `target`; `raw_target` keeps what the client typed.
+    normalised: Option<Target>,
     start: Instant,
     decision: &'static str,
     reason: &'static str,
@@ -520,14 +751,15 @@ impl AccessRecord {
         protocol: Protocol,
         client: SocketAddr,
         method: &Method,
-        target: Uri,
+        raw_target: Uri,
     ) -> Self {
         AccessRecord {
             metrics,
             protocol,
             client,
             method: method.clone(),
-            target,
+            raw_target,
+            normalised: None,
             start: Instant::now(),
             decision: "error",
             reason: "",
@@ -561,10 +793,27 @@ impl AccessRecord {
         });
     }
 
+    /// Settles a refusal and answers it with egressd's own text response, counting its body
+    /// as the bytes sent down.
+    fn refuse(
+        mut self,
+        decision: &'static str,
+        status: StatusCode,
+        header: (&'static str, &'static str),
+        text: String,
+    ) -> Response<ProxyBody> {
+        self.settle(decision, header.1, status.as_u16());
+        let response = text_response(status, header, text);
+        if let Some(len) = response.body().size_hint().exact() {
+            self.relayed.down.store(len, Ordering::Relaxed);
+        }
+        response
+    }
+
     /// The request already passed through egressd: forwarding it again would loop.
-    fn loop_detected(mut self) -> Response<ProxyBody> {
-        self.settle("error", "loop", 508);
-        text_response(
+    fn loop_detected(self) -> Response<ProxyBody> {
+        self.refuse(
+            "error",
             StatusCode::LOOP_DETECTED,
             ("x-egress-error", "loop"),
             "egressd: this request has already passed through egressd (Via); refusing to loop"
@@ -572,32 +821,29 @@ impl AccessRecord {
         )
     }
 
-    fn bad_request(mut self, message: String) -> Response<ProxyBody> {
-        self.settle("error", "bad-request", 400);
-        text_response(
+    fn bad_request(self, message: String) -> Response<ProxyBody> {
+        self.refuse(
+            "error",
             StatusCode::BAD_REQUEST,
             ("x-egress-error", "bad-request"),
             message,
         )
     }
 
-    fn denied(mut self, denial: Denial) -> Response<ProxyBody> {
-        self.settle("denied", denial.reason.code(), 403);
-        let mut response = Response::new(full(format!(
-            "egressd denied {} {}: {}\n",
-            self.method, self.target, denial.message
-        )));
-        *response.status_mut() = StatusCode::FORBIDDEN;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+    fn denied(self, denial: Denial) -> Response<ProxyBody> {
+        let text = format!(
+            "egressd denied {} {}: {}",
+            self.method, self.raw_target, denial.message
         );
-        headers.insert(
-            "x-egress-denied",
-            HeaderValue::from_static(denial.reason.code()),
+        let phrase = reason_phrase(denial.reason.code(), &denial.message);
+        let mut response = self.refuse(
+            "denied",
+            StatusCode::FORBIDDEN,
+            ("x-egress-denied", denial.reason.code()),
+            text,
         );
-        headers::add_via(headers);
+        // The status line carries the reason and the fix, not the echo of the request.
+        response.extensions_mut().insert(phrase);
         response
     }
 
@@ -605,7 +851,7 @@ impl AccessRecord {
         self.egress_error_ref(&err)
     }
 
-    fn egress_error_ref(mut self, err: &EgressError) -> Response<ProxyBody> {
+    fn egress_error_ref(self, err: &EgressError) -> Response<ProxyBody> {
         if let EgressError::Denied(denial) = err {
             return self.denied(denial.clone());
         }
@@ -615,25 +861,53 @@ impl AccessRecord {
             EgressError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
-        self.settle("error", kind, status.as_u16());
-        text_response(
-            status,
-            ("x-egress-error", kind),
-            format!("egressd could not reach {}: {err}", self.target),
-        )
+        let text = format!("egressd could not reach {}: {err}", self.raw_target);
+        self.refuse("error", status, ("x-egress-error", kind), text)
     }
 
-    fn upstream_failed(mut self, err: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    fn upstream_failed(self, err: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
         self.metrics.upstream_error("upstream");
-        self.settle("error", "upstream", 502);
         let detail = std::error::Error::source(err)
             .map(|s| s.to_string())
             .unwrap_or_else(|| err.to_string());
-        text_response(
+        self.refuse(
+            "error",
             StatusCode::BAD_GATEWAY,
             ("x-egress-error", "upstream"),
             format!("egressd: the upstream failed: {detail}"),
         )
+    }
+
+    fn upstream_timeout(self, waited: Duration) -> Response<ProxyBody> {
+        self.metrics.upstream_error("upstream-timeout");
+        let text = format!(
+            "egressd: {} sent no response within {waited:?} (proxy.response_header_timeout)",
+            self.raw_target
+        );
+        self.refuse(
+            "error",
+            StatusCode::GATEWAY_TIMEOUT,
+            ("x-egress-error", "upstream-timeout"),
+            text,
+        )
+    }
+
+    /// The target as logged: the normalised form the decision used, when there was one.
+    fn logged_target(&self) -> String {
+        let Some(target) = &self.normalised else {
+            return self.raw_target.to_string();
+        };
+        match self.protocol {
+            Protocol::Connect => target.to_string(),
+            Protocol::Http => {
+                let path = self
+                    .raw_target
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                format!("http://{}{path}", authority_text(target))
+            }
+        }
     }
 }
 
@@ -657,7 +931,8 @@ impl Drop for AccessRecord {
             target: "egressd::access",
             client = %self.client,
             method = %self.method,
-            target = %self.target,
+            target = %self.logged_target(),
+            raw_target = %self.raw_target,
             decision = self.decision,
             reason = self.reason,
             rule,
@@ -670,30 +945,64 @@ impl Drop for AccessRecord {
     }
 }
 
-/// A response body that counts bytes down and logs the exchange when it is done or dropped.
+/// The upstream stopped sending a response body for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; response cut")]
+struct BodyIdle(Duration);
+
+/// A response body that counts bytes down, logs the exchange when it is done or dropped, and
+/// ends with an error (a cut body, for the client) when the upstream goes quiet for `idle`.
 struct LoggedBody {
     inner: ProxyBody,
     record: AccessRecord,
+    idle: Duration,
+    /// The idle timer, made on the first wait and re-armed (not re-made) for later ones.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` is running for the current wait.
+    armed: bool,
 }
 
 impl Body for LoggedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.record
-                    .relayed
-                    .down
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(polled) => {
+                this.armed = false;
+                if let Some(Ok(frame)) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        this.record
+                            .relayed
+                            .down
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Poll::Ready(polled)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if !this.armed {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    this.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.armed = false;
+                this.record.reason = "upstream-timeout";
+                this.record.metrics.upstream_error("upstream-timeout");
+                tracing::warn!(target = %this.record.logged_target(), ?idle, "upstream response body went idle; cut");
+                Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))))
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -702,5 +1011,38 @@ impl Body for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_phrases_are_printable_ascii_and_bounded() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("plain", "not-allowlisted", "add \"a.test\""),
+            (
+                "control characters become spaces",
+                "bad-request",
+                "a\r\nb\tc",
+            ),
+            ("non-ASCII becomes ?", "bad-request", "caf\u{e9}"),
+        ];
+        let expected = [
+            "not-allowlisted: add \"a.test\"",
+            "bad-request: a  b c",
+            "bad-request: caf?",
+        ];
+        for ((name, code, detail), want) in cases.iter().zip(expected) {
+            assert_eq!(
+                reason_phrase(code, detail).as_bytes(),
+                want.as_bytes(),
+                "{name}"
+            );
+        }
+        let long = reason_phrase("x", &"y".repeat(500));
+        assert_eq!(long.as_bytes().len(), MAX_REASON_PHRASE);
+        assert!(long.as_bytes().ends_with(b"..."));
     }
 }

@@ -8,14 +8,26 @@
 //! atomic store — requests in flight keep the snapshot they loaded. Then every tunnel and
 //! connection the new policy denies is cut.
 //!
+//! The activation book is persisted *before* the swap. A reload whose new activation state
+//! cannot be written (state dir read-only, disk full) is refused like a bad file and retried
+//! every [`PERSIST_RETRY`]: egressd never serves an allowlist its state file does not record,
+//! so no stop in any window can turn "removed, then re-added while down" into "known, active
+//! at once".
+//!
 //! The watcher watches the file's directory, not the file: editors replace files by rename
-//! and Kubernetes swaps a `..data` symlink, and both only show up as directory events.
+//! and Kubernetes swaps a `..data` symlink, and both only show up as directory events. Only
+//! events that can change what egressd reads count — creation, modification, rename and
+//! removal of the config file or of `..data` — never accesses (each reload reads the file,
+//! and counting that read would reload forever) and never other files in the directory.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode, DebounceEventResult, Debouncer};
+use notify::event::{MetadataKind, ModifyKind};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::activation::{unix_ms, ActivationBook};
 use crate::config::{Config, DnsSettings, ProxySettings};
@@ -61,7 +73,13 @@ pub struct Reloader {
     /// Held only for the swap and for readers: admin requests never wait for a parse.
     status: Mutex<Status>,
     on_swap: SwapHook,
+    /// Set while the last reload was refused because activation state could not be written;
+    /// the retry task reloads until it can.
+    persist_failed: AtomicBool,
 }
+
+/// How often a reload refused for unwritable activation state is tried again.
+pub const PERSIST_RETRY: Duration = Duration::from_secs(5);
 
 struct Inner {
     book: ActivationBook,
@@ -100,7 +118,13 @@ impl Reloader {
                 last_error: None,
             }),
             on_swap,
+            persist_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the last reload was refused because activation state could not be written.
+    pub fn persist_failed(&self) -> bool {
+        self.persist_failed.load(Ordering::Relaxed)
     }
 
     /// The policy in force and the status that describes it, read together: a reload swaps
@@ -130,7 +154,14 @@ impl Reloader {
         };
         if text == inner.last_text {
             self.metrics.reload("unchanged");
-            tracing::info!(trigger, "config unchanged");
+            // A bad edit reverted to the text in force: its error no longer applies.
+            self.status.lock().expect("status lock").last_error = None;
+            self.persist_failed.store(false, Ordering::Relaxed);
+            if trigger == "watch" {
+                tracing::debug!(trigger, "config unchanged");
+            } else {
+                tracing::info!(trigger, "config unchanged");
+            }
             return Outcome::Unchanged;
         }
         let config = match Config::parse_for_reload(&self.path, &text) {
@@ -143,7 +174,28 @@ impl Reloader {
         let new_delay = config.proxy.activation_delay;
         let mut policy = config.policy;
         let delay_for_added = new_delay.max(inner.delay);
-        let (added, removed) = inner.book.update(&policy.allowlist, delay_for_added, now);
+        let mut book = inner.book.clone();
+        let (added, removed) = book.update(&policy.allowlist, delay_for_added, now);
+        // Written before the swap: a stop at any moment leaves a state file that records at
+        // least every pattern in force, with its real times.
+        let persist_started = std::time::Instant::now();
+        if !added.is_empty() || removed > 0 {
+            if let Err(err) = book.persist() {
+                self.metrics.state_persist_failures.inc();
+                self.persist_failed.store(true, Ordering::Relaxed);
+                return self.fail(
+                    trigger,
+                    vec![format!(
+                        "cannot write activation state in {}: {err}; the running config stays in force and the reload is retried every {}s",
+                        book.dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                        PERSIST_RETRY.as_secs()
+                    )],
+                );
+            }
+        }
+        let persisted_in = persist_started.elapsed();
+        self.persist_failed.store(false, Ordering::Relaxed);
+        inner.book = book;
         inner.delay = new_delay;
         inner.book.apply(&mut policy.allowlist, 0);
         let policy = Arc::new(policy);
@@ -164,16 +216,6 @@ impl Reloader {
             self.metrics.revoked(kind);
             tracing::warn!(kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
         });
-        // Persisting after the swap is safe: a crash before the write leaves new patterns
-        // unknown to the state file, so they start a fresh (later) delay at the restart,
-        // and removed ones are dropped because the config no longer lists them.
-        let persist_started = std::time::Instant::now();
-        if !added.is_empty() || removed > 0 {
-            if let Err(err) = inner.book.persist() {
-                tracing::error!(error = %err, "cannot persist activation state; a restart would restart pending delays");
-            }
-        }
-        let persisted_in = persist_started.elapsed();
         drop(inner);
         // The old policy is freed here, on this blocking thread, unless a request still holds
         // it: freeing a large index should not land on a proxy worker.
@@ -231,6 +273,10 @@ impl Reloader {
                 old.header_read_timeout != p.header_read_timeout,
             ),
             (
+                "proxy.response_header_timeout",
+                old.response_header_timeout != p.response_header_timeout,
+            ),
+            (
                 "proxy.connect_timeout",
                 old.connect_timeout != p.connect_timeout,
             ),
@@ -258,39 +304,151 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Watches the config file's directory and reloads (debounced) on any change there.
-/// The returned debouncer must be kept alive.
-pub fn watch(
-    reloader: Arc<Reloader>,
-) -> anyhow::Result<Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>> {
+/// How long the directory must be quiet before a burst of events becomes one reload: an
+/// editor's write-and-rename, or `cat > file` in two writes, is read once, whole.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// File names in the config's directory whose changes trigger a reload.
+fn watched_names(config: &Path) -> Vec<OsString> {
+    let mut names = vec![OsString::from("..data")];
+    names.extend(config.file_name().map(OsString::from));
+    names
+}
+
+/// Whether a watch event can change what egressd reads.
+fn is_relevant(event: &Event, names: &[OsString]) -> bool {
+    let kind_counts = match event.kind {
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    };
+    kind_counts
+        && event.paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| names.iter().any(|n| n == name))
+        })
+}
+
+/// Watches the config file's directory and reloads once the relevant events settle. The
+/// returned watcher must be kept alive.
+pub fn watch(reloader: Arc<Reloader>) -> anyhow::Result<RecommendedWatcher> {
     let dir = watch_dir(&reloader.path);
+    let names = watched_names(&reloader.path);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut debouncer = new_debouncer(
-        Duration::from_millis(200),
-        move |result: DebounceEventResult| match result {
-            Ok(_) => {
+    let mut watcher =
+        notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+            Ok(event) if is_relevant(&event, &names) => {
+                tracing::trace!(?event, "config watch event");
                 let _ = tx.send(());
             }
+            Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "config watch error"),
-        },
-    )?;
-    debouncer
-        .watcher()
+        })?;
+    watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            while rx.try_recv().is_ok() {}
+            // Wait until no event has come for SETTLE.
+            while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
             let reloader = reloader.clone();
             let _ = tokio::task::spawn_blocking(move || reloader.reload("watch")).await;
         }
     });
-    Ok(debouncer)
+    Ok(watcher)
+}
+
+/// Retries a reload refused because activation state could not be written, until it goes
+/// through (or the config changes back).
+pub async fn retry_refused_reloads(reloader: Arc<Reloader>) {
+    let mut tick = tokio::time::interval(PERSIST_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if reloader.persist_failed() {
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload("retry")).await;
+        }
+    }
 }
 
 fn watch_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, RenameMode};
+
+    /// (name, event kind, file name, reloads?)
+    const EVENTS: &[(&str, EventKind, &str, bool)] = &[
+        (
+            "reading the config",
+            EventKind::Access(AccessKind::Read),
+            "egressd.toml",
+            false,
+        ),
+        (
+            "closing the config after a read",
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            "egressd.toml",
+            false,
+        ),
+        (
+            "writing the config",
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            "egressd.toml",
+            true,
+        ),
+        (
+            "renaming a file over the config",
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "egressd.toml",
+            true,
+        ),
+        (
+            "creating the config",
+            EventKind::Create(CreateKind::File),
+            "egressd.toml",
+            true,
+        ),
+        (
+            "removing the config",
+            EventKind::Remove(notify::event::RemoveKind::File),
+            "egressd.toml",
+            true,
+        ),
+        (
+            "the kubelet's ..data swap",
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "..data",
+            true,
+        ),
+        (
+            "a log file beside the config",
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            "egressd.log",
+            false,
+        ),
+        (
+            "an atime update",
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            "egressd.toml",
+            false,
+        ),
+    ];
+
+    #[test]
+    fn only_changes_to_what_egressd_reads_trigger_a_reload() {
+        let names = watched_names(Path::new("/etc/egressd/egressd.toml"));
+        for (name, kind, file, expected) in EVENTS {
+            let event = Event::new(*kind).add_path(PathBuf::from("/etc/egressd").join(file));
+            assert_eq!(is_relevant(&event, &names), *expected, "{name}");
+        }
     }
 }

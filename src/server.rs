@@ -131,7 +131,7 @@ async fn serve_connection(
 
 /// Tells a client over the connection cap to come back later.
 async fn refuse_busy(mut stream: TcpStream) {
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-egress-error: too-many-connections\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\negressd: too many connections, retry\n";
+    const BUSY: &[u8] = b"HTTP/1.1 503 too-many-connections: egressd is at proxy.max_connections, retry\r\nx-egress-error: too-many-connections\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\negressd: too many connections, retry\n";
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
     let _ = stream.shutdown().await;
 }

@@ -199,3 +199,128 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // And the listener is gone.
     assert!(TcpStream::connect(proxy.proxy).await.is_err());
 }
+
+/// egressd allowing `api.test` (mapped to `origin`) with the origin's port open for plain
+/// HTTP only, as for Node's proxy agent, which tunnels `http://` URLs through CONNECT.
+fn http_only(origin: &Origin) -> EgressdBuilder {
+    egressd()
+        .dns("api.test", "127.0.0.1")
+        .dns("other.test", "127.0.0.1")
+        .allow("api.test")
+        .ports(&[443], &[origin.port()])
+}
+
+#[tokio::test]
+async fn connect_to_an_http_port_is_served_as_http() {
+    let origin = origin().await;
+    let proxy = http_only(&origin).start();
+    let p = origin.port();
+    let mut tunnel = open_tunnel(proxy.proxy, &format!("api.test:{p}")).await;
+    // Two requests on the tunnel: both forwarded with the usual header hygiene.
+    for path in ["/echo?n=1", "/echo?n=2"] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: api.test:{p}\r\nProxy-Authorization: Basic x\r\n\r\n"
+        );
+        tunnel.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut tunnel).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = header(&head, "content-length").unwrap().parse().unwrap();
+        let mut body = vec![0; len];
+        tunnel.read_exact(&mut body).await.unwrap();
+        let body = String::from_utf8(body).unwrap();
+        assert!(body.starts_with(&format!("GET {path} HTTP/1.1")), "{body}");
+        assert!(body.contains("via: 1.1 egressd"), "{body}");
+        assert!(!body.contains("proxy-authorization"), "{body}");
+    }
+    // Each request inside is logged and counted on its own.
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "egressd_requests_total{protocol=\"http\",decision=\"allowed\",reason=\"none\"}"
+        ),
+        2.0
+    );
+    proxy
+        .wait_for_log(|l| l["target"] == format!("http://api.test:{p}/echo?n=2"))
+        .await;
+}
+
+#[tokio::test]
+async fn a_request_for_another_host_inside_an_http_tunnel_is_denied() {
+    let origin = origin().await;
+    let proxy = http_only(&origin).start();
+    let p = origin.port();
+    for (name, request) in [
+        (
+            "Host names another host",
+            format!("GET /echo HTTP/1.1\r\nHost: other.test:{p}\r\n\r\n"),
+        ),
+        (
+            "absolute-form names another host",
+            format!("GET http://other.test:{p}/echo HTTP/1.1\r\nHost: api.test:{p}\r\n\r\n"),
+        ),
+        (
+            "Host names another port",
+            "GET /echo HTTP/1.1\r\nHost: api.test\r\n\r\n".to_string(),
+        ),
+    ] {
+        let mut tunnel = open_tunnel(proxy.proxy, &format!("api.test:{p}")).await;
+        tunnel.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut tunnel).await;
+        assert!(
+            head.starts_with("HTTP/1.1 403 tunnel-host-mismatch: "),
+            "{name}: {head}"
+        );
+        assert_eq!(
+            header(&head, "x-egress-denied"),
+            Some("tunnel-host-mismatch")
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http_tunnel_that_does_not_speak_http_is_closed() {
+    let origin = origin().await;
+    let proxy = http_only(&origin).start();
+    let mut tunnel = open_tunnel(proxy.proxy, &format!("api.test:{}", origin.port())).await;
+    tunnel
+        .write_all(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, tunnel.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&rest).contains("200"), "{rest:?}");
+    proxy
+        .wait_for_line(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .or(l["message"].as_str())
+                .is_some_and(|m| m.contains("does not speak HTTP/1.x"))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn curl_proxytunnel_reaches_an_http_port() {
+    let origin = origin().await;
+    let proxy = http_only(&origin).start();
+    let url = format!("http://api.test:{}/echo", origin.port());
+    let (code, body, err) = curl(&["-p", "-x", &proxy.proxy_url(), &url], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(body.starts_with("GET /echo HTTP/1.1"), "{body}");
+    assert!(
+        body.contains("via: 1.1 egressd"),
+        "forwarded, not relayed: {body}"
+    );
+    // A port open for neither is still refused.
+    let (_, _, err) = curl(
+        &["-v", "-p", "-x", &proxy.proxy_url(), "http://api.test:8/"],
+        &[],
+    )
+    .await;
+    assert!(err.contains("< HTTP/1.1 403 port-not-allowed: "), "{err}");
+}

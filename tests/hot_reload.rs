@@ -565,3 +565,109 @@ async fn closing_a_private_range_drops_pooled_upstream_connections() {
         (403, "private-destination".to_string())
     );
 }
+
+/// The reload counters, by result.
+async fn reload_counts(proxy: &Egressd) -> [f64; 3] {
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    ["success", "unchanged", "failure"].map(|r| {
+        metric(
+            &metrics,
+            &format!("egressd_config_reloads_total{{result=\"{r}\"}}"),
+        )
+    })
+}
+
+/// Waits (bounded) until the reload counters have not moved for two seconds, and returns them.
+async fn settled_reload_counts(proxy: &Egressd) -> [f64; 3] {
+    let mut last = reload_counts(proxy).await;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let now = reload_counts(proxy).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the reload counters never settled: {last:?}");
+}
+
+#[tokio::test]
+async fn the_watcher_reloads_on_edits_only_and_settles() {
+    let (proxy, origin) = start(&["a.test"], "0s").await;
+    // Reading the config (as every reload does) is no reason to reload.
+    std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert_eq!(settled_reload_counts(&proxy).await, [0.0, 0.0, 0.0]);
+    // One ordinary edit: one reload, then quiet.
+    proxy.set_domains(&["a.test", "b.test"], Write::InPlace);
+    wait_status(&proxy, &origin, "b.test", 200).await;
+    assert_eq!(settled_reload_counts(&proxy).await, [1.0, 0.0, 0.0]);
+    // Another file in the same directory (a log, an editor's swap file) is not the config.
+    let unrelated = proxy.dir().join("egressd.log");
+    for i in 0..5 {
+        std::fs::write(&unrelated, format!("line {i}\n")).unwrap();
+    }
+    assert_eq!(settled_reload_counts(&proxy).await, [1.0, 0.0, 0.0]);
+}
+
+#[tokio::test]
+async fn reverting_a_bad_edit_clears_its_error() {
+    let (proxy, _origin) = start(&["a.test"], "0s").await;
+    let good = std::fs::read_to_string(&proxy.config_path).unwrap();
+    write_file(
+        &proxy.config_path,
+        &with_domains(&good, &["*.*.a.test"]),
+        Write::Rename,
+    );
+    proxy.wait_allowlist(|v| !v["last_error"].is_null()).await;
+    write_file(&proxy.config_path, &good, Write::Rename);
+    let view = proxy.wait_allowlist(|v| v["last_error"].is_null()).await;
+    assert_eq!(
+        view["generation"], 1,
+        "the good text was never replaced: {view}"
+    );
+}
+
+#[tokio::test]
+async fn unwritable_state_refuses_the_reload_so_a_restart_cannot_skip_the_delay() {
+    let (proxy, origin) = start(&["a.test", "b.test"], "60s").await;
+    let state = proxy.dir().join("state");
+    let aside = proxy.dir().join("state.aside");
+    // A file where the state directory should be: no write can succeed, even as root.
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+
+    proxy.set_domains(&["a.test"], Write::Rename);
+    let view = proxy.wait_allowlist(|v| !v["last_error"].is_null()).await;
+    let message = view["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot write activation state"),
+        "{message}"
+    );
+    assert_eq!(view["generation"], 1, "{view}");
+    assert_eq!(
+        get(&proxy, &origin, "b.test").await.0,
+        200,
+        "the running config stays in force"
+    );
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(metric(&metrics, "egressd_state_persist_failures_total") >= 1.0);
+
+    // Once the state dir is back, the retry applies the removal and records it.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
+    let view = proxy.wait_generation_above(1).await;
+    assert!(view["last_error"].is_null(), "{view}");
+    assert_eq!(get(&proxy, &origin, "b.test").await.0, 403);
+
+    // Re-added while egressd is down: after the restart it waits out the delay.
+    let mut proxy = proxy;
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(), Some(0));
+    proxy.set_domains(&["a.test", "b.test"], Write::Rename);
+    let proxy = proxy.restart_stopped();
+    assert_eq!(
+        get(&proxy, &origin, "b.test").await,
+        (403, "pending-activation".to_string())
+    );
+    assert_eq!(get(&proxy, &origin, "a.test").await.0, 200);
+}

@@ -475,3 +475,263 @@ async fn invalid_ports_and_loops_are_refused() {
     assert!(response.starts_with("HTTP/1.1 508"), "{response}");
     assert_eq!(header(&response, "x-egress-error"), Some("loop"));
 }
+
+/// (name, request, status line egressd must send) — the reason and its fix travel in the
+/// reason phrase, which is all most clients show of a failed CONNECT.
+const STATUS_LINE_CASES: &[(&str, &str, &str)] = &[
+    (
+        "denied plain HTTP names the entry to add",
+        "GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n",
+        "HTTP/1.1 403 not-allowlisted: \"other.test\" is not on the allowlist; add \"other.test\"\r\n",
+    ),
+    (
+        "denied CONNECT names the entry to add",
+        "CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n",
+        "HTTP/1.1 403 not-allowlisted: \"other.test\" is not on the allowlist; add \"other.test\"\r\n",
+    ),
+    (
+        "subdomain pitfall on CONNECT",
+        "CONNECT www.api.test:443 HTTP/1.1\r\n\r\n",
+        "HTTP/1.1 403 not-allowlisted: \"api.test\" is allowlisted but does not cover subdomains; add \"www.api.test\" or \"*.api.test\"\r\n",
+    ),
+    (
+        "closed port on CONNECT",
+        "CONNECT api.test:25 HTTP/1.1\r\n\r\n",
+        "HTTP/1.1 403 port-not-allowed: port 25 is not open for connect requests (allowed: [443]); add it to proxy.connect_ports\r\n",
+    ),
+    (
+        "origin-form request",
+        "GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+        "HTTP/1.1 400 bad-request: egressd is a forward proxy: send absolute-form requests (set HTTP_PROXY), or CONNECT for https\r\n",
+    ),
+    (
+        "request loop",
+        "GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\nVia: 1.1 egressd\r\n\r\n",
+        "HTTP/1.1 508 loop: egressd: this request has already passed through egressd (Via); refusing to loop\r\n",
+    ),
+];
+
+#[tokio::test]
+async fn every_refusal_carries_its_reason_in_the_status_line() {
+    let proxy = egressd()
+        .dns("other.test", "127.0.0.1")
+        .allow("api.test")
+        .start();
+    for (name, request, status_line) in STATUS_LINE_CASES {
+        let response = one_response(proxy.proxy, request.as_bytes()).await;
+        assert!(
+            response.starts_with(status_line),
+            "{name}: expected {status_line:?}, got {response}"
+        );
+        let code = status_line.split(' ').nth(2).unwrap().trim_end_matches(':');
+        let header_value = header(&response, "x-egress-denied")
+            .or_else(|| header(&response, "x-egress-error"))
+            .unwrap_or("");
+        assert_eq!(
+            header_value, code,
+            "{name}: the header still names the reason"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reason_phrases_are_one_bounded_line_of_ascii() {
+    // A denial naming a 190-character host twice is longer than a reason phrase may be.
+    let proxy = egressd().allow("api.test").start();
+    let label = "a".repeat(60);
+    let long = format!("http://{label}.{label}.{label}.api.test/");
+    let request = format!(
+        "GET {long} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        &long[7..long.len() - 1]
+    );
+    let response = one_response(proxy.proxy, request.as_bytes()).await;
+    let status_line = response.lines().next().unwrap();
+    assert!(
+        status_line.starts_with("HTTP/1.1 403 not-allowlisted: "),
+        "{status_line}"
+    );
+    assert!(
+        status_line.len() <= "HTTP/1.1 403 ".len() + 200,
+        "{status_line}"
+    );
+    assert!(
+        status_line.ends_with("..."),
+        "cut, and says so: {status_line}"
+    );
+    assert!(status_line.bytes().all(|b| (b' '..=b'~').contains(&b)));
+}
+
+#[tokio::test]
+async fn curl_and_python_show_the_reason_of_a_denied_https_request() {
+    let proxy = egressd().dns("other.test", "127.0.0.1").start();
+    let env = [("https_proxy", proxy.proxy_url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let reason = "403 not-allowlisted: \"other.test\" is not on the allowlist; add \"other.test\"";
+
+    let (code, _, err) = curl(&["-v", "https://other.test/"], &env).await;
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("< HTTP/1.1 {reason}")), "{err}");
+
+    let script = r#"
+import urllib.request
+try:
+    urllib.request.urlopen("https://other.test/", timeout=5)
+except Exception as e:
+    print(e)
+"#;
+    let (_, out, err) = python(script, &env).await;
+    assert!(
+        out.contains(&format!("Tunnel connection failed: {reason}")),
+        "python urllib shows: {out} {err}"
+    );
+}
+
+#[tokio::test]
+async fn python_sees_the_reason_of_a_denied_plain_http_request() {
+    let proxy = egressd().dns("other.test", "127.0.0.1").start();
+    let script = r#"
+import urllib.request, urllib.error
+try:
+    urllib.request.urlopen("http://other.test/", timeout=5)
+except urllib.error.HTTPError as e:
+    print(e.code, e.reason, e.headers["x-egress-denied"])
+"#;
+    let (_, out, err) = python(script, &[("http_proxy", &proxy.proxy_url())]).await;
+    assert_eq!(
+        out.trim(),
+        "403 not-allowlisted: \"other.test\" is not on the allowlist; add \"other.test\" not-allowlisted",
+        "{err}"
+    );
+}
+
+/// Reads a chunked body up to its last chunk.
+async fn read_chunked(stream: &mut TcpStream) -> String {
+    let mut body = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !body.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("body in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-body: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        body.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(body).unwrap()
+}
+
+#[tokio::test]
+async fn an_http10_upstream_is_answered_as_http11_and_framed() {
+    let upstream = raw_origin(
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0",
+        Then::Close,
+    )
+    .await;
+    let p = upstream.port();
+    let proxy = egressd()
+        .dns("old.test", "127.0.0.1")
+        .allow("old.test")
+        .ports(&[443], &[p])
+        .start();
+    let mut stream = TcpStream::connect(proxy.proxy).await.unwrap();
+    for round in 0..2 {
+        let request = format!("GET http://old.test:{p}/ HTTP/1.1\r\nHost: old.test:{p}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut stream).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n"),
+            "round {round}: {head}"
+        );
+        assert_eq!(
+            header(&head, "transfer-encoding"),
+            Some("chunked"),
+            "{head}"
+        );
+        let body = read_chunked(&mut stream).await;
+        assert!(body.contains("hello from 1.0"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_has_the_normalised_target_and_the_bytes_sent() {
+    let proxy = egressd().dns("other.test", "127.0.0.1").start();
+    let request = "GET http://OTHER.TEST./x HTTP/1.1\r\nHost: OTHER.TEST.\r\n\r\n";
+    let response = one_response(proxy.proxy, request.as_bytes()).await;
+    let body_len: u64 = header(&response, "content-length")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(body_len > 50, "{response}");
+    let line = proxy
+        .wait_for_log(|l| l["raw_target"] == "http://OTHER.TEST./x")
+        .await;
+    assert_eq!(line["target"], "http://other.test/x", "{line}");
+    assert_eq!(line["bytes_down"], body_len, "{line}");
+    assert_eq!(line["reason"], "not-allowlisted");
+
+    let connect = "CONNECT Other.Test.:443 HTTP/1.1\r\n\r\n";
+    one_response(proxy.proxy, connect.as_bytes()).await;
+    let line = proxy
+        .wait_for_log(|l| l["raw_target"] == "Other.Test.:443")
+        .await;
+    assert_eq!(line["target"], "other.test:443", "{line}");
+}
+
+#[tokio::test]
+async fn a_silent_upstream_gets_504_after_the_response_header_timeout() {
+    let silent = silent_origin().await;
+    let p = silent.port();
+    let proxy = egressd()
+        .dns("silent.test", "127.0.0.1")
+        .allow("silent.test")
+        .ports(&[443], &[p])
+        .proxy("response_header_timeout = \"1s\"")
+        .start();
+    let url = format!("http://silent.test:{p}/");
+    let (_, body, _) = curl(&["-i", "-x", &proxy.proxy_url(), &url], &[]).await;
+    assert!(
+        body.starts_with("HTTP/1.1 504 upstream-timeout: "),
+        "{body}"
+    );
+    assert_eq!(header(&body, "x-egress-error"), Some("upstream-timeout"));
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "egressd_upstream_errors_total{kind=\"upstream-timeout\"}"
+        ),
+        1.0
+    );
+    // The connection slot is given back.
+    proxy
+        .wait_for_log(|l| l["reason"] == "upstream-timeout" && l["status"] == 504)
+        .await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    let stalling = raw_origin(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it",
+        Then::Stall,
+    )
+    .await;
+    let p = stalling.port();
+    let proxy = egressd()
+        .dns("stall.test", "127.0.0.1")
+        .allow("stall.test")
+        .ports(&[443], &[p])
+        .proxy("idle_timeout = \"1s\"")
+        .start();
+    let url = format!("http://stall.test:{p}/");
+    let (code, body, err) = curl(&["-x", &proxy.proxy_url(), &url], &[]).await;
+    assert_eq!(code, 18, "curl: partial transfer: {err}");
+    assert_eq!(body, "only part of it");
+    let line = proxy
+        .wait_for_log(|l| l["reason"] == "upstream-timeout")
+        .await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes_down"], 15);
+}

@@ -600,3 +600,99 @@ pub async fn tls_origin(name: &str) -> (SocketAddr, String) {
     });
     (addr, pem)
 }
+
+/// What a [`raw_origin`] does after writing its reply.
+#[derive(Clone, Copy, Debug)]
+pub enum Then {
+    /// Close the connection (an HTTP/1.0 close-delimited body ends here).
+    Close,
+    /// Keep the connection open and send nothing more.
+    Stall,
+}
+
+/// A TCP origin that reads a request head, writes `reply` verbatim, then does `then`: for
+/// upstreams that misbehave in ways a real HTTP server library will not.
+pub async fn raw_origin(reply: &'static [u8], then: Then) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream.write_all(reply).await;
+                match then {
+                    Then::Close => {
+                        let _ = stream.shutdown().await;
+                    }
+                    Then::Stall => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP origin that accepts connections and never answers.
+pub async fn silent_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as rendered), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs a Python 3 snippet with only the given environment proxy variables set; returns
+/// (exit code, stdout, stderr). Python's standard library is the client: no packages needed.
+pub async fn python(script: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args(["-c", script]);
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("python in time")
+        .expect("python3 is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
