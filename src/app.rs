@@ -15,17 +15,17 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::{ActivationBook, Opened};
-use crate::admin::{serve_admin, Admin};
-use crate::config::{Config, ProxySettings};
-use crate::connect::Dialer;
+use crate::control::admin::{serve_admin, Admin};
+use crate::control::config::{Config, ProxySettings};
+use crate::control::reload::{self, Reloader, Trigger};
+use crate::egress::resolve::DnsResolver;
+use crate::egress::revoke::Registry;
+use crate::egress::{EgressClient, EgressOptions};
 use crate::metrics::Metrics;
+use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
+use crate::proxy::server::{serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
-use crate::reload::{self, Reloader};
-use crate::resolve::DnsResolver;
-use crate::revoke::Registry;
-use crate::server::{serve_proxy, ConnLimits};
 
 /// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
@@ -63,24 +63,27 @@ impl App {
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::default());
-        let resolver = DnsResolver::new(&config.dns);
-        let dialer = Arc::new(Dialer::new(resolver, own_addrs, settings.connect_timeout));
-        let proxy = Arc::new(Proxy::new(
+        let egress = Arc::new(EgressClient::new(
             policy.clone(),
-            dialer,
+            DnsResolver::new(&config.dns),
+            own_addrs,
+            EgressOptions {
+                connect_timeout: settings.connect_timeout,
+                response_header_timeout: settings.response_header_timeout,
+            },
+        ));
+        let proxy = Arc::new(Proxy::new(
+            egress.clone(),
             metrics.clone(),
             registry.clone(),
-            &settings,
+            settings.idle_timeout,
         ));
-        let on_swap = {
-            let proxy = proxy.clone();
-            Box::new(move |old: &Policy, new: &Policy| {
-                // Pooled upstream connections were dialled under the old address rules.
-                if old.private != new.private || old.dns_overrides != new.dns_overrides {
-                    proxy.reset_upstream_pool();
-                }
-            })
-        };
+        let on_swap = Box::new(move |old: &Policy, new: &Policy| {
+            // Pooled upstream connections were dialled under the old address rules.
+            if old.private != new.private || old.dns_overrides != new.dns_overrides {
+                egress.reset_pool();
+            }
+        });
         let reloader = Reloader::new(
             &config,
             book,
@@ -127,7 +130,7 @@ impl App {
         tokio::spawn(async move {
             while reload_signal.recv().await.is_some() {
                 let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload("SIGHUP")).await;
+                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Sighup)).await;
             }
         });
         let admin_task = tokio::spawn(serve_admin(
@@ -139,7 +142,7 @@ impl App {
         serve_proxy(
             self.proxy_listener,
             proxy.clone(),
-            ConnLimits::from(&self.settings),
+            conn_limits(&self.settings),
             shutdown,
         )
         .await;
@@ -161,6 +164,14 @@ impl App {
         }
         let _ = admin_task.await;
         Ok(())
+    }
+}
+
+fn conn_limits(settings: &ProxySettings) -> ConnLimits {
+    ConnLimits {
+        header_read_timeout: settings.header_read_timeout,
+        max_head_bytes: settings.max_request_head_bytes,
+        max_connections: settings.max_connections,
     }
 }
 

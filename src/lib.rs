@@ -1,26 +1,30 @@
 //! egressd: an egress forward proxy with a strict domain allowlist.
 //!
-//! The request path reads as a walk through the modules:
-//! [`server`] (listener, limits, shutdown) → [`proxy`] (request parsing) → [`policy`]
-//! (decision over the [`allowlist`]) → [`connect`] (resolve via [`resolve`], check with
-//! [`netguard`], pin, dial) → [`tunnel`] or the pooled HTTP client (relay).
-//! [`config`] turns the TOML file into these types; [`admin`] and [`metrics`] observe them.
+//! The crate is layered; each layer is a folder and imports only from the layers below it:
+//!
+//! | layer | owns |
+//! |---|---|
+//! | [`control`] | config file, reload (watch, SIGHUP, API), admin listener, `explain` |
+//! | [`proxy`] | the client-facing listener, request parsing, CONNECT and forwarding, access log |
+//! | [`egress`] | resolve → check every address → pin → dial, the upstream pool, the tunnel relay, and the [`egress::EgressClient`], the one way out |
+//! | [`policy`] | hosts, the allowlist, private ranges, activation times, the decision |
+//!
+//! Beside them: [`metrics`] (every layer above egress records there) and [`util`] (time,
+//! HTTP bodies, the accept loop; imports nothing of egressd's). [`app`] wires the layers
+//! into a running process; [`cli`] holds the commands `main.rs` dispatches to.
+//!
+//! The request path reads as a walk through the modules: [`proxy::server`] (listener, limits,
+//! shutdown) → [`proxy::request`] (parse the target) → [`egress::EgressClient::decide`]
+//! ([`policy::Policy::decide`] over the [`policy::allowlist`], issuing a [`egress::Permit`]) →
+//! [`egress::EgressClient::dial`] or [`egress::EgressClient::send`] (resolve via
+//! [`egress::resolve`], check with [`policy::netguard`], pin, connect) → [`egress::tunnel`] or
+//! the pooled HTTP client (relay) → [`proxy::access`] (one log line, the metrics).
 
-pub mod activation;
-pub mod admin;
-pub mod allowlist;
 pub mod app;
-pub mod config;
-pub mod connect;
-pub mod explain;
-pub mod headers;
-pub mod host;
+pub mod cli;
+pub mod control;
+pub mod egress;
 pub mod metrics;
-pub mod netguard;
 pub mod policy;
 pub mod proxy;
-pub mod reload;
-pub mod resolve;
-pub mod revoke;
-pub mod server;
-pub mod tunnel;
+pub mod util;

@@ -1,4 +1,9 @@
 //! Prometheus metrics with an explicit registry (no globals), served on the admin listener.
+//!
+//! Beside the layers rather than in one: the proxy, the reloader and (later) the scheduler all
+//! record here. Labels are typed — [`Outcome`], [`ErrorKind`], [`LiveKind`], [`ReloadResult`]
+//! — each with one `as_str`, so a label cannot be misspelt at a call site. Imports the
+//! vocabulary of [`crate::policy`] and [`crate::egress`] only.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +12,56 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::policy::Protocol;
+use crate::egress::revoke::LiveKind;
+use crate::egress::ErrorKind;
+use crate::policy::{DenyReason, Protocol};
+
+/// How one request or tunnel ended: the `decision` and `reason` labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied(DenyReason),
+    Failed(ErrorKind),
+}
+
+impl Outcome {
+    pub fn decision(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied(_) => "denied",
+            Outcome::Failed(_) => "error",
+        }
+    }
+
+    /// `none` when allowed.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "none",
+            Outcome::Denied(reason) => reason.code(),
+            Outcome::Failed(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// The result of one reload attempt: the `result` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Unchanged,
+    Failure,
+}
+
+impl ReloadResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+const PROTOCOLS: usize = Protocol::ALL.len();
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 type HistogramFamily = Family<Labels<1>, Histogram, fn() -> Histogram>;
@@ -37,19 +91,12 @@ pub struct Metrics {
 }
 
 struct HotSeries {
-    /// Allowed requests, by protocol (connect, http).
-    allowed: [Counter; 2],
+    /// Allowed requests, by [`Protocol::index`].
+    allowed: [Counter; PROTOCOLS],
     bytes_up: Counter,
     bytes_down: Counter,
-    /// Durations, by protocol (connect, http).
-    duration: [Histogram; 2],
-}
-
-fn protocol_index(protocol: Protocol) -> usize {
-    match protocol {
-        Protocol::Connect => 0,
-        Protocol::Http => 1,
-    }
+    /// Durations, by [`Protocol::index`].
+    duration: [Histogram; PROTOCOLS],
 }
 
 impl Default for Metrics {
@@ -138,19 +185,18 @@ impl Metrics {
             ]);
             guard.clone()
         };
-        let allowed = [
-            series(&requests, Protocol::Connect),
-            series(&requests, Protocol::Http),
-        ];
+        let allowed = Protocol::ALL.map(|p| series(&requests, p));
         let bytes_up = bytes.get_or_create(&[("direction", "up")]).clone();
         let bytes_down = bytes.get_or_create(&[("direction", "down")]).clone();
-        let connect_duration = duration.get_or_create(&[("protocol", "connect")]).clone();
-        let http_duration = duration.get_or_create(&[("protocol", "http")]).clone();
+        let durations = Protocol::ALL.map(|p| {
+            let guard = duration.get_or_create(&[("protocol", p.as_str())]);
+            guard.clone()
+        });
         let hot = HotSeries {
             allowed,
             bytes_up,
             bytes_down,
-            duration: [connect_duration, http_duration],
+            duration: durations,
         };
         Metrics {
             hot,
@@ -168,24 +214,25 @@ impl Metrics {
         }
     }
 
-    /// Counts a request or tunnel; an empty `reason` is recorded as `none`.
-    pub fn request(&self, protocol: Protocol, decision: &'static str, reason: &'static str) {
-        if decision == "allowed" && reason.is_empty() {
-            self.hot.allowed[protocol_index(protocol)].inc();
+    /// Counts a request or tunnel.
+    pub fn request(&self, protocol: Protocol, outcome: Outcome) {
+        if outcome == Outcome::Allowed {
+            self.hot.allowed[protocol.index()].inc();
             return;
         }
-        let reason = if reason.is_empty() { "none" } else { reason };
         self.requests
             .get_or_create(&[
                 ("protocol", protocol.as_str()),
-                ("decision", decision),
-                ("reason", reason),
+                ("decision", outcome.decision()),
+                ("reason", outcome.reason()),
             ])
             .inc();
     }
 
-    pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    pub fn upstream_error(&self, kind: ErrorKind) {
+        self.upstream_errors
+            .get_or_create(&[("kind", kind.as_str())])
+            .inc();
     }
 
     pub fn relayed(&self, up: u64, down: u64) {
@@ -194,15 +241,19 @@ impl Metrics {
     }
 
     pub fn observe_duration(&self, protocol: Protocol, seconds: f64) {
-        self.hot.duration[protocol_index(protocol)].observe(seconds);
+        self.hot.duration[protocol.index()].observe(seconds);
     }
 
-    pub fn reload(&self, result: &'static str) {
-        self.reloads.get_or_create(&[("result", result)]).inc();
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads
+            .get_or_create(&[("result", result.as_str())])
+            .inc();
     }
 
-    pub fn revoked(&self, kind: &'static str) {
-        self.revocations.get_or_create(&[("kind", kind)]).inc();
+    pub fn revoked(&self, kind: LiveKind) {
+        self.revocations
+            .get_or_create(&[("kind", kind.as_str())])
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use egressd::config::Config;
-use egressd::host::Host;
+use egressd::control::config::Config;
+use egressd::policy::host::Host;
 use egressd_bench::allowlist::{allowlist, config_text, entries, Mix, ENTRIES};
 
 fn decision(c: &mut Criterion) {

@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use egressd::allowlist::{Allowlist, Pattern};
-use egressd::config::Config;
-use egressd::host::Host;
+use egressd::control::config::Config;
+use egressd::policy::allowlist::{Allowlist, Pattern};
+use egressd::policy::host::Host;
 
 /// The entry count the issue asks about.
 pub const ENTRIES: usize = 100_000;

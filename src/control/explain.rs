@@ -5,10 +5,10 @@ use std::time::SystemTime;
 
 use http::Uri;
 
-use crate::activation::unix_ms;
-use crate::config::Config;
-use crate::host::Host;
+use super::config::Config;
+use crate::policy::host::Host;
 use crate::policy::{Denial, Protocol, Target, TargetError};
+use crate::util::time::unix_ms;
 
 /// What `explain` decided.
 #[derive(Debug)]

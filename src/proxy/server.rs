@@ -19,9 +19,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProxySettings;
-use crate::proxy::Proxy;
-use crate::revoke::Registration;
+use super::Proxy;
+use crate::egress::revoke::{LiveKind, Registration};
+use crate::util::listener::accept;
 
 /// Limits applied to each client connection.
 #[derive(Clone, Copy, Debug)]
@@ -29,16 +29,6 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_connections: usize,
-}
-
-impl From<&ProxySettings> for ConnLimits {
-    fn from(s: &ProxySettings) -> Self {
-        ConnLimits {
-            header_read_timeout: s.header_read_timeout,
-            max_head_bytes: s.max_request_head_bytes,
-            max_connections: s.max_connections,
-        }
-    }
 }
 
 /// One accepted client connection.
@@ -61,18 +51,7 @@ pub async fn serve_proxy(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    while let Some((stream, client)) = accept(&listener, &shutdown, "proxy").await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             proxy.metrics.rejected_connections.inc();
             tokio::spawn(refuse_busy(stream));
@@ -81,9 +60,10 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let proxy_for_conn = proxy.clone();
         let shutdown = shutdown.clone();
-        let registration = proxy
-            .registry
-            .register("connection", None, CancellationToken::new());
+        let registration =
+            proxy
+                .registry
+                .register(LiveKind::Connection, None, CancellationToken::new());
         let conn = ClientConn {
             addr: client,
             _slot: Arc::new(permit),

@@ -29,12 +29,35 @@ use std::time::{Duration, SystemTime};
 use notify::event::{MetadataKind, ModifyKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::activation::{unix_ms, ActivationBook};
-use crate::config::{Config, DnsSettings, ProxySettings};
-use crate::connect::PolicyHandle;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
-use crate::revoke::Registry;
+use super::config::Config;
+use crate::egress::revoke::Registry;
+use crate::metrics::{Metrics, ReloadResult};
+use crate::policy::activation::ActivationBook;
+use crate::policy::{Policy, PolicyHandle};
+use crate::util::time::unix_ms;
+
+/// What asked for a reload; the `trigger` field of reload log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The config file (or the `..data` link) changed.
+    Watch,
+    Sighup,
+    /// `POST /v1/reload`.
+    Admin,
+    /// The retry of a reload refused for unwritable activation state.
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Watch => "watch",
+            Trigger::Sighup => "SIGHUP",
+            Trigger::Admin => "admin",
+            Trigger::Retry => "retry",
+        }
+    }
+}
 
 /// What the admin API shows about the loaded config.
 #[derive(Clone, Debug)]
@@ -67,7 +90,7 @@ pub struct Reloader {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Settings read only at start; a reload that changes them is warned about.
-    started_with: (ProxySettings, DnsSettings),
+    started_with: Vec<(&'static str, String)>,
     /// Held for a whole reload: one reload at a time.
     inner: Mutex<Inner>,
     /// Held only for the swap and for readers: admin requests never wait for a parse.
@@ -106,7 +129,7 @@ impl Reloader {
             policy,
             registry,
             metrics,
-            started_with: (config.proxy.clone(), config.dns.clone()),
+            started_with: config.restart_only(),
             inner: Mutex::new(Inner {
                 book,
                 last_text: loaded_text,
@@ -140,7 +163,7 @@ impl Reloader {
 
     /// Reads, validates and applies the config file. Blocking (file I/O, parsing): call it
     /// from a blocking thread.
-    pub fn reload(&self, trigger: &str) -> Outcome {
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut inner = self.inner.lock().expect("reload lock");
         let started = std::time::Instant::now();
         let text = match std::fs::read_to_string(&self.path) {
@@ -153,14 +176,14 @@ impl Reloader {
             }
         };
         if text == inner.last_text {
-            self.metrics.reload("unchanged");
+            self.metrics.reload(ReloadResult::Unchanged);
             // A bad edit reverted to the text in force: its error no longer applies.
             self.status.lock().expect("status lock").last_error = None;
             self.persist_failed.store(false, Ordering::Relaxed);
-            if trigger == "watch" {
-                tracing::debug!(trigger, "config unchanged");
+            if trigger == Trigger::Watch {
+                tracing::debug!(trigger = trigger.as_str(), "config unchanged");
             } else {
-                tracing::info!(trigger, "config unchanged");
+                tracing::info!(trigger = trigger.as_str(), "config unchanged");
             }
             return Outcome::Unchanged;
         }
@@ -214,17 +237,17 @@ impl Reloader {
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
             self.metrics.revoked(kind);
-            tracing::warn!(kind, target = %target, "revoked: the reloaded allowlist no longer allows it");
+            tracing::warn!(kind = kind.as_str(), target = %target, "revoked: the reloaded allowlist no longer allows it");
         });
         drop(inner);
         // The old policy is freed here, on this blocking thread, unless a request still holds
         // it: freeing a large index should not land on a proxy worker.
         drop(old);
 
-        self.metrics.reload("success");
+        self.metrics.reload(ReloadResult::Success);
         self.metrics.config_generation.set(generation as i64);
         tracing::info!(
-            trigger,
+            trigger = trigger.as_str(),
             generation,
             entries = policy.allowlist.len(),
             added = added.len(),
@@ -244,58 +267,27 @@ impl Reloader {
         }
     }
 
-    fn fail(&self, trigger: &str, problems: Vec<String>) -> Outcome {
+    fn fail(&self, trigger: Trigger, problems: Vec<String>) -> Outcome {
         for problem in &problems {
-            tracing::error!(trigger, problem = %problem, "config reload failed; the running config stays in force");
+            tracing::error!(trigger = trigger.as_str(), problem = %problem, "config reload failed; the running config stays in force");
         }
-        self.metrics.reload("failure");
+        self.metrics.reload(ReloadResult::Failure);
         self.status.lock().expect("status lock").last_error =
             Some((problems.join("\n"), SystemTime::now()));
         Outcome::Failed(problems)
     }
 
     fn warn_about_restart_settings(&self, new: &Config) {
-        let (old, old_dns) = &self.started_with;
-        let p = &new.proxy;
-        let changed = [
-            ("proxy.listen", old.listen != p.listen),
-            ("proxy.admin_listen", old.admin_listen != p.admin_listen),
-            (
-                "proxy.max_connections",
-                old.max_connections != p.max_connections,
-            ),
-            (
-                "proxy.max_request_head_bytes",
-                old.max_request_head_bytes != p.max_request_head_bytes,
-            ),
-            (
-                "proxy.header_read_timeout",
-                old.header_read_timeout != p.header_read_timeout,
-            ),
-            (
-                "proxy.response_header_timeout",
-                old.response_header_timeout != p.response_header_timeout,
-            ),
-            (
-                "proxy.connect_timeout",
-                old.connect_timeout != p.connect_timeout,
-            ),
-            ("proxy.idle_timeout", old.idle_timeout != p.idle_timeout),
-            (
-                "proxy.shutdown_grace",
-                old.shutdown_grace != p.shutdown_grace,
-            ),
-            ("proxy.state_dir", old.state_dir != p.state_dir),
-            ("dns.servers", old_dns.servers != new.dns.servers),
-            ("dns.timeout", old_dns.timeout != new.dns.timeout),
-        ];
-        for (key, differs) in changed {
-            if differs {
-                tracing::warn!(
-                    key,
-                    "changed in the file but takes effect only after a restart"
-                );
-            }
+        let changed = self
+            .started_with
+            .iter()
+            .zip(new.restart_only())
+            .filter(|(old, new)| **old != *new);
+        for ((key, _), _) in changed {
+            tracing::warn!(
+                key,
+                "changed in the file but takes effect only after a restart"
+            );
         }
     }
 }
@@ -353,7 +345,7 @@ pub fn watch(reloader: Arc<Reloader>) -> anyhow::Result<RecommendedWatcher> {
             // Wait until no event has come for SETTLE.
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
             let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload("watch")).await;
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Watch)).await;
         }
     });
     Ok(watcher)
@@ -368,7 +360,7 @@ pub async fn retry_refused_reloads(reloader: Arc<Reloader>) {
         tick.tick().await;
         if reloader.persist_failed() {
             let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload("retry")).await;
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Retry)).await;
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The admin listener: health, metrics, the allowlist with activation state, and reload.
 //!
 //! Loopback by default; a non-loopback address requires a bearer token (checked at config
-//! load). State-changing endpoints (`POST /v1/reload`) require `Authorization: Bearer
-//! <token>` whenever a token is configured.
+//! load). Routes are one table ([`ROUTES`]); a route marked mutating requires
+//! `Authorization: Bearer <token>` whenever a token is configured, so a new state-changing
+//! endpoint cannot forget the check.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,12 +19,59 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::{format_utc, unix_ms};
-use crate::allowlist::Pattern;
-use crate::config::AdminToken;
+use super::config::AdminToken;
+use super::reload::{Outcome, Reloader, Trigger};
 use crate::metrics::Metrics;
-use crate::proxy::{full, ProxyBody};
-use crate::reload::{Outcome, Reloader};
+use crate::policy::allowlist::Pattern;
+use crate::util::body::{text_response, HttpBody};
+use crate::util::listener::accept;
+use crate::util::time::{format_utc, unix_ms};
+
+/// What an admin route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Health,
+    Metrics,
+    Allowlist,
+    Reload,
+}
+
+/// One admin route.
+struct Route {
+    method: Method,
+    path: &'static str,
+    /// Changes state: needs the bearer token when one is configured.
+    mutating: bool,
+    endpoint: Endpoint,
+}
+
+/// Every admin route.
+const ROUTES: &[Route] = &[
+    Route {
+        method: Method::GET,
+        path: "/healthz",
+        mutating: false,
+        endpoint: Endpoint::Health,
+    },
+    Route {
+        method: Method::GET,
+        path: "/metrics",
+        mutating: false,
+        endpoint: Endpoint::Metrics,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/allowlist",
+        mutating: false,
+        endpoint: Endpoint::Allowlist,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/reload",
+        mutating: true,
+        endpoint: Endpoint::Reload,
+    },
+];
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -75,18 +123,7 @@ const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    while let Some((stream, _)) = accept(&listener, &shutdown, "admin").await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue; // dropping the stream closes it
         };
@@ -107,11 +144,24 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
 }
 
 impl Admin {
-    async fn route(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET, "/metrics") => {
-                let mut r = text(StatusCode::OK, self.metrics.render());
+    async fn route(&self, req: Request<Incoming>) -> Response<HttpBody> {
+        let route = match find_route(req.method(), req.uri().path()) {
+            Ok(route) => route,
+            Err(StatusCode::NOT_FOUND) => {
+                return text_response(StatusCode::NOT_FOUND, "not found\n")
+            }
+            Err(status) => return text_response(status, "method not allowed\n"),
+        };
+        if route.mutating && !self.authorized(&req) {
+            let mut r = text_response(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        match route.endpoint {
+            Endpoint::Health => text_response(StatusCode::OK, "ok\n"),
+            Endpoint::Metrics => {
+                let mut r = text_response(StatusCode::OK, self.metrics.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(
@@ -120,22 +170,8 @@ impl Admin {
                 );
                 r
             }
-            (&Method::GET, "/v1/allowlist") => json(StatusCode::OK, &self.allowlist()),
-            (&Method::POST, "/v1/reload") if self.authorized(&req) => self.reload().await,
-            (&Method::POST, "/v1/reload") => {
-                let mut r = text(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token is required\n".into(),
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                r
-            }
-            (_, "/healthz" | "/metrics" | "/v1/allowlist" | "/v1/reload") => text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-            ),
-            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            Endpoint::Allowlist => json(StatusCode::OK, &self.allowlist()),
+            Endpoint::Reload => self.reload().await,
         }
     }
 
@@ -152,9 +188,9 @@ impl Admin {
             .is_some_and(|presented| token.matches(presented.trim()))
     }
 
-    async fn reload(&self) -> Response<ProxyBody> {
+    async fn reload(&self) -> Response<HttpBody> {
         let reloader = self.reloader.clone();
-        let outcome = tokio::task::spawn_blocking(move || reloader.reload("admin"))
+        let outcome = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Admin))
             .await
             .unwrap_or_else(|e| Outcome::Failed(vec![format!("reload task failed: {e}")]));
         let generation = self.reloader.status().generation;
@@ -242,24 +278,33 @@ impl Admin {
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
-    let mut r = text(
+/// The route for `method` and `path`; 404 for an unknown path, 405 for a known path with
+/// another method.
+fn find_route(method: &Method, path: &str) -> Result<&'static Route, StatusCode> {
+    let mut known_path = false;
+    for route in ROUTES {
+        if route.path == path {
+            if route.method == method {
+                return Ok(route);
+            }
+            known_path = true;
+        }
+    }
+    Err(if known_path {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<HttpBody> {
+    let mut r = text_response(
         status,
         serde_json::to_string_pretty(value).expect("serializable") + "\n",
     );
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }

@@ -13,11 +13,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::allowlist::{Allowlist, Pattern};
+use crate::policy::allowlist::{Allowlist, Pattern};
+use crate::util::time::unix_ms;
 
 const STATE_FILE: &str = "activation.json";
 
@@ -36,6 +37,23 @@ struct StateFile {
     patterns: BTreeMap<String, Stamp>,
 }
 
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: unknown version {version}", path.display())]
+    Version { path: PathBuf, version: u32 },
+}
+
 /// How the book was opened, for the startup log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Opened {
@@ -49,21 +67,6 @@ pub enum Opened {
 pub struct ActivationBook {
     file: Option<PathBuf>,
     stamps: HashMap<Pattern, Stamp>,
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// RFC 3339 in UTC, to the second.
-pub fn format_utc(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()
 }
 
 impl ActivationBook {
@@ -80,7 +83,7 @@ impl ActivationBook {
         let (recorded, opened) = match file.as_deref().map(read_state) {
             None | Some(Ok(None)) => (None, Opened::FirstStart),
             Some(Ok(Some(stamps))) => (Some(stamps), Opened::Restored { known: 0, new: 0 }),
-            Some(Err(err)) => (Some(HashMap::new()), Opened::Corrupt(err)),
+            Some(Err(err)) => (Some(HashMap::new()), Opened::Corrupt(err.to_string())),
         };
         let fresh = Stamp {
             added_at: now_ms,
@@ -114,7 +117,7 @@ impl ActivationBook {
     }
 
     /// Reads the book of a running instance without changing it (for `explain`).
-    pub fn peek(state_dir: &Path) -> Result<Option<Self>, String> {
+    pub fn peek(state_dir: &Path) -> Result<Option<Self>, StateError> {
         let file = state_dir.join(STATE_FILE);
         Ok(read_state(&file)?.map(|stamps| ActivationBook { file: None, stamps }))
     }
@@ -224,20 +227,27 @@ impl ActivationBook {
 
 /// `Ok(None)` when there is no state file yet.
 /// Entries whose pattern no longer parses are dropped: they cannot be in any valid config.
-fn read_state(file: &Path) -> Result<Option<HashMap<Pattern, Stamp>>, String> {
+fn read_state(file: &Path) -> Result<Option<HashMap<Pattern, Stamp>>, StateError> {
+    let path = || file.to_path_buf();
     let bytes = match std::fs::read(file) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(format!("{}: {err}", file.display())),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path(),
+                source,
+            })
+        }
     };
-    let state: StateFile =
-        serde_json::from_slice(&bytes).map_err(|err| format!("{}: {err}", file.display()))?;
+    let state: StateFile = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+        path: path(),
+        source,
+    })?;
     if state.version != 1 {
-        return Err(format!(
-            "{}: unknown version {}",
-            file.display(),
-            state.version
-        ));
+        return Err(StateError::Version {
+            path: path(),
+            version: state.version,
+        });
     }
     let stamps = state
         .patterns
@@ -250,7 +260,8 @@ fn read_state(file: &Path) -> Result<Option<HashMap<Pattern, Stamp>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allowlist::Pattern;
+    use crate::policy::allowlist::Pattern;
+    use std::time::UNIX_EPOCH;
 
     fn list(entries: &[&str]) -> Allowlist {
         Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))

@@ -15,6 +15,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Policy, Protocol, Target};
 
+/// What is registered; the `kind` label of `egressd_revoked_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveKind {
+    /// A CONNECT tunnel (bytes, or HTTP inside).
+    Tunnel,
+    /// A client connection, by the target of its latest request.
+    Connection,
+}
+
+impl LiveKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveKind::Tunnel => "tunnel",
+            LiveKind::Connection => "connection",
+        }
+    }
+}
+
 /// What a registered tunnel or connection is talking to.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -26,7 +44,7 @@ pub struct Peer {
 
 /// One tunnel or client connection.
 pub struct Live {
-    kind: &'static str,
+    kind: LiveKind,
     peer: Mutex<Option<Peer>>,
     cancel: CancellationToken,
     revoked: AtomicBool,
@@ -65,7 +83,7 @@ fn revoke_if_denied(
     live: &Live,
     policy: &Policy,
     now_ms: u64,
-    on_revoke: &mut impl FnMut(&'static str, &Target),
+    on_revoke: &mut impl FnMut(LiveKind, &Target),
 ) -> bool {
     let Some(peer) = live.peer.lock().expect("peer lock").clone() else {
         return false;
@@ -106,10 +124,10 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Registers a `kind` ("tunnel" or "connection"); `cancel` fires on revocation.
+    /// Registers a tunnel or connection; `cancel` fires on revocation.
     pub fn register(
         self: &Arc<Self>,
-        kind: &'static str,
+        kind: LiveKind,
         peer: Option<Peer>,
         cancel: CancellationToken,
     ) -> Registration {
@@ -136,7 +154,7 @@ impl Registry {
         &self,
         policy: &Policy,
         now_ms: u64,
-        mut on_revoke: impl FnMut(&'static str, &Target),
+        mut on_revoke: impl FnMut(LiveKind, &Target),
     ) -> usize {
         let entries: Vec<Arc<Live>> = self
             .entries
@@ -157,7 +175,7 @@ impl Registry {
         registration: &Registration,
         policy: &Policy,
         now_ms: u64,
-        mut on_revoke: impl FnMut(&'static str, &Target),
+        mut on_revoke: impl FnMut(LiveKind, &Target),
     ) {
         revoke_if_denied(&registration.live, policy, now_ms, &mut on_revoke);
     }

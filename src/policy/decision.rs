@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::activation::format_utc;
-use crate::allowlist::{Allowlist, Lookup, RuleId};
-use crate::host::{Host, HostError};
-use crate::netguard::PrivateAllow;
+use crate::policy::allowlist::{Allowlist, Lookup, RuleId};
+use crate::policy::host::{Host, HostError};
+use crate::policy::netguard::PrivateAllow;
+use crate::util::time::format_utc;
 
 /// Where a request wants to go.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -92,20 +92,37 @@ pub enum TargetError {
     Host(#[from] HostError),
 }
 
-/// Which listener rule applies to the port.
+/// How a request leaves, which decides the port rule that applies. Metrics keep one series
+/// per protocol, indexed by [`Protocol::index`]: adding a caller is one variant here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// A CONNECT tunnel (`HTTPS_PROXY`).
+    /// A CONNECT tunnel (`HTTPS_PROXY`): `connect_ports`.
     Connect,
-    /// A forwarded absolute-form request (`HTTP_PROXY`).
+    /// A forwarded plain-HTTP request (`HTTP_PROXY`): `http_ports`.
     Http,
 }
 
 impl Protocol {
+    /// Every protocol, in [`Protocol::index`] order.
+    pub const ALL: [Protocol; 2] = [Protocol::Connect, Protocol::Http];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Connect => "connect",
             Protocol::Http => "http",
+        }
+    }
+
+    /// Position in [`Protocol::ALL`], for per-protocol arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The config key of the ports this protocol may reach.
+    pub fn ports_key(self) -> &'static str {
+        match self {
+            Protocol::Connect => "proxy.connect_ports",
+            Protocol::Http => "proxy.http_ports",
         }
     }
 }
@@ -220,10 +237,7 @@ impl Policy {
             Protocol::Http => &self.http_ports,
         };
         if !ports.contains(target.port) {
-            let key = match protocol {
-                Protocol::Connect => "proxy.connect_ports",
-                Protocol::Http => "proxy.http_ports",
-            };
+            let key = protocol.ports_key();
             return Err(Denial::new(
                 DenyReason::PortNotAllowed,
                 format!(
@@ -272,7 +286,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allowlist::Pattern;
+    use crate::policy::allowlist::Pattern;
 
     fn policy(entries: &[&str]) -> Policy {
         Policy {

@@ -14,7 +14,18 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 
-use crate::config::DnsSettings;
+/// Resolver settings, read at start (the static overrides are part of the policy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers to ask; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+/// Why no resolver could be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the DNS resolver: {0}")]
+struct BuildError(String);
 
 pub type ResolveFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, ResolveError>> + Send + 'a>>;
@@ -58,9 +69,9 @@ impl DnsResolver {
     }
 }
 
-fn build_hickory(settings: &DnsSettings) -> Result<TokioResolver, String> {
+fn build_hickory(settings: &DnsSettings) -> Result<TokioResolver, BuildError> {
     let mut builder = if settings.servers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| e.to_string())?
+        TokioResolver::builder_tokio().map_err(|e| BuildError(e.to_string()))?
     } else {
         let servers = settings.servers.iter().map(name_server).collect();
         TokioResolver::builder_with_config(
@@ -71,7 +82,7 @@ fn build_hickory(settings: &DnsSettings) -> Result<TokioResolver, String> {
     let opts = builder.options_mut();
     opts.timeout = settings.timeout;
     opts.attempts = 1;
-    builder.build().map_err(|e| e.to_string())
+    builder.build().map_err(|e| BuildError(e.to_string()))
 }
 
 fn name_server(addr: &SocketAddr) -> NameServerConfig {

@@ -5,28 +5,22 @@
 //! The address that passed the check is the one dialled — there is no second lookup, so a DNS
 //! answer that changes between check and connect (rebinding) gains nothing.
 //!
-//! [`Dialer`] serves CONNECT tunnels directly and plugs into hyper-util's pooled client as
-//! [`EgressConnector`], so forwarded requests and (later) scheduled calls use the same path.
+//! [`Dialer`] is private to the egress layer: CONNECT tunnels reach it through
+//! [`EgressClient::dial`](super::EgressClient::dial) and forwarded requests through the
+//! client's pool, both with a [`Permit`](super::Permit) from the policy decision.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::host::Host;
+use super::resolve::{Resolve, ResolveError};
+use super::ErrorKind;
+use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Policy, Target};
-use crate::resolve::{Resolve, ResolveError};
-
-/// The live policy, swapped as a whole on reload.
-pub type PolicyHandle = Arc<ArcSwap<Policy>>;
 
 /// Why an allowed request could not reach its upstream.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +42,45 @@ pub enum EgressError {
 }
 
 impl EgressError {
-    /// The `X-Egress-Error` value and metric label.
-    pub fn kind(&self) -> &'static str {
+    /// A copy for reporting: the error inside hyper's error chain is only borrowed.
+    pub(super) fn clone_for_report(&self) -> EgressError {
         match self {
-            EgressError::Denied(d) => d.reason.code(),
-            EgressError::Dns(_) => "dns",
-            EgressError::Refused { .. } => "connect-refused",
-            EgressError::Timeout { .. } => "connect-timeout",
-            EgressError::Connect { .. } => "connect-failed",
+            EgressError::Denied(d) => EgressError::Denied(d.clone()),
+            EgressError::Dns(e) => EgressError::Dns(e.clone()),
+            EgressError::Refused { target, addr } => EgressError::Refused {
+                target: target.clone(),
+                addr: *addr,
+            },
+            EgressError::Timeout { target, timeout } => EgressError::Timeout {
+                target: target.clone(),
+                timeout: *timeout,
+            },
+            EgressError::Connect {
+                target,
+                addr,
+                source,
+            } => EgressError::Connect {
+                target: target.clone(),
+                addr: *addr,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+
+    /// The `X-Egress-Error` value and metric label; `None` for a denial (which has its own).
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            EgressError::Denied(_) => None,
+            EgressError::Dns(_) => Some(ErrorKind::Dns),
+            EgressError::Refused { .. } => Some(ErrorKind::ConnectRefused),
+            EgressError::Timeout { .. } => Some(ErrorKind::ConnectTimeout),
+            EgressError::Connect { .. } => Some(ErrorKind::ConnectFailed),
         }
     }
 }
 
-/// Dials upstreams for one proxy instance.
-pub struct Dialer {
+/// Dials upstreams for one egressd instance.
+pub(super) struct Dialer {
     resolver: Arc<dyn Resolve>,
     /// egressd's own listeners: dialling them would loop requests through the proxy.
     own_addrs: Vec<SocketAddr>,
@@ -69,7 +88,7 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(
+    pub(super) fn new(
         resolver: Arc<dyn Resolve>,
         own_addrs: Vec<SocketAddr>,
         connect_timeout: Duration,
@@ -83,7 +102,7 @@ impl Dialer {
 
     /// Resolves `target`, checks every address against `policy`, connects to the first that
     /// answers. Returns the stream and the address it is connected to.
-    pub async fn dial(
+    pub(super) async fn dial(
         &self,
         target: &Target,
         policy: &Policy,
@@ -243,59 +262,13 @@ where
     }
 }
 
-/// hyper-util connector: each new pooled connection is dialled through [`Dialer`] under the
-/// policy current at that moment.
-#[derive(Clone)]
-pub struct EgressConnector {
-    dialer: Arc<Dialer>,
-    policy: PolicyHandle,
-}
-
-impl EgressConnector {
-    pub fn new(dialer: Arc<Dialer>, policy: PolicyHandle) -> Self {
-        EgressConnector { dialer, policy }
-    }
-}
-
-impl tower_service::Service<Uri> for EgressConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = EgressError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let dialer = self.dialer.clone();
-        let policy = self.policy.load_full();
-        Box::pin(async move {
-            let target = target_of(&uri)?;
-            let (stream, _) = dialer.dial(&target, &policy).await?;
-            Ok(TokioIo::new(stream))
-        })
-    }
-}
-
-fn target_of(uri: &Uri) -> Result<Target, EgressError> {
-    let invalid = |msg: String| EgressError::Denied(Denial::new(DenyReason::InvalidTarget, msg));
-    let host = uri
-        .host()
-        .ok_or_else(|| invalid(format!("{uri} has no host")))?;
-    let host = Host::parse(host).map_err(|e| invalid(e.to_string()))?;
-    Ok(Target {
-        host,
-        port: uri.port_u16().unwrap_or(80),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::allowlist::Allowlist;
-    use crate::netguard::PrivateAllow;
+    use crate::egress::resolve::ResolveFuture;
+    use crate::policy::allowlist::Allowlist;
+    use crate::policy::netguard::PrivateAllow;
     use crate::policy::PortSet;
-    use crate::resolve::ResolveFuture;
     use std::net::IpAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -350,7 +323,10 @@ mod tests {
         );
         // The rebound answer is checked on its own and refused.
         let err = dialer.dial(&target, &policy).await.unwrap_err();
-        assert_eq!(err.kind(), "private-destination");
+        assert!(
+            matches!(&err, EgressError::Denied(d) if d.reason == DenyReason::PrivateDestination),
+            "{err}"
+        );
     }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {

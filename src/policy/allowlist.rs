@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::host::{normalize_domain, Host, HostError};
+use crate::policy::host::{normalize_domain, Host, HostError};
 
 /// One parsed allowlist entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -188,8 +188,8 @@ impl Lookup {
 /// The compiled allowlist. Duplicate entries keep the first occurrence.
 ///
 /// ```
-/// use egressd::allowlist::{Allowlist, Pattern};
-/// use egressd::host::Host;
+/// use egressd::policy::allowlist::{Allowlist, Pattern};
+/// use egressd::policy::host::Host;
 ///
 /// let list = Allowlist::new(["example.com", "*.example.org"].map(|e| Pattern::parse(e).unwrap()));
 /// let allowed = |h: &str| list.find(&Host::parse(h).unwrap()).is_some();

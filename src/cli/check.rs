@@ -1,0 +1,80 @@
+//! `egressd check`: validate a config and summarise it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::load_or_report;
+use crate::policy::allowlist::Pattern;
+
+/// Exit 0 with a summary, or 1 listing every problem.
+pub fn check(path: &Path) -> ExitCode {
+    let Some(config) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    let p = &config.proxy;
+    let policy = &config.policy;
+    let (mut exact, mut wildcard, mut ip) = (0, 0, 0);
+    for pattern in policy.allowlist.patterns() {
+        match pattern {
+            Pattern::Exact(_) => exact += 1,
+            Pattern::Wildcard(_) => wildcard += 1,
+            Pattern::Ip(_) => ip += 1,
+        }
+    }
+    println!("{}: OK", path.display());
+    println!(
+        "  proxy      {} (CONNECT ports {:?}, HTTP ports {:?})",
+        p.listen,
+        policy.connect_ports.ports(),
+        policy.http_ports.ports()
+    );
+    println!(
+        "  admin      {} ({})",
+        p.admin_listen,
+        if p.admin_token.is_some() {
+            "bearer token required"
+        } else {
+            "no token"
+        }
+    );
+    println!(
+        "  allowlist  {} entries: {exact} exact, {wildcard} wildcard, {ip} IP",
+        policy.allowlist.len()
+    );
+    let nets: Vec<String> = policy
+        .private
+        .nets()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    println!(
+        "  private    denied{}",
+        if nets.is_empty() {
+            String::new()
+        } else {
+            format!(" except {}", nets.join(", "))
+        }
+    );
+    let servers = if config.dns.servers.is_empty() {
+        "system resolver".to_string()
+    } else {
+        format!("servers {:?}", config.dns.servers)
+    };
+    println!(
+        "  dns        {} override(s), {servers}",
+        config.policy.dns_overrides.len()
+    );
+    println!(
+        "  timeouts   connect {:?}, idle {:?}, header read {:?}",
+        p.connect_timeout, p.idle_timeout, p.header_read_timeout
+    );
+    println!(
+        "  reload     new entries active after {:?}; state in {}",
+        p.activation_delay,
+        p.state_dir.display()
+    );
+    if policy.allowlist.is_empty() {
+        println!("  note: the allowlist is empty, so every request will be denied");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,27 @@
+//! The commands of the `egressd` binary, one module each; `main.rs` only parses arguments
+//! and calls them. Each returns the process exit code.
+
+mod check;
+mod explain;
+mod run;
+
+pub use check::check;
+pub use explain::explain;
+pub use run::{run, LogFormat};
+
+use std::path::Path;
+
+use crate::control::config::Config;
+
+/// Loads a config, printing every problem to stderr when it is invalid.
+fn load_or_report(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            for problem in err.problems() {
+                eprintln!("{problem}");
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Configuration: TOML file → [`raw`] (serde, unknown keys refused) → validated [`Config`].
+//!
+//! The raw types keep every value's byte span so that each problem can be reported as
+//! `file:line: key "value": what to write instead` ([`problems`]). Validation ([`validate`])
+//! collects all problems rather than stopping at the first, so one `egressd check` run shows
+//! everything to fix. A syntax error stops parsing, so it is reported alone. The validated
+//! types belong to the layers that use them (the [`Policy`], the resolver's
+//! [`DnsSettings`]); [`ProxySettings`] holds what is fixed for the life of the process.
+
+mod problems;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use problems::Problem;
+use problems::Problems;
+use raw::RawConfig;
+use validate::Secrets;
+
+use crate::egress::resolve::DnsSettings;
+use crate::policy::Policy;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub proxy: ProxySettings,
+    pub dns: DnsSettings,
+    pub policy: Policy,
+}
+
+/// Listener and limit settings, fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<AdminToken>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Slowloris guard: the whole request head must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// A forwarded request's upstream must send its response head within this time.
+    pub response_header_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// How long a newly added allowlist pattern waits before it allows anything.
+    pub activation_delay: Duration,
+    /// Where activation state survives restarts.
+    pub state_dir: PathBuf,
+    /// Largest request head accepted; larger ones get 431.
+    pub max_request_head_bytes: usize,
+    /// Client connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Config {
+    /// Every setting egressd reads only at start, by config key, with its value; a reload
+    /// that changes one is warned about. Both structs are destructured in full, so a new
+    /// setting cannot be added without deciding here whether a reload applies it.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        let ProxySettings {
+            listen,
+            admin_listen,
+            // Not read on reload at all (an unreadable token file must not block one).
+            admin_token: _,
+            connect_timeout,
+            idle_timeout,
+            header_read_timeout,
+            response_header_timeout,
+            shutdown_grace,
+            // Applied on reload: entries added by it wait out the longer of old and new.
+            activation_delay: _,
+            state_dir,
+            max_request_head_bytes,
+            max_connections,
+        } = &self.proxy;
+        let DnsSettings { servers, timeout } = &self.dns;
+        vec![
+            ("proxy.listen", format!("{listen}")),
+            ("proxy.admin_listen", format!("{admin_listen}")),
+            ("proxy.connect_timeout", format!("{connect_timeout:?}")),
+            ("proxy.idle_timeout", format!("{idle_timeout:?}")),
+            (
+                "proxy.header_read_timeout",
+                format!("{header_read_timeout:?}"),
+            ),
+            (
+                "proxy.response_header_timeout",
+                format!("{response_header_timeout:?}"),
+            ),
+            ("proxy.shutdown_grace", format!("{shutdown_grace:?}")),
+            ("proxy.state_dir", format!("{}", state_dir.display())),
+            (
+                "proxy.max_request_head_bytes",
+                format!("{max_request_head_bytes}"),
+            ),
+            ("proxy.max_connections", format!("{max_connections}")),
+            ("dns.servers", format!("{servers:?}")),
+            ("dns.timeout", format!("{timeout:?}")),
+        ]
+    }
+}
+
+/// The bearer token for state-changing admin endpoints. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub(super) String);
+
+impl AdminToken {
+    pub fn matches(&self, presented: &str) -> bool {
+        // Constant-time over the token length: no early exit on the first differing byte.
+        let a = self.0.as_bytes();
+        let b = presented.as_bytes();
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(****)")
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(problems) => problems.iter().map(|p| p.to_string()).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:3128";
+pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// hyper's read buffer cannot be smaller than this.
+pub(super) const MIN_HEAD_BYTES: i64 = 8192;
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], also returning the text that was validated.
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &src).map(|config| (config, src))
+    }
+
+    /// Validates config text; `path` is used for messages and relative paths.
+    pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        Self::parse_with(path, src, Secrets::Read)
+    }
+
+    /// Validates config text for a reload: restart-only secrets (the admin token) are not
+    /// read, so a rotated or unreadable token file cannot block allowlist changes.
+    pub fn parse_for_reload(path: &Path, src: &str) -> Result<Config, ConfigError> {
+        Self::parse_with(path, src, Secrets::Skip)
+    }
+
+    fn parse_with(path: &Path, src: &str, secrets: Secrets) -> Result<Config, ConfigError> {
+        let mut problems = Problems::new(path, src);
+        if src.trim().is_empty() {
+            // Most often a file caught between truncate and write.
+            problems.push(None, "", None, "the file is empty".into());
+            return Err(ConfigError::Invalid(problems.list));
+        }
+        let raw: RawConfig = match toml::from_str(src) {
+            Ok(raw) => raw,
+            Err(err) => {
+                let line = err.span().map(|s| problems.line_of(s.start));
+                problems.push(line, "", None, err.message().trim().to_string());
+                return Err(ConfigError::Invalid(problems.list));
+            }
+        };
+        let proxy = validate::proxy_settings(&raw.proxy, secrets, &mut problems);
+        let (dns, overrides) = validate::dns_settings(&raw.dns, &mut problems);
+        let policy = validate::policy(&raw, overrides, &mut problems);
+        match (proxy, problems.list.is_empty()) {
+            (Some(proxy), true) => Ok(Config {
+                path: path.to_path_buf(),
+                proxy,
+                dns,
+                policy,
+            }),
+            _ => Err(ConfigError::Invalid(problems.list)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("cfg.toml"), src)
+    }
+
+    fn problems(src: &str) -> Vec<String> {
+        parse(src).unwrap_err().problems()
+    }
+
+    #[test]
+    fn empty_or_truncated_files_are_refused() {
+        assert_eq!(
+            problems(""),
+            vec!["cfg.toml: the file is empty".to_string()]
+        );
+        let list = problems("[proxy]\nlisten = \"127.0.0.1:1\"\n");
+        assert!(list[0].contains("allowlist.domains: missing"), "{list:?}");
+    }
+
+    #[test]
+    fn minimal_file_gives_strict_defaults() {
+        let c = parse("[allowlist]\ndomains = []\n").unwrap();
+        assert_eq!(c.proxy.activation_delay, Duration::from_secs(300));
+        assert_eq!(c.proxy.listen, "127.0.0.1:3128".parse().unwrap());
+        assert!(c.policy.allowlist.is_empty());
+        assert!(c.policy.connect_ports.contains(443));
+        assert!(!c.policy.connect_ports.contains(80));
+    }
+
+    #[test]
+    fn every_invalid_pattern_is_listed_with_line_and_index() {
+        let src = "[allowlist]\ndomains = [\n  \"ok.example.com\",\n  \"*\",\n  \"*.*.example.com\",\n]\n";
+        let list = problems(src);
+        assert_eq!(
+            list,
+            vec![
+                "cfg.toml:4: allowlist.domains[1] \"*\": a bare \"*\" would allow every host; list the domains instead, e.g. \"*.example.com\"".to_string(),
+                "cfg.toml:5: allowlist.domains[2] \"*.*.example.com\": only one leading wildcard is allowed; use \"*.example.com\"".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let list = problems(
+            "[proxy]\nlisten = \"127.0.0.1:1\"\nconect_ports = [443]\n[allowlist]\ndomains = []\n",
+        );
+        assert_eq!(list.len(), 1);
+        assert!(list[0].starts_with("cfg.toml:3: "), "{list:?}");
+        assert!(list[0].contains("conect_ports"), "{list:?}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let list = problems("[proxy]\nlisten = \"127.0.0.1:1\n");
+        assert!(list[0].starts_with("cfg.toml:2"), "{list:?}");
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let src = "[proxy]\nconnect_ports = [443, 70000]\nconnect_timeout = \"ten\"\nallow_private_cidrs = [\"10.0.0.1/8\"]\nmax_request_head_bytes = 100\n[dns]\noverrides = { \"api.test\" = \"nope\" }\n[allowlist]\ndomains = []\n";
+        let list = problems(src).join("\n");
+        assert!(
+            list.contains("cfg.toml:2: proxy.connect_ports[1] \"70000\""),
+            "{list}"
+        );
+        assert!(
+            list.contains("cfg.toml:3: proxy.connect_timeout \"ten\""),
+            "{list}"
+        );
+        assert!(list.contains("write \"10.0.0.0/8\""), "{list}");
+        assert!(
+            list.contains("proxy.max_request_head_bytes \"100\": must be at least 8192"),
+            "{list}"
+        );
+        assert!(
+            list.contains("dns.overrides.\"api.test\" \"nope\""),
+            "{list}"
+        );
+    }
+
+    #[test]
+    fn public_admin_listener_needs_a_token() {
+        let list =
+            problems("[proxy]\nadmin_listen = \"0.0.0.0:9901\"\n[allowlist]\ndomains = []\n");
+        assert!(list[0].contains("needs proxy.admin_token_file"), "{list:?}");
+    }
+
+    #[test]
+    fn admin_token_is_masked() {
+        let token = AdminToken("s3cret".into());
+        assert_eq!(format!("{token:?}"), "AdminToken(****)");
+        assert!(token.matches("s3cret"));
+        assert!(!token.matches("s3cres"));
+    }
+}

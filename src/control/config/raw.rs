@@ -1,0 +1,50 @@
+//! The file as serde reads it: every key optional, unknown keys refused, each value with its
+//! byte span so that a problem can name its line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub proxy: RawProxy,
+    pub dns: RawDns,
+    pub allowlist: RawAllowlist,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub admin_token_file: Option<Spanned<String>>,
+    pub connect_ports: Option<Vec<Spanned<i64>>>,
+    pub http_ports: Option<Vec<Spanned<i64>>>,
+    pub allow_private_cidrs: Vec<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub response_header_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub activation_delay: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub max_request_head_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    pub overrides: BTreeMap<String, Spanned<String>>,
+    pub servers: Vec<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAllowlist {
+    /// Required: a file cut short before this key must not read as "allow nothing".
+    pub domains: Option<Vec<Spanned<String>>>,
+}

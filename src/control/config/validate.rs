@@ -1,0 +1,235 @@
+//! Raw values → validated types: each check pushes its problem and goes on.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::problems::Problems;
+use super::raw::{RawConfig, RawDns, RawProxy};
+use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
+use crate::egress::resolve::DnsSettings;
+use crate::policy::allowlist::{Allowlist, Pattern};
+use crate::policy::host::Host;
+use crate::policy::netguard::PrivateAllow;
+use crate::policy::Policy;
+
+/// Whether parsing reads secret files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Read,
+    Skip,
+}
+
+pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Option<ProxySettings> {
+    let listen = p.addr(&raw.listen, "proxy.listen", DEFAULT_LISTEN);
+    let admin_listen = p.addr(
+        &raw.admin_listen,
+        "proxy.admin_listen",
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let token_file = raw
+        .admin_token_file
+        .as_ref()
+        .filter(|_| secrets == Secrets::Read);
+    let admin_token = token_file.and_then(|file| {
+        let path = Path::new(file.get_ref());
+        match std::fs::read_to_string(path) {
+            Ok(token) if !token.trim().is_empty() => Some(AdminToken(token.trim().to_string())),
+            Ok(_) => {
+                p.at(
+                    file,
+                    "proxy.admin_token_file",
+                    Some(file.get_ref().clone()),
+                    "the token file is empty",
+                );
+                None
+            }
+            Err(err) => {
+                p.at(
+                    file,
+                    "proxy.admin_token_file",
+                    Some(file.get_ref().clone()),
+                    format!("cannot read {}: {err}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    if let Some(addr) = admin_listen {
+        if !addr.ip().is_loopback() && raw.admin_token_file.is_none() {
+            let value = raw
+                .admin_listen
+                .as_ref()
+                .expect("non-default address was configured");
+            p.at(
+                value,
+                "proxy.admin_listen",
+                Some(addr.to_string()),
+                "a non-loopback admin listener needs proxy.admin_token_file",
+            );
+        }
+    }
+    let settings = ProxySettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        admin_token,
+        connect_timeout: p.duration(
+            &raw.connect_timeout,
+            "proxy.connect_timeout",
+            Duration::from_secs(10),
+        ),
+        idle_timeout: p.duration(
+            &raw.idle_timeout,
+            "proxy.idle_timeout",
+            Duration::from_secs(300),
+        ),
+        header_read_timeout: p.duration(
+            &raw.header_read_timeout,
+            "proxy.header_read_timeout",
+            Duration::from_secs(10),
+        ),
+        response_header_timeout: p.duration(
+            &raw.response_header_timeout,
+            "proxy.response_header_timeout",
+            Duration::from_secs(60),
+        ),
+        shutdown_grace: p.duration(
+            &raw.shutdown_grace,
+            "proxy.shutdown_grace",
+            Duration::from_secs(30),
+        ),
+        activation_delay: p.duration(
+            &raw.activation_delay,
+            "proxy.activation_delay",
+            Duration::from_secs(300),
+        ),
+        state_dir: raw
+            .state_dir
+            .as_ref()
+            .map(|d| PathBuf::from(d.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("state")),
+        max_request_head_bytes: p.positive(
+            &raw.max_request_head_bytes,
+            "proxy.max_request_head_bytes",
+            MIN_HEAD_BYTES,
+            64 * 1024,
+        ),
+        max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
+    };
+    Some(settings)
+}
+
+pub fn dns_settings(raw: &RawDns, p: &mut Problems) -> (DnsSettings, HashMap<Box<str>, IpAddr>) {
+    let mut overrides = HashMap::new();
+    for (name, value) in &raw.overrides {
+        let key = format!("dns.overrides.\"{name}\"");
+        let host = match Host::parse(name) {
+            Ok(Host::Domain(d)) => d,
+            Ok(Host::Ip(_)) => {
+                p.at(
+                    value,
+                    &key,
+                    None,
+                    "an override maps a name, not an IP literal",
+                );
+                continue;
+            }
+            Err(err) => {
+                p.at(value, &key, None, err.to_string());
+                continue;
+            }
+        };
+        match value.get_ref().parse::<IpAddr>() {
+            Ok(ip) => {
+                overrides.insert(host, ip);
+            }
+            Err(_) => p.at(
+                value,
+                &key,
+                Some(value.get_ref().clone()),
+                "expected an IP address, e.g. \"127.0.0.1\"",
+            ),
+        }
+    }
+    let mut servers = Vec::new();
+    for (i, value) in raw.servers.iter().enumerate() {
+        let text = value.get_ref();
+        let parsed = text
+            .parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(addr) => servers.push(addr),
+            Err(_) => p.at(
+                value,
+                &format!("dns.servers[{i}]"),
+                Some(text.clone()),
+                "expected an IP address, optionally with a port",
+            ),
+        }
+    }
+    let timeout = p.duration(&raw.timeout, "dns.timeout", Duration::from_secs(5));
+    (DnsSettings { servers, timeout }, overrides)
+}
+
+pub fn policy(
+    raw: &RawConfig,
+    dns_overrides: HashMap<Box<str>, IpAddr>,
+    p: &mut Problems,
+) -> Policy {
+    let domains = match &raw.allowlist.domains {
+        Some(domains) => domains.as_slice(),
+        None => {
+            p.push(
+                None,
+                "allowlist.domains",
+                None,
+                "missing; list the allowed hosts, or write `domains = []` to deny everything"
+                    .into(),
+            );
+            &[]
+        }
+    };
+    let mut patterns = Vec::with_capacity(domains.len());
+    for (i, entry) in domains.iter().enumerate() {
+        match Pattern::parse(entry.get_ref()) {
+            Ok(pattern) => {
+                let line = p.line_of(entry.span().start) as u32;
+                patterns.push((pattern, line));
+            }
+            Err(err) => p.at(
+                entry,
+                &format!("allowlist.domains[{i}]"),
+                Some(entry.get_ref().clone()),
+                err.to_string(),
+            ),
+        }
+    }
+    let mut nets = Vec::new();
+    for (i, value) in raw.proxy.allow_private_cidrs.iter().enumerate() {
+        match value.get_ref().parse::<IpNet>() {
+            Ok(net) if net.trunc() == net => nets.push(net),
+            Ok(net) => p.at(
+                value,
+                &format!("proxy.allow_private_cidrs[{i}]"),
+                Some(value.get_ref().clone()),
+                format!("host bits are set; write \"{}\"", net.trunc()),
+            ),
+            Err(_) => p.at(
+                value,
+                &format!("proxy.allow_private_cidrs[{i}]"),
+                Some(value.get_ref().clone()),
+                "expected a CIDR, e.g. \"10.0.0.0/8\"",
+            ),
+        }
+    }
+    Policy {
+        allowlist: Allowlist::with_lines(patterns),
+        connect_ports: p.ports(&raw.proxy.connect_ports, "proxy.connect_ports", 443),
+        http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
+        private: PrivateAllow::new(nets),
+        dns_overrides,
+    }
+}

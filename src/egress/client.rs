@@ -1,0 +1,260 @@
+//! The egress client: decide, then send or dial — the only way out of egressd.
+//!
+//! [`EgressClient::decide`] runs the policy decision (allowlist, activation, port rules,
+//! literal addresses) and issues a [`Permit`] for that target. [`EgressClient::send`] sends an
+//! HTTP request to the permit's target — the request's own URI is rewritten to it, so a caller
+//! cannot decide one target and reach another — through a pool whose connector resolves,
+//! checks every address and pins the one it dials. [`EgressClient::dial`] does the same for a
+//! CONNECT tunnel.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::dial::{Dialer, EgressError};
+use super::resolve::Resolve;
+use super::ErrorKind;
+use crate::policy::allowlist::RuleId;
+use crate::policy::host::Host;
+use crate::policy::{Denial, DenyReason, Policy, PolicyHandle, Protocol, Target};
+use crate::util::body::HttpBody;
+use crate::util::time::now_ms;
+
+/// Settings of the egress client, fixed for the life of the process.
+#[derive(Clone, Copy, Debug)]
+pub struct EgressOptions {
+    /// TCP connect to the upstream, all addresses of a name together.
+    pub connect_timeout: Duration,
+    /// A sent request's upstream must answer (head) within this time.
+    pub response_header_timeout: Duration,
+}
+
+/// Permission to reach one target, issued by the policy decision and by nothing else.
+#[derive(Clone, Debug)]
+pub struct Permit {
+    target: Target,
+    protocol: Protocol,
+    /// The policy that allowed it: revocation re-checks against newer ones.
+    policy: Arc<Policy>,
+    rule: RuleId,
+}
+
+impl Permit {
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// `"pattern" (line N)`, for logs.
+    pub fn describe_rule(&self) -> String {
+        self.policy.describe_rule(self.rule)
+    }
+}
+
+/// Why a sent request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Resolving, checking or connecting failed (a private address is a denial).
+    #[error(transparent)]
+    Egress(EgressError),
+    /// The upstream broke the exchange.
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    /// No response head within `response_header_timeout`.
+    #[error("no response within {0:?} (proxy.response_header_timeout)")]
+    Timeout(Duration),
+}
+
+impl SendError {
+    /// The `X-Egress-Error` kind; `None` for a denial.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            SendError::Egress(err) => err.kind(),
+            SendError::Upstream(_) => Some(ErrorKind::Upstream),
+            SendError::Timeout(_) => Some(ErrorKind::UpstreamTimeout),
+        }
+    }
+}
+
+type Pool = Client<Connector, HttpBody>;
+
+pub struct EgressClient {
+    policy: PolicyHandle,
+    dialer: Arc<Dialer>,
+    /// Pooled upstream connections, keyed by host and port. Replaced (dropping the pool) when
+    /// a reload changes what addresses may be dialled: a pooled connection was checked
+    /// against the rules of the day it was dialled.
+    pool: ArcSwap<Pool>,
+    options: EgressOptions,
+}
+
+impl EgressClient {
+    /// `own_addrs` are egressd's listeners, which no request may reach.
+    pub fn new(
+        policy: PolicyHandle,
+        resolver: Arc<dyn Resolve>,
+        own_addrs: Vec<SocketAddr>,
+        options: EgressOptions,
+    ) -> Self {
+        let dialer = Arc::new(Dialer::new(resolver, own_addrs, options.connect_timeout));
+        let pool = ArcSwap::from_pointee(pool(&dialer, &policy));
+        EgressClient {
+            policy,
+            dialer,
+            pool,
+            options,
+        }
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The policy decision for `target`, as the current policy makes it now.
+    pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<Permit, Denial> {
+        let policy = self.policy.load_full();
+        let rule = policy.decide(target, protocol, now_ms())?;
+        Ok(Permit {
+            target: target.clone(),
+            protocol,
+            policy,
+            rule,
+        })
+    }
+
+    /// Connects to the permit's target for a tunnel: resolve, check every address, dial the
+    /// checked one. Returns the stream and the address it is connected to.
+    pub async fn dial(&self, permit: &Permit) -> Result<(TcpStream, SocketAddr), EgressError> {
+        self.dialer.dial(&permit.target, &permit.policy).await
+    }
+
+    /// Sends `request` to the permit's target over a pooled connection and waits for the
+    /// response head. The request's URI becomes `http://target/path` and its `Host` names
+    /// the target, whatever they said before.
+    pub async fn send(
+        &self,
+        permit: &Permit,
+        mut request: Request<HttpBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        aim(&mut request, &permit.target);
+        let pool = self.pool.load_full();
+        let timeout = self.options.response_header_timeout;
+        match tokio::time::timeout(timeout, pool.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(send_error(&err)),
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
+    }
+
+    /// Drops pooled upstream connections; new requests dial afresh under the current policy.
+    pub fn reset_pool(&self) {
+        self.pool.store(Arc::new(pool(&self.dialer, &self.policy)));
+    }
+}
+
+/// `host` or `host:port`, as written in an `http://` URL (port 80 left out).
+pub fn authority_text(target: &Target) -> String {
+    if target.port == 80 {
+        target.host.to_string()
+    } else {
+        target.to_string()
+    }
+}
+
+/// Points `request` at `target`: the URI (the pool key; hyper sends origin-form on the wire)
+/// always carries the port, `Host` names the target as a client would.
+fn aim(request: &mut Request<HttpBody>, target: &Target) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    *request.uri_mut() = format!("http://{target}{path}")
+        .parse()
+        .expect("a validated target and a parsed path make a valid URI");
+    let host = HeaderValue::from_str(&authority_text(target))
+        .expect("a validated target is a valid header value");
+    request.headers_mut().insert(header::HOST, host);
+}
+
+fn send_error(err: &hyper_util::client::legacy::Error) -> SendError {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(egress) = e.downcast_ref::<EgressError>() {
+            return SendError::Egress(egress.clone_for_report());
+        }
+        current = e.source();
+    }
+    let detail = std::error::Error::source(err)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| err.to_string());
+    SendError::Upstream(detail)
+}
+
+fn pool(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> Pool {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .set_host(false)
+        .build(Connector {
+            dialer: dialer.clone(),
+            policy: policy.clone(),
+        })
+}
+
+/// The pool's connector: each new connection is dialled through [`Dialer`] under the policy
+/// current at that moment. Only [`EgressClient::send`] hands it URIs, always with a port.
+#[derive(Clone)]
+struct Connector {
+    dialer: Arc<Dialer>,
+    policy: PolicyHandle,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = EgressError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let dialer = self.dialer.clone();
+        let policy = self.policy.load_full();
+        Box::pin(async move {
+            let target = target_of(&uri)?;
+            let (stream, _) = dialer.dial(&target, &policy).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+fn target_of(uri: &Uri) -> Result<Target, EgressError> {
+    let invalid = |msg: String| EgressError::Denied(Denial::new(DenyReason::InvalidTarget, msg));
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+        return Err(invalid(format!("{uri} names no host and port")));
+    };
+    let host = Host::parse(host).map_err(|e| invalid(e.to_string()))?;
+    Ok(Target { host, port })
+}

@@ -1,0 +1,56 @@
+//! **How bytes leave.** Resolve, check every address, pin, dial; the upstream HTTP pool; the
+//! tunnel relay; and the [`EgressClient`], the one way out of egressd.
+//!
+//! Everything egressd sends upstream — a function's forwarded request, a CONNECT tunnel, and
+//! later a scheduled invocation — goes through [`EgressClient`]: a [`Permit`] comes only from
+//! its policy decision, and both of its ways out ([`EgressClient::send`] for HTTP,
+//! [`EgressClient::dial`] for tunnels) take one. The dialer and the pool's connector are
+//! private, so no second route out can exist. Imports from [`crate::policy`] and
+//! [`crate::util`] only.
+
+mod client;
+mod dial;
+pub mod resolve;
+pub mod revoke;
+pub mod tunnel;
+
+pub use client::{authority_text, EgressClient, EgressOptions, Permit, SendError};
+pub use dial::EgressError;
+
+/// What went wrong, as egressd reports it in `X-Egress-Error`, the reason phrase and the
+/// `reason` metric label. Denials have their own vocabulary ([`crate::policy::DenyReason`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The client's request is malformed.
+    BadRequest,
+    /// The request has already passed through egressd.
+    Loop,
+    /// Over `max_connections`.
+    TooManyConnections,
+    /// The name did not resolve.
+    Dns,
+    ConnectRefused,
+    ConnectTimeout,
+    /// Any other connect error (unreachable, reset).
+    ConnectFailed,
+    /// The upstream broke the HTTP exchange.
+    Upstream,
+    /// The upstream sent no response head in time, or its body went idle.
+    UpstreamTimeout,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::Loop => "loop",
+            ErrorKind::TooManyConnections => "too-many-connections",
+            ErrorKind::Dns => "dns",
+            ErrorKind::ConnectRefused => "connect-refused",
+            ErrorKind::ConnectTimeout => "connect-timeout",
+            ErrorKind::ConnectFailed => "connect-failed",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Forwarding plain HTTP: an absolute-form request (or one inside an HTTP tunnel) is parsed,
+//! decided, rewritten for the upstream and sent through the egress client; the response comes
+//! back with egressd's own version and framing, hop-by-hop headers removed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::access::{AccessRecord, LoggedBody, Relayed};
+use super::headers::{self, MaxForwards};
+use super::request::{forward_target, Refusal};
+use super::server::ClientConn;
+use super::Proxy;
+use crate::policy::Protocol;
+use crate::util::body::{empty, full, BoxError, HttpBody};
+
+impl Proxy {
+    pub(super) async fn forward(
+        &self,
+        conn: ClientConn,
+        req: Request<Incoming>,
+    ) -> Response<HttpBody> {
+        let mut record = AccessRecord::new(
+            self.metrics.clone(),
+            Protocol::Http,
+            conn.addr,
+            req.method(),
+            req.uri().clone(),
+        );
+        if headers::has_our_via(req.headers()) {
+            return record.loop_detected();
+        }
+        let target = match forward_target(&req) {
+            Ok(target) => target,
+            Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),
+            Err(Refusal::Denied(denial)) => return record.denied(denial),
+        };
+        record.set_target(&target);
+        let permit = match self.egress.decide(&target, Protocol::Http) {
+            Ok(permit) => permit,
+            Err(denial) => return record.denied(denial),
+        };
+        record.set_permit(&permit);
+        conn.registration.live.set_peer(&target, Protocol::Http);
+        self.recheck_if_reloaded(&permit, &conn.registration);
+        let (mut parts, body) = req.into_parts();
+        match headers::max_forwards(&parts.method, &parts.headers) {
+            MaxForwards::Absent => {}
+            MaxForwards::Invalid => {
+                return record.bad_request("Max-Forwards must be a non-negative integer".into())
+            }
+            MaxForwards::AnswerHere => {
+                record.allowed(StatusCode::OK);
+                return answer_max_forwards(&parts);
+            }
+            MaxForwards::Forward(n) => {
+                parts
+                    .headers
+                    .insert(header::MAX_FORWARDS, HeaderValue::from(n));
+            }
+        }
+        let upstream_req = upstream_request(parts, body, record.relayed());
+        match self.egress.send(&permit, upstream_req).await {
+            Ok(response) => {
+                record.allowed(response.status());
+                downstream_response(response, record, self.idle_timeout)
+            }
+            Err(err) => record.send_error(&err),
+        }
+    }
+}
+
+/// Rewrites the client's request for the upstream: hop-by-hop headers removed, `Via` added,
+/// HTTP/1.1 whatever the client spoke (RFC 9110 §6.2), the body counted as it goes up. The
+/// egress client points it at the permit's target.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: Incoming,
+    relayed: Arc<Relayed>,
+) -> Request<HttpBody> {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // egressd answers `Expect: 100-continue` itself: hyper sends the 100 when the body is
+    // first read, which happens only after the upstream connection is up.
+    parts.headers.remove(header::EXPECT);
+    headers::add_via(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                relayed.up.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        })
+        .map_err(BoxError::from)
+        .boxed();
+    Request::from_parts(parts, body)
+}
+
+/// The upstream's response as egressd sends it on: its own HTTP version (an HTTP/1.0
+/// upstream's close-delimited body then goes out chunked, so a keep-alive client is not left
+/// guessing), hop-by-hop headers removed, a body that logs the exchange when it ends and is
+/// cut when the upstream stops sending for `idle`.
+fn downstream_response(
+    response: Response<Incoming>,
+    record: AccessRecord,
+    idle: Duration,
+) -> Response<HttpBody> {
+    let (mut parts, body) = response.into_parts();
+    parts.version = http::Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_via(&mut parts.headers);
+    let body = LoggedBody::new(body.map_err(BoxError::from).boxed(), record, idle);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Answers an OPTIONS or TRACE whose `Max-Forwards` reached zero at this hop.
+fn answer_max_forwards(parts: &http::request::Parts) -> Response<HttpBody> {
+    let mut response = if parts.method == Method::TRACE {
+        let mut echo = format!("{} {} {:?}\r\n", parts.method, parts.uri, parts.version);
+        for (name, value) in &parts.headers {
+            // Credentials are not reflected (cross-site tracing).
+            if name != header::AUTHORIZATION
+                && name != header::PROXY_AUTHORIZATION
+                && name != header::COOKIE
+            {
+                echo.push_str(&format!(
+                    "{}: {}\r\n",
+                    name,
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+        }
+        let mut r = Response::new(full(echo));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("message/http"),
+        );
+        r
+    } else {
+        let mut r = Response::new(empty());
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(
+                "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT",
+            ),
+        );
+        r
+    };
+    headers::add_via(response.headers_mut());
+    response
+}

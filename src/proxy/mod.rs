@@ -1,0 +1,97 @@
+//! **The client-facing side.** The listener with its limits and shutdown ([`server`]),
+//! request parsing ([`request`]), the CONNECT and forwarding handlers, header rules
+//! ([`headers`]) and the access record ([`access`]).
+//!
+//! Each client request walks the same steps in order — parse → decide (the egress client
+//! issues a [`Permit`]) → resolve, check and pin → connect → relay — and leaves at the first
+//! that refuses, with exactly one status code, one `X-Egress-*` header and one metric label.
+//! Imports from [`crate::egress`], [`crate::policy`], [`crate::metrics`] and [`crate::util`].
+
+pub mod access;
+mod connect;
+mod forward;
+pub mod headers;
+pub mod request;
+pub mod server;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::egress::revoke::{LiveKind, Peer, Registration, Registry};
+use crate::egress::{EgressClient, Permit};
+use crate::metrics::Metrics;
+use crate::util::body::HttpBody;
+use crate::util::time::now_ms;
+use server::ClientConn;
+
+/// Shared state of the proxy listener.
+pub struct Proxy {
+    /// The one way out: decisions, dials and the upstream pool.
+    pub egress: Arc<EgressClient>,
+    pub metrics: Arc<Metrics>,
+    /// A tunnel, or a forwarded response body, with no bytes for this long is cut.
+    pub idle_timeout: Duration,
+    /// Tunnels outlive the request that opened them; graceful shutdown waits for them here.
+    pub tasks: TaskTracker,
+    /// Cancelled when the grace period is over: open tunnels are cut.
+    pub hard_stop: CancellationToken,
+    /// Open tunnels and connections, re-checked after every reload.
+    pub registry: Arc<Registry>,
+}
+
+impl Proxy {
+    pub fn new(
+        egress: Arc<EgressClient>,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        idle_timeout: Duration,
+    ) -> Self {
+        Proxy {
+            egress,
+            metrics,
+            idle_timeout,
+            tasks: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+            registry,
+        }
+    }
+
+    /// Entry point for every request on a client connection.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: ClientConn,
+        req: Request<Incoming>,
+    ) -> Result<Response<HttpBody>, Infallible> {
+        let response = if req.method() == Method::CONNECT {
+            self.connect(conn, req).await
+        } else {
+            self.forward(conn, req).await
+        };
+        Ok(response)
+    }
+
+    /// Registers a tunnel for revocation, re-checked if a reload came in since its permit.
+    fn register(&self, permit: &Permit, peer: Peer, cancel: CancellationToken) -> Registration {
+        let registration = self.registry.register(LiveKind::Tunnel, Some(peer), cancel);
+        self.recheck_if_reloaded(permit, &registration);
+        registration
+    }
+
+    /// A reload that swapped the policy after `permit` was issued scanned the registry before
+    /// this entry's peer was recorded, so the entry is checked here instead.
+    fn recheck_if_reloaded(&self, permit: &Permit, registration: &Registration) {
+        let current = self.egress.policy();
+        if !Arc::ptr_eq(&current, permit.policy()) {
+            self.registry.recheck(registration, &current, now_ms(), |kind, target| {
+                self.metrics.revoked(kind);
+                tracing::warn!(kind = kind.as_str(), target = %target, "revoked: a reload during setup no longer allows it");
+            });
+        }
+    }
+}

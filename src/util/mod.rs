@@ -1,0 +1,7 @@
+//! Neutral helpers that every layer may use and that know nothing of egressd's rules: clock
+//! and time formatting, HTTP body types and made-up text responses, the accept loop.
+//! Nothing here imports from a layer.
+
+pub mod body;
+pub mod listener;
+pub mod time;
