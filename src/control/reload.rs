@@ -375,6 +375,138 @@ fn watch_dir(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::allowlist::Lookup;
+    use crate::policy::host::Host;
+
+    /// A reloader over a config file in a temp dir, allowing `domains`, with a 60 s delay.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        reloader: Arc<Reloader>,
+        policy: PolicyHandle,
+    }
+
+    fn config_text(domains: &[&str], state_dir: &Path) -> String {
+        let list: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+        format!(
+            "[proxy]\nstate_dir = {:?}\nactivation_delay = \"60s\"\n[allowlist]\ndomains = [{}]\n",
+            state_dir.display().to_string(),
+            list.join(", ")
+        )
+    }
+
+    impl Fixture {
+        fn new(domains: &[&str]) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("egressd.toml");
+            std::fs::write(&path, config_text(domains, &dir.path().join("state"))).unwrap();
+            let (config, text) = Config::load_with_text(&path).unwrap();
+            let (book, _) = ActivationBook::open(
+                Some(&config.proxy.state_dir),
+                &config.policy.allowlist,
+                config.proxy.activation_delay,
+                SystemTime::now(),
+            );
+            book.persist().unwrap();
+            let policy: PolicyHandle =
+                Arc::new(arc_swap::ArcSwap::from_pointee(config.policy.clone()));
+            let reloader = Reloader::new(
+                &config,
+                book,
+                policy.clone(),
+                Arc::new(Registry::default()),
+                Arc::new(Metrics::new()),
+                text,
+                Box::new(|_, _| {}),
+            );
+            Fixture {
+                dir,
+                reloader,
+                policy,
+            }
+        }
+
+        fn write(&self, domains: &[&str]) {
+            let text = config_text(domains, &self.dir.path().join("state"));
+            std::fs::write(self.dir.path().join("egressd.toml"), text).unwrap();
+        }
+
+        fn lookup(&self, host: &str) -> Lookup {
+            self.policy
+                .load()
+                .allowlist
+                .lookup(&Host::parse(host).unwrap(), crate::util::time::now_ms())
+        }
+    }
+
+    #[test]
+    fn the_same_text_is_unchanged_and_an_edit_is_applied() {
+        let f = Fixture::new(&["a.test"]);
+        assert_eq!(f.reloader.reload(Trigger::Sighup), Outcome::Unchanged);
+        f.write(&["a.test", "b.test"]);
+        assert_eq!(
+            f.reloader.reload(Trigger::Sighup),
+            Outcome::Reloaded {
+                generation: 2,
+                added: vec!["b.test".into()],
+                removed: 0,
+                revoked: 0
+            }
+        );
+        assert!(
+            matches!(f.lookup("b.test"), Lookup::Pending(_)),
+            "added entries wait"
+        );
+        assert!(matches!(f.lookup("a.test"), Lookup::Active(_)));
+    }
+
+    #[test]
+    fn a_bad_file_keeps_the_policy_and_reverting_it_clears_the_error() {
+        let f = Fixture::new(&["a.test"]);
+        f.write(&["*.*.a.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Failed(_)
+        ));
+        assert!(f.reloader.status().last_error.is_some());
+        assert!(matches!(f.lookup("a.test"), Lookup::Active(_)));
+        f.write(&["a.test"]);
+        assert_eq!(f.reloader.reload(Trigger::Watch), Outcome::Unchanged);
+        assert_eq!(f.reloader.status().last_error, None);
+        assert_eq!(f.reloader.status().generation, 1);
+    }
+
+    #[test]
+    fn unwritable_state_refuses_the_reload_until_a_retry_can_write_it() {
+        let f = Fixture::new(&["a.test", "b.test"]);
+        let state = f.dir.path().join("state");
+        let aside = f.dir.path().join("state.aside");
+        std::fs::rename(&state, &aside).unwrap();
+        std::fs::write(&state, "not a directory").unwrap();
+        f.write(&["a.test"]);
+        let Outcome::Failed(problems) = f.reloader.reload(Trigger::Watch) else {
+            panic!("the reload must be refused");
+        };
+        assert!(
+            problems[0].contains("cannot write activation state"),
+            "{problems:?}"
+        );
+        assert!(f.reloader.persist_failed());
+        assert!(
+            matches!(f.lookup("b.test"), Lookup::Active(_)),
+            "nothing changed"
+        );
+
+        std::fs::remove_file(&state).unwrap();
+        std::fs::rename(&aside, &state).unwrap();
+        assert!(matches!(
+            f.reloader.reload(Trigger::Retry),
+            Outcome::Reloaded { removed: 1, .. }
+        ));
+        assert!(!f.reloader.persist_failed());
+        assert!(matches!(f.lookup("b.test"), Lookup::NoMatch));
+        let persisted = std::fs::read_to_string(state.join("activation.json")).unwrap();
+        assert!(!persisted.contains("b.test"), "{persisted}");
+    }
     use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, RenameMode};
 
     /// (name, event kind, file name, reloads?)
