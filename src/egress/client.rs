@@ -180,17 +180,18 @@ pub fn authority_text(target: &Target) -> String {
     }
 }
 
-/// Points `request` at `target`: the URI (the pool key; hyper sends origin-form on the wire)
-/// always carries the port, `Host` names the target as a client would.
-fn aim(request: &mut Request<HttpBody>, target: &Target) {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    *request.uri_mut() = format!("http://{target}{path}")
+/// `http://target/path?query`, the path and query taken from `uri`.
+pub fn http_uri(target: &Target, uri: &Uri) -> Uri {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("http://{}{path}", authority_text(target))
         .parse()
-        .expect("a validated target and a parsed path make a valid URI");
+        .expect("a validated target and a parsed path make a valid URI")
+}
+
+/// Points `request` at `target`: the URI (the pool key; hyper sends origin-form on the wire)
+/// and `Host` name the target as a client would.
+fn aim(request: &mut Request<HttpBody>, target: &Target) {
+    *request.uri_mut() = http_uri(target, request.uri());
     let host = HeaderValue::from_str(&authority_text(target))
         .expect("a validated target is a valid header value");
     request.headers_mut().insert(header::HOST, host);
@@ -223,7 +224,7 @@ fn pool(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> Pool {
 }
 
 /// The pool's connector: each new connection is dialled through [`Dialer`] under the policy
-/// current at that moment. Only [`EgressClient::send`] hands it URIs, always with a port.
+/// current at that moment. Only [`EgressClient::send`] hands it URIs: `http://` ones.
 #[derive(Clone)]
 struct Connector {
     dialer: Arc<Dialer>,
@@ -252,7 +253,10 @@ impl tower_service::Service<Uri> for Connector {
 
 fn target_of(uri: &Uri) -> Result<Target, EgressError> {
     let invalid = |msg: String| EgressError::Denied(Denial::new(DenyReason::InvalidTarget, msg));
-    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+    // Port 80 only for http://: another scheme reaching here without a port must not
+    // quietly become a plain-HTTP connection.
+    let default_port = (uri.scheme_str() == Some("http")).then_some(80);
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16().or(default_port)) else {
         return Err(invalid(format!("{uri} names no host and port")));
     };
     let host = Host::parse(host).map_err(|e| invalid(e.to_string()))?;

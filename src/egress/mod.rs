@@ -14,7 +14,7 @@ pub mod resolve;
 pub mod revoke;
 pub mod tunnel;
 
-pub use client::{authority_text, EgressClient, EgressOptions, Permit, SendError};
+pub use client::{authority_text, http_uri, EgressClient, EgressOptions, Permit, SendError};
 pub use dial::EgressError;
 
 /// What went wrong, as egressd reports it in `X-Egress-Error`, the reason phrase and the

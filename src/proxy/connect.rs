@@ -17,7 +17,7 @@ use super::request::{check_tunnel_request, connect_target, Refusal};
 use super::server::ClientConn;
 use super::Proxy;
 use crate::egress::revoke::Peer;
-use crate::egress::{authority_text, tunnel, EgressClient, Permit};
+use crate::egress::{http_uri, tunnel, EgressClient, Permit};
 use crate::policy::{Denial, DenyReason, Protocol, Target};
 use crate::util::body::{empty, HttpBody};
 
@@ -201,27 +201,14 @@ impl Proxy {
             })
         };
         if let Some(refusal) = refusal {
-            let mut record = AccessRecord::new(
-                self.metrics.clone(),
-                Protocol::Http,
-                conn.addr,
-                req.method(),
-                req.uri().clone(),
-            );
+            let mut record = self.record(Protocol::Http, &conn, &req);
             record.set_target(tunnel);
             return match refusal {
                 Refusal::BadRequest(msg) => record.bad_request(msg),
                 Refusal::Denied(denial) => record.denied(denial),
             };
         }
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        *req.uri_mut() = format!("http://{}{path}", authority_text(tunnel))
-            .parse()
-            .expect("a validated target and a parsed path make a valid URI");
+        *req.uri_mut() = http_uri(tunnel, req.uri());
         self.forward(conn, req).await
     }
 }

@@ -25,13 +25,7 @@ impl Proxy {
         conn: ClientConn,
         req: Request<Incoming>,
     ) -> Response<HttpBody> {
-        let mut record = AccessRecord::new(
-            self.metrics.clone(),
-            Protocol::Http,
-            conn.addr,
-            req.method(),
-            req.uri().clone(),
-        );
+        let mut record = self.record(Protocol::Http, &conn, &req);
         if headers::has_our_via(req.headers()) {
             return record.loop_detected();
         }

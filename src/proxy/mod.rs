@@ -26,8 +26,10 @@ use tokio_util::task::TaskTracker;
 use crate::egress::revoke::{LiveKind, Peer, Registration, Registry};
 use crate::egress::{EgressClient, Permit};
 use crate::metrics::Metrics;
+use crate::policy::Protocol;
 use crate::util::body::HttpBody;
 use crate::util::time::now_ms;
+use access::AccessRecord;
 use server::ClientConn;
 
 /// Shared state of the proxy listener.
@@ -74,6 +76,17 @@ impl Proxy {
             self.forward(conn, req).await
         };
         Ok(response)
+    }
+
+    /// The access record of a request on `conn`.
+    fn record<B>(&self, protocol: Protocol, conn: &ClientConn, req: &Request<B>) -> AccessRecord {
+        AccessRecord::new(
+            self.metrics.clone(),
+            protocol,
+            conn.addr,
+            req.method(),
+            req.uri().clone(),
+        )
     }
 
     /// Registers a tunnel for revocation, re-checked if a reload came in since its permit.
