@@ -77,6 +77,7 @@ impl App {
             metrics.clone(),
             registry.clone(),
             settings.idle_timeout,
+            settings.tunnel_relay,
         ));
         let on_swap = Box::new(move |old: &Policy, new: &Policy| {
             // Pooled upstream connections were dialled under the old address rules.

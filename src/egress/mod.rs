@@ -12,6 +12,8 @@ mod client;
 mod dial;
 pub mod resolve;
 pub mod revoke;
+#[cfg(target_os = "linux")]
+mod splice;
 pub mod tunnel;
 
 pub use client::{authority_text, http_uri, EgressClient, EgressOptions, Permit, SendError};

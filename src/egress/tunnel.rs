@@ -5,10 +5,12 @@
 //! idle timeout. Activity and byte counts live in atomics shared with the watchdog, so a
 //! tunnel cut for idleness still reports what it carried.
 //!
-//! [`relay_tcp`] is the hot path: both ends are plain TCP sockets, and a copy buffer exists
-//! only while bytes are flowing — a direction waits for readability with no buffer, takes
-//! one for the burst, and frees it when the socket would block. Ten thousand idle tunnels
-//! therefore cost sockets and a small task each, not 16 KiB of buffers each.
+//! [`relay_tcp`] is the hot path: both ends are plain TCP sockets. On Linux it moves bytes
+//! with splice(2) through a pipe borrowed per burst ([`super::splice`]), so they never enter
+//! user space; elsewhere, or with `tunnel_relay = "copy"`, it copies through a buffer that
+//! likewise exists only while bytes are flowing — a direction waits for readability with no
+//! buffer, takes one for the burst, and frees it when the socket would block. Ten thousand
+//! idle tunnels therefore cost sockets and a small task each, not buffers or pipes each.
 //! [`relay`] is the generic fallback for streams that are not TCP sockets.
 
 use std::io;
@@ -61,11 +63,38 @@ pub struct TunnelStats {
 }
 
 #[derive(Default)]
-struct Activity {
+pub(super) struct Activity {
     /// Milliseconds since the tunnel started, at the last read on either side.
     last_ms: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+}
+
+impl Activity {
+    /// Stamps a read now.
+    pub(super) fn touch(&self, start: Instant) {
+        self.last_ms
+            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// How [`relay_tcp`] moves bytes between two sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayKind {
+    /// splice(2) through a pipe: zero-copy (Linux; elsewhere the copy relay is used).
+    #[default]
+    Splice,
+    /// read/write through a buffer: for comparison, and where splice is unavailable.
+    Copy,
+}
+
+impl RelayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::Splice => "splice",
+            RelayKind::Copy => "copy",
+        }
+    }
 }
 
 /// Bytes moved per burst; taken when a burst starts, given back when it ends.
@@ -123,6 +152,7 @@ pub async fn relay_tcp(
     client: TcpStream,
     early: bytes::Bytes,
     upstream: TcpStream,
+    kind: RelayKind,
     idle: Duration,
     cancel: CancellationToken,
 ) -> TunnelStats {
@@ -139,16 +169,21 @@ pub async fn relay_tcp(
         activity.up.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
     drop(early);
-    let up = pump(&client, &upstream, &activity.up, &activity, start);
-    let down = pump(&upstream, &client, &activity.down, &activity, start);
-    let end = watch(
-        async { tokio::try_join!(up, down) },
-        &activity,
-        start,
-        idle,
-        &cancel,
-    )
-    .await;
+    let end = match kind {
+        #[cfg(target_os = "linux")]
+        RelayKind::Splice => {
+            let up = super::splice::pump(&client, &upstream, &activity.up, &activity, start);
+            let down = super::splice::pump(&upstream, &client, &activity.down, &activity, start);
+            let both = async { tokio::try_join!(up, down) };
+            watch(both, &activity, start, idle, &cancel).await
+        }
+        _ => {
+            let up = pump(&client, &upstream, &activity.up, &activity, start);
+            let down = pump(&upstream, &client, &activity.down, &activity, start);
+            let both = async { tokio::try_join!(up, down) };
+            watch(both, &activity, start, idle, &cancel).await
+        }
+    };
     TunnelStats {
         up: activity.up.load(Ordering::Relaxed),
         down: activity.down.load(Ordering::Relaxed),
@@ -177,9 +212,7 @@ async fn pump(
                 }
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
-                    activity
-                        .last_ms
-                        .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    activity.touch(start);
                     write_all(to, &buf[..n]).await?;
                     if n < BURST_BUFFER {
                         // A short read usually drained the socket; don't hold the buffer
@@ -356,8 +389,16 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    const KINDS: [RelayKind; 2] = [RelayKind::Splice, RelayKind::Copy];
+
     #[tokio::test]
     async fn tcp_relay_forwards_early_bytes_bulk_and_half_close() {
+        for kind in KINDS {
+            tcp_relay_forwards(kind).await;
+        }
+    }
+
+    async fn tcp_relay_forwards(kind: RelayKind) {
         let (client, mut client_peer) = tcp_pair().await;
         let (upstream, mut upstream_peer) = tcp_pair().await;
         let task = tokio::spawn(async move {
@@ -365,18 +406,24 @@ mod tests {
                 client,
                 bytes::Bytes::from_static(b"early:"),
                 upstream,
+                kind,
                 Duration::from_secs(60),
                 CancellationToken::new(),
             )
             .await
         });
-        let bulk = vec![7u8; 3 * BURST_BUFFER + 5];
-        client_peer.write_all(&bulk).await.unwrap();
-        client_peer.shutdown().await.unwrap();
+        let bulk: Vec<u8> = (0..3 * BURST_BUFFER + 5).map(|i| (i % 251) as u8).collect();
+        // Written while the upstream reads: more than the socket buffers hold.
+        let writer = async {
+            client_peer.write_all(&bulk).await.unwrap();
+            client_peer.shutdown().await.unwrap();
+        };
         let mut got = Vec::new();
-        upstream_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(&got[..6], b"early:");
-        assert_eq!(got.len(), 6 + bulk.len());
+        let reader = upstream_peer.read_to_end(&mut got);
+        let (_, read) = tokio::join!(writer, reader);
+        read.unwrap();
+        assert_eq!(&got[..6], b"early:", "{kind:?}");
+        assert!(got[6..] == bulk[..], "{kind:?}: every byte, in order");
         upstream_peer.write_all(b"reply").await.unwrap();
         upstream_peer.shutdown().await.unwrap();
         let mut back = Vec::new();
@@ -385,25 +432,47 @@ mod tests {
         let stats = task.await.unwrap();
         assert_eq!(
             (stats.up, stats.down, stats.end),
-            (6 + bulk.len() as u64, 5, TunnelEnd::Closed)
+            (6 + bulk.len() as u64, 5, TunnelEnd::Closed),
+            "{kind:?}"
         );
     }
 
     #[tokio::test]
     async fn tcp_relay_stops_on_cancel() {
-        let (client, _client_peer) = tcp_pair().await;
-        let (upstream, _upstream_peer) = tcp_pair().await;
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let stats = relay_tcp(
-            client,
-            bytes::Bytes::new(),
-            upstream,
-            Duration::from_secs(60),
-            cancel,
-        )
-        .await;
-        assert_eq!(stats.end, TunnelEnd::Cancelled);
+        for kind in KINDS {
+            let (client, _client_peer) = tcp_pair().await;
+            let (upstream, _upstream_peer) = tcp_pair().await;
+            let cancel = CancellationToken::new();
+            cancel.cancel();
+            let stats = relay_tcp(
+                client,
+                bytes::Bytes::new(),
+                upstream,
+                kind,
+                Duration::from_secs(60),
+                cancel,
+            )
+            .await;
+            assert_eq!(stats.end, TunnelEnd::Cancelled, "{kind:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_tcp_tunnels_are_cut() {
+        for kind in KINDS {
+            let (client, _client_peer) = tcp_pair().await;
+            let (upstream, _upstream_peer) = tcp_pair().await;
+            let stats = relay_tcp(
+                client,
+                bytes::Bytes::new(),
+                upstream,
+                kind,
+                Duration::from_secs(5),
+                CancellationToken::new(),
+            )
+            .await;
+            assert_eq!(stats.end, TunnelEnd::Idle, "{kind:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

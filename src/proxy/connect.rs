@@ -90,6 +90,7 @@ impl Proxy {
         record.allowed(StatusCode::OK);
         let metrics = self.metrics.clone();
         let idle = self.idle_timeout;
+        let relay = self.relay;
         let peer = Peer {
             target,
             protocol: Protocol::Connect,
@@ -117,6 +118,7 @@ impl Proxy {
                         client,
                         parts.read_buf,
                         upstream,
+                        relay,
                         idle,
                         cancel,
                     ))

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::egress::revoke::{LiveKind, Peer, Registration, Registry};
+use crate::egress::tunnel::RelayKind;
 use crate::egress::{EgressClient, Permit};
 use crate::metrics::Metrics;
 use crate::policy::Protocol;
@@ -39,6 +40,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// A tunnel, or a forwarded response body, with no bytes for this long is cut.
     pub idle_timeout: Duration,
+    /// How byte tunnels between two TCP sockets move their bytes.
+    pub relay: RelayKind,
     /// Tunnels outlive the request that opened them; graceful shutdown waits for them here.
     pub tasks: TaskTracker,
     /// Cancelled when the grace period is over: open tunnels are cut.
@@ -53,11 +56,13 @@ impl Proxy {
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
         idle_timeout: Duration,
+        relay: RelayKind,
     ) -> Self {
         Proxy {
             egress,
             metrics,
             idle_timeout,
+            relay,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             registry,

@@ -22,6 +22,7 @@ use raw::RawConfig;
 use validate::Secrets;
 
 use crate::egress::resolve::DnsSettings;
+use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
 
 /// A validated configuration.
@@ -54,6 +55,8 @@ pub struct ProxySettings {
     pub max_request_head_bytes: usize,
     /// Client connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// How CONNECT tunnels move bytes: splice(2) (default) or a user-space copy.
+    pub tunnel_relay: RelayKind,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             state_dir,
             max_request_head_bytes,
             max_connections,
+            tunnel_relay,
         } = &self.proxy;
         let DnsSettings { servers, timeout } = &self.dns;
         vec![
@@ -98,6 +102,7 @@ impl Config {
                 format!("{max_request_head_bytes}"),
             ),
             ("proxy.max_connections", format!("{max_connections}")),
+            ("proxy.tunnel_relay", tunnel_relay.as_str().to_string()),
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
         ]

@@ -32,6 +32,7 @@ pub struct RawProxy {
     pub state_dir: Option<Spanned<String>>,
     pub max_request_head_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub tunnel_relay: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -11,6 +11,7 @@ use super::problems::Problems;
 use super::raw::{RawConfig, RawDns, RawProxy};
 use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
 use crate::egress::resolve::DnsSettings;
+use crate::egress::tunnel::RelayKind;
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 use crate::policy::netguard::PrivateAllow;
@@ -118,6 +119,7 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
             64 * 1024,
         ),
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
+        tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
     };
     Some(settings)
 }
@@ -231,5 +233,24 @@ pub fn policy(
         http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
         private: PrivateAllow::new(nets),
         dns_overrides,
+    }
+}
+
+fn tunnel_relay(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> RelayKind {
+    let Some(value) = raw else {
+        return RelayKind::default();
+    };
+    match value.get_ref().as_str() {
+        "splice" => RelayKind::Splice,
+        "copy" => RelayKind::Copy,
+        other => {
+            p.at(
+                value,
+                "proxy.tunnel_relay",
+                Some(other.to_string()),
+                "expected \"splice\" (zero-copy, the default) or \"copy\"",
+            );
+            RelayKind::default()
+        }
     }
 }
