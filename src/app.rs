@@ -3,16 +3,23 @@
 //! [`App::start`] does everything that can fail — binding, restoring activation state,
 //! watching the config — before egressd reports itself listening, so "listening" means
 //! ready, reloads included. [`App::run`] then serves until shutdown.
+//!
+//! The proxy runs thread-per-core: `proxy.workers` threads, each with a current-thread
+//! runtime, its own `SO_REUSEPORT` listener and its own [`Proxy`] (so its own upstream pool).
+//! A request, its upstream connection and its tunnel stay on the thread that accepted the
+//! client: no cross-thread wake-up per request. They share the policy, the revocation
+//! registry, the metrics and the `max_connections` places. The admin listener, reloads and
+//! signals run on the main runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use notify::RecommendedWatcher;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::admin::{serve_admin, Admin};
@@ -24,15 +31,14 @@ use crate::egress::{EgressClient, EgressOptions};
 use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
-use crate::proxy::server::{serve_proxy, ConnLimits};
+use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
 
 /// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
     settings: ProxySettings,
-    proxy_listener: TcpListener,
+    workers: Vec<Worker>,
     admin_listener: TcpListener,
-    proxy: Arc<Proxy>,
     admin: Arc<Admin>,
     reloader: Arc<Reloader>,
     /// Dropping it stops the watch.
@@ -45,8 +51,7 @@ impl App {
     /// was parsed from: a reload of identical text is a no-op.
     pub async fn start(config: Config, config_text: String) -> anyhow::Result<App> {
         let settings = config.proxy.clone();
-        let proxy_listener = TcpListener::bind(settings.listen)
-            .await
+        let listeners = bind_workers(settings.listen, settings.workers)
             .with_context(|| format!("cannot listen on proxy.listen {}", settings.listen))?;
         let admin_listener = TcpListener::bind(settings.admin_listen)
             .await
@@ -56,33 +61,45 @@ impl App {
                     settings.admin_listen
                 )
             })?;
-        let own_addrs = vec![proxy_listener.local_addr()?, admin_listener.local_addr()?];
+        let own_addrs = vec![listeners[0].local_addr()?, admin_listener.local_addr()?];
 
         let mut policy = config.policy.clone();
         let book = open_activation_book(&config, &mut policy)?;
         let policy = Arc::new(ArcSwap::from_pointee(policy));
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::default());
-        let egress = Arc::new(EgressClient::new(
-            policy.clone(),
-            DnsResolver::new(&config.dns),
-            own_addrs,
-            EgressOptions {
-                connect_timeout: settings.connect_timeout,
-                response_header_timeout: settings.response_header_timeout,
-            },
-        ));
-        let proxy = Arc::new(Proxy::new(
-            egress.clone(),
-            metrics.clone(),
-            registry.clone(),
-            settings.idle_timeout,
-            settings.tunnel_relay,
-        ));
+        let resolver = DnsResolver::new(&config.dns);
+        let options = EgressOptions {
+            connect_timeout: settings.connect_timeout,
+            response_header_timeout: settings.response_header_timeout,
+        };
+        let workers: Vec<Worker> = listeners
+            .into_iter()
+            .map(|listener| {
+                let egress = Arc::new(EgressClient::new(
+                    policy.clone(),
+                    resolver.clone(),
+                    own_addrs.clone(),
+                    options,
+                ));
+                let proxy = Arc::new(Proxy::new(
+                    egress,
+                    metrics.clone(),
+                    registry.clone(),
+                    settings.idle_timeout,
+                    settings.tunnel_relay,
+                ));
+                Worker { listener, proxy }
+            })
+            .collect();
+        let pools: Vec<Arc<EgressClient>> =
+            workers.iter().map(|w| w.proxy.egress.clone()).collect();
         let on_swap = Box::new(move |old: &Policy, new: &Policy| {
             // Pooled upstream connections were dialled under the old address rules.
             if old.private != new.private || old.dns_overrides != new.dns_overrides {
-                egress.reset_pool();
+                for egress in &pools {
+                    egress.reset_pool();
+                }
             }
         });
         let reloader = Reloader::new(
@@ -102,9 +119,8 @@ impl App {
         });
         Ok(App {
             settings,
-            proxy_listener,
+            workers,
             admin_listener,
-            proxy,
             admin,
             reloader,
             _watcher: watcher,
@@ -112,7 +128,10 @@ impl App {
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_listener.local_addr().expect("bound listener")
+        self.workers[0]
+            .listener
+            .local_addr()
+            .expect("bound listener")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -139,40 +158,69 @@ impl App {
             self.admin,
             shutdown.clone(),
         ));
-        let proxy = self.proxy;
-        serve_proxy(
-            self.proxy_listener,
-            proxy.clone(),
-            conn_limits(&self.settings),
-            shutdown,
-        )
-        .await;
-
+        let limits = ConnLimits {
+            header_read_timeout: self.settings.header_read_timeout,
+            max_head_bytes: self.settings.max_request_head_bytes,
+            permits: Arc::new(Semaphore::new(self.settings.max_connections)),
+        };
         let grace = self.settings.shutdown_grace;
-        tracing::info!(?grace, "shutting down: no new connections, draining");
-        proxy.tasks.close();
-        if tokio::time::timeout(grace, proxy.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = proxy.tasks.len(),
-                "grace period over; cutting what is left"
-            );
-            proxy.hard_stop.cancel();
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), proxy.tasks.wait()).await;
+        let mut threads = Vec::with_capacity(self.workers.len());
+        for (n, worker) in self.workers.into_iter().enumerate() {
+            let (limits, shutdown) = (limits.clone(), shutdown.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("egressd-proxy-{n}"))
+                .spawn(move || worker.run(limits, shutdown, grace))
+                .context("cannot start a proxy worker thread")?;
+            threads.push(thread);
+        }
+        for thread in threads {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .context("waiting for a proxy worker")?
+                .map_err(|_| anyhow::anyhow!("a proxy worker panicked"))??;
         }
         let _ = admin_task.await;
         Ok(())
     }
 }
 
-fn conn_limits(settings: &ProxySettings) -> ConnLimits {
-    ConnLimits {
-        header_read_timeout: settings.header_read_timeout,
-        max_head_bytes: settings.max_request_head_bytes,
-        max_connections: settings.max_connections,
+/// One proxy thread: its listener and the proxy state it serves it with.
+struct Worker {
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+}
+
+impl Worker {
+    /// Serves on a runtime of this thread's own until `shutdown`, then drains for `grace`.
+    fn run(
+        self,
+        limits: ConnLimits,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build a proxy worker runtime")?;
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(self.listener)?;
+            let proxy = self.proxy;
+            serve_proxy(listener, proxy.clone(), limits, shutdown).await;
+            tracing::info!(?grace, "shutting down: no new connections, draining");
+            proxy.tasks.close();
+            if tokio::time::timeout(grace, proxy.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    open = proxy.tasks.len(),
+                    "grace period over; cutting what is left"
+                );
+                proxy.hard_stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(1), proxy.tasks.wait()).await;
+            }
+            Ok(())
+        })
     }
 }
 

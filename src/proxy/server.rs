@@ -23,12 +23,45 @@ use super::Proxy;
 use crate::egress::revoke::{LiveKind, Registration};
 use crate::util::listener::accept;
 
-/// Limits applied to each client connection.
-#[derive(Clone, Copy, Debug)]
+/// Limits applied to client connections.
+#[derive(Clone, Debug)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub max_head_bytes: usize,
-    pub max_connections: usize,
+    /// Places under `max_connections`, shared by every worker's listener.
+    pub permits: Arc<Semaphore>,
+}
+
+/// The request-head limits each connection applies.
+#[derive(Clone, Copy, Debug)]
+struct HeadLimits {
+    read_timeout: Duration,
+    max_bytes: usize,
+}
+
+/// Binds `count` listeners to `addr` with `SO_REUSEPORT`, one per worker: the kernel spreads
+/// new connections over them, and each worker serves its own without handing any over.
+/// Port 0 picks one free port for all of them.
+pub fn bind_workers(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// One accepted client connection.
@@ -50,7 +83,11 @@ pub async fn serve_proxy(
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let permits = limits.permits.clone();
+    let head = HeadLimits {
+        read_timeout: limits.header_read_timeout,
+        max_bytes: limits.max_head_bytes,
+    };
     while let Some((stream, client)) = accept(&listener, &shutdown, "proxy").await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             proxy.metrics.rejected_connections.inc();
@@ -71,7 +108,7 @@ pub async fn serve_proxy(
         };
         proxy.tasks.spawn(async move {
             proxy_for_conn.metrics.active_connections.inc();
-            serve_connection(stream, conn, proxy_for_conn.clone(), limits, shutdown).await;
+            serve_connection(stream, conn, proxy_for_conn.clone(), head, shutdown).await;
             proxy_for_conn.metrics.active_connections.dec();
         });
     }
@@ -81,7 +118,7 @@ async fn serve_connection(
     stream: TcpStream,
     conn: ClientConn,
     proxy: Arc<Proxy>,
-    limits: ConnLimits,
+    head: HeadLimits,
     shutdown: CancellationToken,
 ) {
     let client = conn.addr;
@@ -89,8 +126,8 @@ async fn serve_connection(
     let service = service_fn(move |req| proxy.clone().handle(conn.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_head_bytes)
+        .header_read_timeout(head.read_timeout)
+        .max_buf_size(head.max_bytes)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -57,6 +57,9 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// How CONNECT tunnels move bytes: splice(2) (default) or a user-space copy.
     pub tunnel_relay: RelayKind,
+    /// Proxy worker threads, each with its own listener (`SO_REUSEPORT`), runtime and
+    /// upstream pool, so a request never changes threads.
+    pub workers: usize,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             max_request_head_bytes,
             max_connections,
             tunnel_relay,
+            workers,
         } = &self.proxy;
         let DnsSettings { servers, timeout } = &self.dns;
         vec![
@@ -103,6 +107,7 @@ impl Config {
             ),
             ("proxy.max_connections", format!("{max_connections}")),
             ("proxy.tunnel_relay", tunnel_relay.as_str().to_string()),
+            ("proxy.workers", format!("{workers}")),
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
         ]

@@ -120,6 +120,7 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         ),
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
         tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
+        workers: p.positive(&raw.workers, "proxy.workers", 1, default_workers()),
     };
     Some(settings)
 }
@@ -253,4 +254,9 @@ fn tunnel_relay(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> RelayK
             RelayKind::default()
         }
     }
+}
+
+/// One proxy worker per CPU the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
