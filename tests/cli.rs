@@ -21,16 +21,20 @@ fn write(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
-fn egressd() -> Command {
-    Command::cargo_bin("egressd").unwrap()
+/// Runs `egressd <command> --config <config> <args>` to the end.
+fn egressd(command: &str, config: &Path, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("egressd")
+        .unwrap()
+        .args([command, "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn check_accepts_the_shipped_example() {
-    let out = egressd()
-        .args(["check", "--config", "config/egressd.toml"])
-        .output()
-        .unwrap();
+    let out = egressd("check", Path::new("config/egressd.toml"), &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -73,11 +77,7 @@ fn check_lists_every_invalid_pattern_with_file_line_and_key() {
     }
     text.push_str(&format!("  \"{long_label}\",\n  \"{long_name}\",\n]\n"));
     let path = write(dir.path(), &text);
-    let out = egressd()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = egressd("check", &path, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
@@ -118,11 +118,7 @@ fn check_reports_unknown_keys_and_syntax_errors() {
         dir.path(),
         "[proxy]\nlisten = \"127.0.0.1:3128\"\nconect_ports = [443]\n",
     );
-    let out = egressd()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = egressd("check", &path, &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
@@ -132,11 +128,7 @@ fn check_reports_unknown_keys_and_syntax_errors() {
     assert!(stderr.contains("unknown field `conect_ports`"), "{stderr}");
 
     let path = write(dir.path(), "[allowlist]\ndomains = [\"a.com\"\n");
-    let out = egressd()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = egressd("check", &path, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr)
         .unwrap()
@@ -147,11 +139,7 @@ fn check_reports_unknown_keys_and_syntax_errors() {
 fn run_refuses_an_invalid_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "[allowlist]\ndomains = [\"*\"]\n");
-    let out = egressd()
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = egressd("run", &path, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr)
         .unwrap()
@@ -175,12 +163,7 @@ fn explain_prints_decision_reason_and_rule() {
         ("db.example.org", 1, "denied (private-destination): 10.1.2.3 is in the private 10.0.0.0/8 range"),
     ];
     for (target, code, expected) in cases {
-        let out = egressd()
-            .args(["explain", "--config"])
-            .arg(&path)
-            .arg(target)
-            .output()
-            .unwrap();
+        let out = egressd("explain", &path, &[target]);
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert_eq!(out.status.code(), Some(code), "{target}: {stdout}");
         assert!(

@@ -4,7 +4,7 @@
 mod support;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Starts egressd with `a.test` and `b.test` mapped to an origin, allowing `domains`.
@@ -22,15 +22,19 @@ async fn start(domains: &[&str], delay: &str) -> (Egressd, Origin) {
     (builder.start(), origin)
 }
 
-/// Status and `X-Egress-Denied` of a GET to `host` through the proxy.
-async fn get(proxy: &Egressd, origin: &Origin, host: &str) -> (u16, String) {
+/// The response to a GET to `host` through the proxy, on a connection of its own.
+async fn get_response(proxy: &Egressd, origin: &Origin, host: &str) -> String {
     let p = origin.port();
     let request =
         format!("GET http://{host}:{p}/ HTTP/1.1\r\nHost: {host}:{p}\r\nConnection: close\r\n\r\n");
-    let response = one_response(proxy.proxy, request.as_bytes()).await;
-    let status = response[9..12].parse().unwrap();
+    one_response(proxy.proxy, request.as_bytes()).await
+}
+
+/// Status and `X-Egress-Denied` of a GET to `host` through the proxy.
+async fn get(proxy: &Egressd, origin: &Origin, host: &str) -> (u16, String) {
+    let response = get_response(proxy, origin, host).await;
     (
-        status,
+        status(&response),
         header(&response, "x-egress-denied")
             .unwrap_or("")
             .to_string(),
@@ -124,10 +128,11 @@ async fn a_broken_edit_keeps_the_running_config_and_a_good_one_clears_the_error(
         200,
         "the last good config keeps serving"
     );
-    let (_, metrics) = proxy.admin_get("/metrics").await;
-    assert!(
-        metrics.contains("egressd_config_reloads_total{result=\"failure\"}"),
-        "{metrics}"
+    assert_eq!(
+        proxy
+            .metric("egressd_config_reloads_total{result=\"failure\"}")
+            .await,
+        1.0
     );
 
     proxy.set_domains(&["a.test", "b.test"], Write::Rename);
@@ -189,10 +194,7 @@ async fn new_patterns_wait_out_the_activation_delay() {
     assert_eq!(entry["state"], "pending", "{view}");
     let active_at = entry["active_at"].as_str().unwrap().to_string();
 
-    let p = origin.port();
-    let request =
-        format!("GET http://b.test:{p}/ HTTP/1.1\r\nHost: b.test:{p}\r\nConnection: close\r\n\r\n");
-    let response = one_response(proxy.proxy, request.as_bytes()).await;
+    let response = get_response(&proxy, &origin, "b.test").await;
     assert!(response.starts_with("HTTP/1.1 403"), "{response}");
     assert_eq!(
         header(&response, "x-egress-denied"),
@@ -238,69 +240,39 @@ async fn revocation_cuts_tunnels_and_keep_alive_connections() {
     let echo = echo_server().await;
     let origin = origin().await;
     let proxy = egressd()
-        .dns("echo.test", "127.0.0.1")
-        .dns("a.test", "127.0.0.1")
-        .dns("keep.test", "127.0.0.1")
-        .allow("echo.test")
-        .allow("a.test")
-        .allow("keep.test")
+        .allow_local("echo.test")
+        .allow_local("a.test")
+        .allow_local("keep.test")
         .ports(&[echo.port()], &[origin.port()])
         .start();
     let mut tunnel = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     tunnel.write_all(b"still open").await.unwrap();
 
     let p = origin.port();
+    let a = http_get(&format!("a.test:{p}"), "/");
+    let keep = http_get(&format!("keep.test:{p}"), "/");
     let mut keep_alive = TcpStream::connect(proxy.proxy).await.unwrap();
-    keep_alive
-        .write_all(
-            format!("GET http://a.test:{p}/ HTTP/1.1\r\nHost: a.test:{p}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let head = read_head(&mut keep_alive).await;
-    let mut body = vec![0; header(&head, "content-length").unwrap().parse().unwrap()];
-    keep_alive.read_exact(&mut body).await.unwrap();
+    let response = exchange(&mut keep_alive, a.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
     let mut unrelated = TcpStream::connect(proxy.proxy).await.unwrap();
-    unrelated
-        .write_all(
-            format!("GET http://keep.test:{p}/ HTTP/1.1\r\nHost: keep.test:{p}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let head = read_head(&mut unrelated).await;
-    let mut body = vec![0; header(&head, "content-length").unwrap().parse().unwrap()];
-    unrelated.read_exact(&mut body).await.unwrap();
+    let response = exchange(&mut unrelated, keep.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
 
     proxy.set_domains(&["keep.test"], Write::Rename);
-    let mut rest = Vec::new();
-    tokio::time::timeout(PATIENCE, tunnel.read_to_end(&mut rest))
-        .await
-        .expect("tunnel cut")
-        .ok();
-    tokio::time::timeout(PATIENCE, keep_alive.read_to_end(&mut rest))
-        .await
-        .expect("connection closed")
-        .ok();
+    // Cut: closed or reset, either will do.
+    let _ = read_to_close(&mut tunnel, "the revoked tunnel").await;
+    let _ = read_to_close(&mut keep_alive, "the revoked keep-alive connection").await;
     let log = proxy.wait_for_log(|v| v["method"] == "CONNECT").await;
     assert_eq!(log["tunnel_end"], "revoked");
-    let (_, metrics) = proxy.admin_get("/metrics").await;
-    assert!(
-        metrics.contains("egressd_revoked_total{kind=\"tunnel\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("egressd_revoked_total{kind=\"connection\"} 1"),
-        "{metrics}"
-    );
+    let metrics = proxy.metrics().await;
+    for kind in ["tunnel", "connection"] {
+        let series = format!("egressd_revoked_total{{kind=\"{kind}\"}}");
+        assert_eq!(metric(&metrics, &series), 1.0, "{series}");
+    }
 
     // A connection whose host is still allowed stays usable.
-    unrelated
-        .write_all(
-            format!("GET http://keep.test:{p}/ HTTP/1.1\r\nHost: keep.test:{p}\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    assert!(read_head(&mut unrelated).await.starts_with("HTTP/1.1 200"));
+    let response = exchange(&mut unrelated, keep.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 #[tokio::test]
@@ -321,9 +293,8 @@ async fn a_restart_keeps_pending_times_and_delays_patterns_added_while_down() {
     };
     let b_at = pending_at(&view, "b.test");
     let config = proxy.config_path.clone();
-    proxy.signal("TERM");
     let mut proxy = proxy;
-    assert_eq!(proxy.wait_exit(), Some(0));
+    proxy.terminate().await;
     // Added while egressd was down.
     write_file(
         &config,
@@ -368,9 +339,8 @@ async fn a_corrupt_state_file_puts_everything_pending() {
     let (proxy, origin) = start(&["a.test"], "60s").await;
     let state = proxy.dir().join("state/activation.json");
     assert!(state.exists());
-    proxy.signal("TERM");
     let mut proxy = proxy;
-    assert_eq!(proxy.wait_exit(), Some(0));
+    proxy.terminate().await;
     std::fs::write(&state, b"{\"version\": 1, \"patterns\": {\"a.te").unwrap();
     let proxy = proxy.restart_stopped();
     assert_eq!(
@@ -385,10 +355,7 @@ async fn admin_reload_needs_the_token_when_one_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("admin.token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let proxy = egressd()
-        .dns("a.test", "127.0.0.1")
-        .allow("a.test")
-        .ports(&[443], &[origin.port()])
+    let proxy = http_proxy("a.test", origin.port())
         .proxy(&format!(
             "admin_token_file = {:?}",
             token.display().to_string()
@@ -440,21 +407,14 @@ async fn a_hundred_reloads_under_load_fail_no_allowed_request() {
         tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, 0u32);
             let mut stream = TcpStream::connect(addr).await.unwrap();
+            let request = http_get(&format!("a.test:{p}"), "/");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok + failed < 1_000_000 {
-                let request =
-                    format!("GET http://a.test:{p}/ HTTP/1.1\r\nHost: a.test:{p}\r\n\r\n");
                 if stream.write_all(request.as_bytes()).await.is_err() {
                     failed += 1;
                     stream = TcpStream::connect(addr).await.unwrap();
                     continue;
                 }
-                let head = read_head(&mut stream).await;
-                let len: usize = header(&head, "content-length")
-                    .map(|l| l.parse().unwrap())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                stream.read_exact(&mut body).await.unwrap();
-                if head.starts_with("HTTP/1.1 200") {
+                if read_response(&mut stream).await.starts_with("HTTP/1.1 200") {
                     ok += 1
                 } else {
                     failed += 1
@@ -524,11 +484,8 @@ async fn an_unreadable_token_file_does_not_block_reloads() {
     let secrets = tempfile::tempdir().unwrap();
     let token = secrets.path().join("admin.token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let proxy = egressd()
-        .dns("a.test", "127.0.0.1")
+    let proxy = http_proxy("a.test", origin.port())
         .dns("b.test", "127.0.0.1")
-        .allow("a.test")
-        .ports(&[443], &[origin.port()])
         .proxy("activation_delay = \"0s\"")
         .proxy(&format!(
             "admin_token_file = {:?}",
@@ -547,12 +504,9 @@ async fn closing_a_private_range_drops_pooled_upstream_connections() {
     let (proxy, origin) = start(&["a.test"], "0s").await;
     let p = origin.port();
     let mut client = TcpStream::connect(proxy.proxy).await.unwrap();
-    let request = format!("GET http://a.test:{p}/ HTTP/1.1\r\nHost: a.test:{p}\r\n\r\n");
-    client.write_all(request.as_bytes()).await.unwrap();
-    let head = read_head(&mut client).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut body = vec![0; header(&head, "content-length").unwrap().parse().unwrap()];
-    client.read_exact(&mut body).await.unwrap();
+    let request = http_get(&format!("a.test:{p}"), "/");
+    let response = exchange(&mut client, request.as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     // The upstream connection to 127.0.0.1 is now pooled; close the loopback range.
     set_line(
         &proxy.config_path,
@@ -568,7 +522,7 @@ async fn closing_a_private_range_drops_pooled_upstream_connections() {
 
 /// The reload counters, by result.
 async fn reload_counts(proxy: &Egressd) -> [f64; 3] {
-    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let metrics = proxy.metrics().await;
     ["success", "unchanged", "failure"].map(|r| {
         metric(
             &metrics,
@@ -649,8 +603,7 @@ async fn unwritable_state_refuses_the_reload_so_a_restart_cannot_skip_the_delay(
         200,
         "the running config stays in force"
     );
-    let (_, metrics) = proxy.admin_get("/metrics").await;
-    assert!(metric(&metrics, "egressd_state_persist_failures_total") >= 1.0);
+    assert!(proxy.metric("egressd_state_persist_failures_total").await >= 1.0);
 
     // Once the state dir is back, the retry applies the removal and records it.
     std::fs::remove_file(&state).unwrap();
@@ -661,8 +614,7 @@ async fn unwritable_state_refuses_the_reload_so_a_restart_cannot_skip_the_delay(
 
     // Re-added while egressd is down: after the restart it waits out the delay.
     let mut proxy = proxy;
-    proxy.signal("TERM");
-    assert_eq!(proxy.wait_exit(), Some(0));
+    proxy.terminate().await;
     proxy.set_domains(&["a.test", "b.test"], Write::Rename);
     let proxy = proxy.restart_stopped();
     assert_eq!(

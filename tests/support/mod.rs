@@ -44,6 +44,23 @@ pub struct EgressdBuilder {
     domains: Vec<String>,
 }
 
+/// egressd allowing `api.test` (resolved to loopback) for plain HTTP on `origin`'s port; only
+/// 443 is open for CONNECT.
+pub fn api_proxy(origin: &Origin) -> EgressdBuilder {
+    http_proxy("api.test", origin.port())
+}
+
+/// egressd allowing `name` (resolved to loopback) for plain HTTP on `port`; only 443 is open
+/// for CONNECT.
+pub fn http_proxy(name: &str, port: u16) -> EgressdBuilder {
+    egressd().allow_local(name).ports(&[443], &[port])
+}
+
+/// egressd allowing `name` (resolved to loopback) for CONNECT on `port` only.
+pub fn tunnel_proxy(name: &str, port: u16) -> EgressdBuilder {
+    egressd().allow_local(name).ports(&[port], &[])
+}
+
 pub fn egressd() -> EgressdBuilder {
     EgressdBuilder {
         proxy_lines: vec!["allow_private_cidrs = [\"127.0.0.0/8\"]".into()],
@@ -80,6 +97,11 @@ impl EgressdBuilder {
     pub fn allow(mut self, domain: &str) -> Self {
         self.domains.push(domain.into());
         self
+    }
+
+    /// Allows `name` and resolves it to loopback, where the test's servers listen.
+    pub fn allow_local(self, name: &str) -> Self {
+        self.dns(name, "127.0.0.1").allow(name)
     }
 
     pub fn ports(self, connect: &[u16], http: &[u16]) -> Self {
@@ -176,14 +198,12 @@ impl Egressd {
     }
 
     /// Stops with SIGTERM and starts again on the same config and state dir.
-    pub fn restart(mut self) -> Egressd {
-        self.signal("TERM");
-        assert_eq!(self.wait_exit(), Some(0));
-        let dir = self.dir.take().expect("dir");
-        Egressd::spawn(dir, self.config_path.clone())
+    pub async fn restart(mut self) -> Egressd {
+        self.terminate().await;
+        self.restart_stopped()
     }
 
-    /// Starts again after the process was stopped (see [`Egressd::wait_exit`]).
+    /// Starts again after the process was stopped (see [`Egressd::terminate`]).
     pub fn restart_stopped(mut self) -> Egressd {
         let dir = self.dir.take().expect("dir");
         Egressd::spawn(dir, self.config_path.clone())
@@ -228,16 +248,35 @@ impl Egressd {
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request = format!(
+        self.admin_request(&format!(
             "POST {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
+        ))
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_request(&format!(
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        ))
+        .await
+    }
+
+    /// Sends `request` to the admin listener; returns the status and the body.
+    async fn admin_request(&self, request: &str) -> (u16, String) {
         let raw = raw_exchange(self.admin, request.as_bytes()).await;
-        let status = raw[9..12].parse().unwrap();
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        (status(&raw), body(&raw).to_string())
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (status, text) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// The current value of one series (see [`metric`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&self.metrics().await, series)
     }
 
     pub fn proxy_url(&self) -> String {
@@ -284,20 +323,6 @@ impl Egressd {
         .await
     }
 
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let raw = raw_exchange(
-            self.admin,
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await;
-        let status = raw[9..12].parse().unwrap();
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args(["-s", sig, &self.child.id().to_string()])
@@ -306,16 +331,20 @@ impl Egressd {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit; returns its exit code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(std::time::Instant::now() < deadline, "egressd did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let child = &mut self.child;
+        eventually("egressd to exit", || {
+            let status = child.try_wait().unwrap();
+            async move { status.map(|s| s.code()) }
+        })
+        .await
+    }
+
+    /// Stops with SIGTERM and checks that it exits cleanly.
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        assert_eq!(self.wait_exit().await, Some(0), "exit code after SIGTERM");
     }
 }
 
@@ -391,21 +420,30 @@ pub struct Origin {
 }
 
 pub async fn origin() -> Origin {
+    let addr = serve(|stream| async move {
+        let _ = http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service_fn(origin_route))
+            .await;
+    })
+    .await;
+    Origin { addr }
+}
+
+/// Listens on a free loopback port and runs `handle` on every connection, each in a task of
+/// its own, for as long as the test runs.
+async fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(origin_route))
-                    .await;
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
         }
     });
-    Origin { addr }
+    addr
 }
 
 impl Origin {
@@ -447,30 +485,30 @@ async fn origin_route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, h
 
 /// A TCP server that echoes until EOF, then closes: shows half-close passing through.
 pub async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut received = Vec::new();
-                let _ = stream.read_to_end(&mut received).await;
-                let _ = stream
-                    .write_all(format!("echo:{}", String::from_utf8_lossy(&received)).as_bytes())
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
+    serve(|mut stream| async move {
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received).await;
+        let _ = stream
+            .write_all(format!("echo:{}", String::from_utf8_lossy(&received)).as_bytes())
+            .await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }
 
 /// A port with nothing listening on it.
 pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    let [port] = closed_ports();
+    port
+}
+
+/// `N` different ports with nothing listening on them.
+pub fn closed_ports<const N: usize>() -> [u16; N] {
+    // Held together while their numbers are read, so no two are the same.
+    let listeners: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// Sends raw bytes, reads until the peer closes (bounded), returns what came back.
@@ -484,21 +522,76 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 
 /// Reads one response head (up to the blank line) from `stream`.
 pub async fn read_head(stream: &mut TcpStream) -> String {
+    read_until(stream, b"\r\n\r\n").await
+}
+
+/// Reads from `stream` up to and including `end`, a byte at a time so nothing after it is
+/// consumed; panics if the peer closes first or nothing comes for [`PATIENCE`].
+pub async fn read_until(stream: &mut TcpStream, end: &[u8]) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
+    while !buf.ends_with(end) {
         let n = tokio::time::timeout(PATIENCE, stream.read(&mut byte))
             .await
-            .expect("head in time")
+            .expect("data in time")
             .unwrap();
         assert!(
             n > 0,
-            "connection closed mid-head: {:?}",
+            "connection closed before {:?}: {:?}",
+            String::from_utf8_lossy(end),
             String::from_utf8_lossy(&buf)
         );
         buf.push(byte[0]);
     }
     String::from_utf8(buf).unwrap()
+}
+
+/// Reads until the peer closes the connection. Panics naming `what` if it has not closed
+/// within [`PATIENCE`]; an I/O error (a reset) is returned.
+pub async fn read_to_close(stream: &mut TcpStream, what: &str) -> std::io::Result<Vec<u8>> {
+    let mut received = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received))
+        .await
+        .unwrap_or_else(|_| panic!("{what} was not closed in time"))?;
+    Ok(received)
+}
+
+/// Reads one response: its head, then a `Content-Length` body (none without the header).
+pub async fn read_response(stream: &mut TcpStream) -> String {
+    let head = read_head(stream).await;
+    let len: usize = header(&head, "content-length")
+        .map(|l| l.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Sends one request on an open connection and reads its response (see [`read_response`]).
+pub async fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    read_response(stream).await
+}
+
+/// `GET http://{authority}{path}` in absolute form, with a matching Host header.
+pub fn http_get(authority: &str, path: &str) -> String {
+    format!("GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+}
+
+/// The status code of a raw response.
+pub fn status(response: &str) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"))
+}
+
+/// The body of a raw response: what follows the blank line.
+pub fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -508,24 +601,30 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Proxy variables a client could pick up from the test runner's environment.
+const PROXY_VARS: [&str; 7] = [
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// Clears every proxy variable of `cmd`, then sets only `env`.
+fn only_proxy_env(cmd: &mut tokio::process::Command, env: &[(&str, &str)]) {
+    for var in PROXY_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+}
+
 /// Runs curl and returns (exit code, stdout, stderr).
 pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new("curl");
     cmd.args(["-sS", "--max-time", "10"]).args(args);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    only_proxy_env(&mut cmd, env);
     let out = cmd.output().await.expect("curl is installed");
     (
         out.status.code().unwrap_or(-1),
@@ -547,21 +646,11 @@ pub async fn open_tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
     stream
 }
 
-/// Sends one request and reads exactly one response (head plus `Content-Length` body),
-/// without waiting for the connection to close.
+/// Sends one request on a new connection and reads exactly one response (head plus
+/// `Content-Length` body), without waiting for the connection to close.
 pub async fn one_response(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let head = read_head(&mut stream).await;
-    let len: usize = header(&head, "content-length")
-        .map(|l| l.parse().unwrap())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    tokio::time::timeout(PATIENCE, stream.read_exact(&mut body))
-        .await
-        .expect("body in time")
-        .unwrap();
-    head + &String::from_utf8_lossy(&body)
+    exchange(&mut stream, request).await
 }
 
 /// An HTTPS origin with a certificate for `name`, generated now. Returns its address and the
@@ -580,24 +669,18 @@ pub async fn tls_origin(name: &str) -> (SocketAddr, String) {
         .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    let addr = serve(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service_fn(origin_route))
-                    .await;
-            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service_fn(origin_route))
+                .await;
         }
-    });
+    })
+    .await;
     (addr, pem)
 }
 
@@ -613,48 +696,35 @@ pub enum Then {
 /// A TCP origin that reads a request head, writes `reply` verbatim, then does `then`: for
 /// upstreams that misbehave in ways a real HTTP server library will not.
 pub async fn raw_origin(reply: &'static [u8], then: Then) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let _ = stream.write_all(reply).await;
-                match then {
-                    Then::Close => {
-                        let _ = stream.shutdown().await;
-                    }
-                    Then::Stall => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                }
-            });
+    serve(move |mut stream| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
         }
-    });
-    addr
+        let _ = stream.write_all(reply).await;
+        match then {
+            Then::Close => {
+                let _ = stream.shutdown().await;
+            }
+            Then::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    })
+    .await
 }
 
 /// A TCP origin that accepts connections and never answers.
 pub async fn silent_origin() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    addr
+    serve(|stream| async move {
+        let _held = stream;
+        std::future::pending::<()>().await
+    })
+    .await
 }
 
 /// The value of one Prometheus series (`name{labels}` exactly as rendered), 0 when absent.
@@ -672,20 +742,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub async fn python(script: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new("python3");
     cmd.args(["-c", script]);
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    only_proxy_env(&mut cmd, env);
     let out = tokio::time::timeout(PATIENCE, cmd.output())
         .await
         .expect("python in time")
