@@ -10,8 +10,15 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn https_proxy_to_a_tls_origin_and_a_denied_host() {
+    for relay in RELAYS {
+        https_proxy_to_a_tls_origin_and_a_denied_host_with(relay).await;
+    }
+}
+
+async fn https_proxy_to_a_tls_origin_and_a_denied_host_with(relay: &str) {
     let (addr, pem) = tls_origin("secure.test").await;
     let proxy = tunnel_proxy("secure.test", addr.port())
+        .relay(relay)
         .dns("denied.test", "127.0.0.1")
         .start();
     let ca = proxy.dir().join("ca.pem");
@@ -53,8 +60,14 @@ async fn https_proxy_to_a_tls_origin_and_a_denied_host() {
 
 #[tokio::test]
 async fn curl_proxytunnel_to_plain_http() {
+    for relay in RELAYS {
+        curl_proxytunnel_to_plain_http_with(relay).await;
+    }
+}
+
+async fn curl_proxytunnel_to_plain_http_with(relay: &str) {
     let origin = origin().await;
-    let proxy = tunnel_proxy("api.test", origin.port()).start();
+    let proxy = tunnel_proxy("api.test", origin.port()).relay(relay).start();
     let url = format!("http://api.test:{}/echo", origin.port());
     let (code, body, err) = curl(&["-p", "-x", &proxy.proxy_url(), &url], &[]).await;
     assert_eq!(code, 0, "{err}");
@@ -67,8 +80,14 @@ async fn curl_proxytunnel_to_plain_http() {
 
 #[tokio::test]
 async fn tunnels_pass_half_close_both_ways() {
+    for relay in RELAYS {
+        tunnels_pass_half_close_both_ways_with(relay).await;
+    }
+}
+
+async fn tunnels_pass_half_close_both_ways_with(relay: &str) {
     let echo = echo_server().await;
-    let proxy = tunnel_proxy("echo.test", echo.port()).start();
+    let proxy = tunnel_proxy("echo.test", echo.port()).relay(relay).start();
     let mut stream = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;
     stream.write_all(b"ping").await.unwrap();
     // The echo server answers only after it sees EOF, so this proves the half-close arrived.
@@ -85,8 +104,15 @@ async fn tunnels_pass_half_close_both_ways() {
 
 #[tokio::test]
 async fn idle_tunnels_are_closed() {
+    for relay in RELAYS {
+        idle_tunnels_are_closed_with(relay).await;
+    }
+}
+
+async fn idle_tunnels_are_closed_with(relay: &str) {
     let echo = echo_server().await;
     let proxy = tunnel_proxy("echo.test", echo.port())
+        .relay(relay)
         .proxy("idle_timeout = \"1s\"")
         .start();
     let mut stream = open_tunnel(proxy.proxy, &format!("echo.test:{}", echo.port())).await;

@@ -237,9 +237,16 @@ async fn removal_is_immediate_and_a_readd_starts_a_new_delay() {
 
 #[tokio::test]
 async fn revocation_cuts_tunnels_and_keep_alive_connections() {
+    for relay in RELAYS {
+        revocation_cuts_tunnels_and_keep_alive_connections_with(relay).await;
+    }
+}
+
+async fn revocation_cuts_tunnels_and_keep_alive_connections_with(relay: &str) {
     let echo = echo_server().await;
     let origin = origin().await;
     let proxy = egressd()
+        .relay(relay)
         .allow_local("echo.test")
         .allow_local("a.test")
         .allow_local("keep.test")

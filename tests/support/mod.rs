@@ -61,6 +61,9 @@ pub fn tunnel_proxy(name: &str, port: u16) -> EgressdBuilder {
     egressd().allow_local(name).ports(&[port], &[])
 }
 
+/// Both tunnel relays: every tunnel test runs against each.
+pub const RELAYS: [&str; 2] = ["splice", "copy"];
+
 pub fn egressd() -> EgressdBuilder {
     EgressdBuilder {
         proxy_lines: vec!["allow_private_cidrs = [\"127.0.0.0/8\"]".into()],
@@ -100,6 +103,11 @@ impl EgressdBuilder {
     }
 
     /// Allows `name` and resolves it to loopback, where the test's servers listen.
+    /// `proxy.tunnel_relay`: "splice" or "copy".
+    pub fn relay(self, relay: &str) -> Self {
+        self.proxy(&format!("tunnel_relay = \"{relay}\""))
+    }
+
     pub fn allow_local(self, name: &str) -> Self {
         self.dns(name, "127.0.0.1").allow(name)
     }
