@@ -252,7 +252,12 @@ async fn connection_limit_answers_503() {
         .proxy("max_connections = 1")
         .start();
     let _holder = TcpStream::connect(proxy.proxy).await.unwrap();
-    // The accept loop gives the holder the only permit; the next connection is turned away.
+    // Once a worker has accepted the holder it has the only permit (the workers' listeners
+    // accept in no set order, so wait for it); the next connection is turned away.
+    eventually("the holder to be accepted", || async {
+        (proxy.metric("egressd_active_connections").await == 1.0).then_some(())
+    })
+    .await;
     let busy = eventually("a 503 while the holder is connected", || async {
         let response = raw_exchange(proxy.proxy, b"GET http://api.test/ HTTP/1.1\r\n\r\n").await;
         response.starts_with("HTTP/1.1 503").then_some(response)

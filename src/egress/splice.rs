@@ -11,14 +11,10 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-
-use super::tunnel::Activity;
 
 /// Bytes moved per splice: the default pipe capacity, so a splice into an empty pipe never
 /// finds it full (and an `EAGAIN` always means the socket has nothing more).
@@ -37,12 +33,12 @@ struct Pipe {
 }
 
 /// A pipe on loan from the thread's spares; it goes back when dropped empty.
-struct Loaned {
+pub(super) struct Loaned {
     pipe: Option<Pipe>,
 }
 
 impl Loaned {
-    fn take() -> io::Result<Loaned> {
+    pub(super) fn take() -> io::Result<Loaned> {
         let spare = SPARE.with(|s| s.borrow_mut().pop());
         let pipe = match spare {
             Some(pipe) => pipe,
@@ -61,7 +57,7 @@ impl Loaned {
     }
 
     /// Closes the pipe instead of pooling it: it may still hold bytes.
-    fn discard(mut self) {
+    pub(super) fn discard(mut self) {
         self.pipe = None;
     }
 }
@@ -83,71 +79,27 @@ fn flags() -> SpliceFlags {
     SpliceFlags::MOVE | SpliceFlags::NONBLOCK
 }
 
-/// Moves `from` → `to` until EOF, then half-closes `to`.
-pub(super) async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    counter: &AtomicU64,
-    activity: &Activity,
-    start: Instant,
-) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let loaned = Loaned::take()?;
-        loop {
-            let moved = from.try_io(Interest::READABLE, || {
-                splice(
-                    from.as_fd(),
-                    None,
-                    loaned.pipe().write.as_fd(),
-                    None,
-                    CHUNK,
-                    flags(),
-                )
-                .map_err(io::Error::from)
-            });
-            match moved {
-                Ok(0) => {
-                    // Pass the half-close on; the other direction keeps flowing.
-                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch(start);
-                    if let Err(err) = drain(&loaned, n, to).await {
-                        loaned.discard();
-                        return Err(err);
-                    }
-                }
-                // The source has nothing more for now: the (empty) pipe goes back.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-/// Moves the `n` bytes in the pipe out to `to`.
-async fn drain(loaned: &Loaned, mut n: usize, to: &TcpStream) -> io::Result<()> {
-    while n > 0 {
-        to.writable().await?;
-        let moved = to.try_io(Interest::WRITABLE, || {
+impl Loaned {
+    /// Moves up to [`CHUNK`] bytes from `from` into the (empty) pipe.
+    pub(super) fn fill(&self, from: &TcpStream) -> io::Result<usize> {
+        from.try_io(Interest::READABLE, || {
             splice(
-                loaned.pipe().read.as_fd(),
+                from.as_fd(),
                 None,
-                to.as_fd(),
+                self.pipe().write.as_fd(),
                 None,
-                n,
+                CHUNK,
                 flags(),
             )
             .map_err(io::Error::from)
-        });
-        match moved {
-            Ok(m) => n -= m,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
+        })
     }
-    Ok(())
+
+    /// Moves up to `n` bytes from the pipe out to `to`.
+    pub(super) fn drain(&self, to: &TcpStream, n: usize) -> io::Result<usize> {
+        to.try_io(Interest::WRITABLE, || {
+            splice(self.pipe().read.as_fd(), None, to.as_fd(), None, n, flags())
+                .map_err(io::Error::from)
+        })
+    }
 }

@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -169,21 +169,17 @@ pub async fn relay_tcp(
         activity.up.fetch_add(early.len() as u64, Ordering::Relaxed);
     }
     drop(early);
-    let end = match kind {
-        #[cfg(target_os = "linux")]
-        RelayKind::Splice => {
-            let up = super::splice::pump(&client, &upstream, &activity.up, &activity, start);
-            let down = super::splice::pump(&upstream, &client, &activity.down, &activity, start);
-            let both = async { tokio::try_join!(up, down) };
-            watch(both, &activity, start, idle, &cancel).await
+    let mut up = Direction::new(kind);
+    let mut down = Direction::new(kind);
+    let both = std::future::poll_fn(|cx| {
+        let up = up.poll(&client, &upstream, &activity.up, &activity, start, cx)?;
+        let down = down.poll(&upstream, &client, &activity.down, &activity, start, cx)?;
+        match (up, down) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<_, io::Error>(())),
+            _ => Poll::Pending,
         }
-        _ => {
-            let up = pump(&client, &upstream, &activity.up, &activity, start);
-            let down = pump(&upstream, &client, &activity.down, &activity, start);
-            let both = async { tokio::try_join!(up, down) };
-            watch(both, &activity, start, idle, &cancel).await
-        }
-    };
+    });
+    let end = watch(both, &activity, start, idle, &cancel).await;
     TunnelStats {
         up: activity.up.load(Ordering::Relaxed),
         down: activity.down.load(Ordering::Relaxed),
@@ -191,37 +187,134 @@ pub async fn relay_tcp(
     }
 }
 
-/// Copies `from` → `to` until EOF, then half-closes `to`.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    counter: &AtomicU64,
-    activity: &Activity,
-    start: Instant,
-) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let mut buf = BurstBuffer::take();
+/// Bytes taken from one side and not yet written to the other.
+enum InFlight {
+    /// Nothing held: an idle direction holds no buffer and no pipe.
+    Nothing,
+    /// `n` bytes in a borrowed pipe (splice).
+    #[cfg(target_os = "linux")]
+    Pipe {
+        pipe: super::splice::Loaned,
+        n: usize,
+    },
+    /// `buf[pos..]` still to write (copy).
+    Buf { buf: BurstBuffer, pos: usize },
+}
+
+/// One direction of a TCP relay, polled by hand rather than as an `async fn`: an idle
+/// tunnel's state is then two of these and the watch timer, not nested futures (a
+/// `readable()` future per side and a write future per direction, several KiB in all).
+struct Direction {
+    kind: RelayKind,
+    held: InFlight,
+    done: bool,
+}
+
+impl Direction {
+    fn new(kind: RelayKind) -> Self {
+        Direction {
+            kind,
+            held: InFlight::Nothing,
+            done: false,
+        }
+    }
+
+    /// Moves `from` → `to` until EOF, then half-closes `to`; `Ready(Ok)` once done.
+    fn poll(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+        activity: &Activity,
+        start: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            buf.clear();
-            match from.try_read_buf(&mut *buf) {
+            ready!(self.poll_flush(to, cx))?;
+            if from.poll_read_ready(cx).is_pending() {
+                // Nothing to read: give the (empty) pipe or buffer back while waiting.
+                self.held = InFlight::Nothing;
+                return Poll::Pending;
+            }
+            match self.read(from) {
                 Ok(0) => {
                     // Pass the half-close on; the other direction keeps flowing.
                     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                    return Ok(());
+                    self.held = InFlight::Nothing;
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
                 }
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     activity.touch(start);
-                    write_all(to, &buf[..n]).await?;
-                    if n < BURST_BUFFER {
-                        // A short read usually drained the socket; don't hold the buffer
-                        // across the next wait.
-                        break;
-                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                // The readiness was stale; `try_io` cleared it, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Reads what `from` has into the held pipe or buffer (taking one if needed), which is
+    /// empty: every read is written out before the next.
+    fn read(&mut self, from: &TcpStream) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if self.kind == RelayKind::Splice {
+            let pipe = match std::mem::replace(&mut self.held, InFlight::Nothing) {
+                InFlight::Pipe { pipe, .. } => pipe,
+                _ => super::splice::Loaned::take()?,
+            };
+            let n = pipe.fill(from);
+            self.held = InFlight::Pipe {
+                pipe,
+                n: *n.as_ref().unwrap_or(&0),
+            };
+            return n;
+        }
+        let mut buf = match std::mem::replace(&mut self.held, InFlight::Nothing) {
+            InFlight::Buf { buf, .. } => buf,
+            _ => BurstBuffer::take(),
+        };
+        buf.clear();
+        let n = from.try_read_buf(&mut *buf);
+        self.held = InFlight::Buf { buf, pos: 0 };
+        n
+    }
+
+    /// Writes out what is held; `Ready(Ok)` once nothing is left to write.
+    fn poll_flush(&mut self, to: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let written = match &mut self.held {
+                InFlight::Nothing => return Poll::Ready(Ok(())),
+                #[cfg(target_os = "linux")]
+                InFlight::Pipe { n: 0, .. } => return Poll::Ready(Ok(())),
+                #[cfg(target_os = "linux")]
+                InFlight::Pipe { pipe, n } => {
+                    ready!(to.poll_write_ready(cx))?;
+                    pipe.drain(to, *n).map(|m| *n -= m)
+                }
+                InFlight::Buf { buf, pos } if *pos == buf.len() => return Poll::Ready(Ok(())),
+                InFlight::Buf { buf, pos } => {
+                    ready!(to.poll_write_ready(cx))?;
+                    to.try_write(&buf[*pos..]).map(|m| *pos += m)
+                }
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // A pipe that may still hold bytes is closed, never pooled.
+                    #[cfg(target_os = "linux")]
+                    if let InFlight::Pipe { pipe, .. } =
+                        std::mem::replace(&mut self.held, InFlight::Nothing)
+                    {
+                        pipe.discard();
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
