@@ -32,9 +32,12 @@ struct Pipe {
     write: OwnedFd,
 }
 
-/// A pipe on loan from the thread's spares; it goes back when dropped empty.
+/// A pipe on loan from the thread's spares. It goes back when dropped empty; dropped holding
+/// bytes (a tunnel cut mid-transfer), it is closed, so no byte can reach another tunnel.
 pub(super) struct Loaned {
     pipe: Option<Pipe>,
+    /// Bytes in the pipe: spliced in, not yet spliced out.
+    held: usize,
 }
 
 impl Loaned {
@@ -47,7 +50,10 @@ impl Loaned {
                 Pipe { read, write }
             }
         };
-        Ok(Loaned { pipe: Some(pipe) })
+        Ok(Loaned {
+            pipe: Some(pipe),
+            held: 0,
+        })
     }
 
     fn pipe(&self) -> &Pipe {
@@ -56,14 +62,17 @@ impl Loaned {
             .expect("a loaned pipe is present until dropped")
     }
 
-    /// Closes the pipe instead of pooling it: it may still hold bytes.
-    pub(super) fn discard(mut self) {
-        self.pipe = None;
+    /// Bytes in the pipe, waiting to be spliced out.
+    pub(super) fn held(&self) -> usize {
+        self.held
     }
 }
 
 impl Drop for Loaned {
     fn drop(&mut self) {
+        if self.held > 0 {
+            return; // closed with its bytes
+        }
         if let Some(pipe) = self.pipe.take() {
             let _ = SPARE.try_with(|s| {
                 let mut spare = s.borrow_mut();
@@ -80,26 +89,25 @@ fn flags() -> SpliceFlags {
 }
 
 impl Loaned {
-    /// Moves up to [`CHUNK`] bytes from `from` into the (empty) pipe.
-    pub(super) fn fill(&self, from: &TcpStream) -> io::Result<usize> {
-        from.try_io(Interest::READABLE, || {
-            splice(
-                from.as_fd(),
-                None,
-                self.pipe().write.as_fd(),
-                None,
-                CHUNK,
-                flags(),
-            )
-            .map_err(io::Error::from)
-        })
+    /// Moves up to [`CHUNK`] bytes from `from` into the pipe, which must be empty (so an
+    /// `EAGAIN` can only mean the socket has nothing).
+    pub(super) fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
+        debug_assert_eq!(self.held, 0, "a pipe is filled only when empty");
+        let write = self.pipe().write.as_fd();
+        let n = from.try_io(Interest::READABLE, || {
+            splice(from.as_fd(), None, write, None, CHUNK, flags()).map_err(io::Error::from)
+        })?;
+        self.held += n;
+        Ok(n)
     }
 
-    /// Moves up to `n` bytes from the pipe out to `to`.
-    pub(super) fn drain(&self, to: &TcpStream, n: usize) -> io::Result<usize> {
-        to.try_io(Interest::WRITABLE, || {
-            splice(self.pipe().read.as_fd(), None, to.as_fd(), None, n, flags())
-                .map_err(io::Error::from)
-        })
+    /// Moves what the pipe holds (some of it, if `to` is full) out to `to`.
+    pub(super) fn drain(&mut self, to: &TcpStream) -> io::Result<usize> {
+        let (read, held) = (self.pipe().read.as_fd(), self.held);
+        let n = to.try_io(Interest::WRITABLE, || {
+            splice(read, None, to.as_fd(), None, held, flags()).map_err(io::Error::from)
+        })?;
+        self.held -= n;
+        Ok(n)
     }
 }

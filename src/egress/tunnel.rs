@@ -191,12 +191,9 @@ pub async fn relay_tcp(
 enum InFlight {
     /// Nothing held: an idle direction holds no buffer and no pipe.
     Nothing,
-    /// `n` bytes in a borrowed pipe (splice).
+    /// A borrowed pipe, and the bytes it holds (splice).
     #[cfg(target_os = "linux")]
-    Pipe {
-        pipe: super::splice::Loaned,
-        n: usize,
-    },
+    Pipe(super::splice::Loaned),
     /// `buf[pos..]` still to write (copy).
     Buf { buf: BurstBuffer, pos: usize },
 }
@@ -263,16 +260,13 @@ impl Direction {
     fn read(&mut self, from: &TcpStream) -> io::Result<usize> {
         #[cfg(target_os = "linux")]
         if self.kind == RelayKind::Splice {
-            let pipe = match std::mem::replace(&mut self.held, InFlight::Nothing) {
-                InFlight::Pipe { pipe, .. } => pipe,
-                _ => super::splice::Loaned::take()?,
+            if !matches!(self.held, InFlight::Pipe(_)) {
+                self.held = InFlight::Pipe(super::splice::Loaned::take()?);
+            }
+            let InFlight::Pipe(pipe) = &mut self.held else {
+                unreachable!("a pipe was just put in place")
             };
-            let n = pipe.fill(from);
-            self.held = InFlight::Pipe {
-                pipe,
-                n: *n.as_ref().unwrap_or(&0),
-            };
-            return n;
+            return pipe.fill(from);
         }
         let mut buf = match std::mem::replace(&mut self.held, InFlight::Nothing) {
             InFlight::Buf { buf, .. } => buf,
@@ -290,11 +284,11 @@ impl Direction {
             let written = match &mut self.held {
                 InFlight::Nothing => return Poll::Ready(Ok(())),
                 #[cfg(target_os = "linux")]
-                InFlight::Pipe { n: 0, .. } => return Poll::Ready(Ok(())),
+                InFlight::Pipe(pipe) if pipe.held() == 0 => return Poll::Ready(Ok(())),
                 #[cfg(target_os = "linux")]
-                InFlight::Pipe { pipe, n } => {
+                InFlight::Pipe(pipe) => {
                     ready!(to.poll_write_ready(cx))?;
-                    pipe.drain(to, *n).map(|m| *n -= m)
+                    pipe.drain(to).map(|_| ())
                 }
                 InFlight::Buf { buf, pos } if *pos == buf.len() => return Poll::Ready(Ok(())),
                 InFlight::Buf { buf, pos } => {
@@ -305,16 +299,8 @@ impl Direction {
             match written {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    // A pipe that may still hold bytes is closed, never pooled.
-                    #[cfg(target_os = "linux")]
-                    if let InFlight::Pipe { pipe, .. } =
-                        std::mem::replace(&mut self.held, InFlight::Nothing)
-                    {
-                        pipe.discard();
-                    }
-                    return Poll::Ready(Err(e));
-                }
+                // A pipe still holding bytes is closed when dropped, never pooled.
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -528,6 +514,52 @@ mod tests {
             (6 + bulk.len() as u64, 5, TunnelEnd::Closed),
             "{kind:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_cut_mid_transfer_leaks_no_byte_into_the_next() {
+        // Tunnel 1: the upstream never reads, so a pipe ends up holding bytes it cannot
+        // deliver; then the tunnel is cut.
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, _deaf_upstream) = tcp_pair().await;
+        let cancel = CancellationToken::new();
+        let first = tokio::spawn(relay_tcp(
+            client,
+            bytes::Bytes::new(),
+            upstream,
+            RelayKind::Splice,
+            Duration::from_secs(60),
+            cancel.clone(),
+        ));
+        let flood = vec![0u8; 64 * 1024];
+        let stalled = async {
+            loop {
+                client_peer.write_all(&flood).await.unwrap();
+            }
+        };
+        // Writes stop succeeding once every buffer on the way, the pipe's included, is full.
+        let _ = tokio::time::timeout(Duration::from_millis(500), stalled).await;
+        cancel.cancel();
+        assert_eq!(first.await.unwrap().end, TunnelEnd::Cancelled);
+
+        // Tunnel 2, on the same thread (so the same pipe pool): only its own bytes arrive.
+        let (client, mut client_peer) = tcp_pair().await;
+        let (upstream, mut upstream_peer) = tcp_pair().await;
+        let second = tokio::spawn(relay_tcp(
+            client,
+            bytes::Bytes::new(),
+            upstream,
+            RelayKind::Splice,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        ));
+        client_peer.write_all(b"e").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"e");
+        drop(upstream_peer);
+        second.await.unwrap();
     }
 
     #[tokio::test]
