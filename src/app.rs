@@ -27,6 +27,7 @@ use crate::control::config::{Config, ProxySettings};
 use crate::control::reload::{self, Reloader, Trigger};
 use crate::egress::resolve::DnsResolver;
 use crate::egress::revoke::Registry;
+use crate::egress::tls::MtlsTable;
 use crate::egress::{EgressClient, EgressOptions};
 use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
@@ -94,10 +95,19 @@ impl App {
             .collect();
         let pools: Vec<Arc<EgressClient>> =
             workers.iter().map(|w| w.proxy.egress.clone()).collect();
-        let on_swap = Box::new(move |old: &Policy, new: &Policy| {
-            // Pooled upstream connections were dialled under the old address rules.
-            if old.private != new.private || old.dns_overrides != new.dns_overrides {
-                for egress in &pools {
+        for egress in &pools {
+            egress.set_mtls(config.mtls.clone());
+        }
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let on_swap = Box::new(move |old: &Policy, new: &Policy, mtls: &MtlsTable| {
+            for egress in &pools {
+                if !egress.mtls().same_as(mtls) {
+                    // set_mtls drops the pool too: its connections present old identities.
+                    egress.set_mtls(mtls.clone());
+                } else if old.private != new.private || old.dns_overrides != new.dns_overrides {
+                    // Pooled upstream connections were dialled under the old address rules.
                     egress.reset_pool();
                 }
             }

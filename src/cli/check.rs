@@ -73,8 +73,26 @@ pub fn check(path: &Path) -> ExitCode {
         p.activation_delay,
         p.state_dir.display()
     );
+    for entry in config.mtls.entries() {
+        let cert = &entry.identity.certificate;
+        println!(
+            "  mtls       {} -> port {} as \"{}\" (until {}){}",
+            entry.spec.pattern,
+            entry.spec.port,
+            cert.subject,
+            humantime::format_rfc3339_seconds(cert.not_after),
+            if entry.spec.allow_connect {
+                "; CONNECT tunnelled"
+            } else {
+                "; CONNECT refused"
+            }
+        );
+    }
     if policy.allowlist.is_empty() {
         println!("  note: the allowlist is empty, so every request will be denied");
+    }
+    for warning in &config.warnings {
+        println!("warning: {warning}");
     }
     ExitCode::SUCCESS
 }

@@ -31,6 +31,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::config::Config;
 use crate::egress::revoke::Registry;
+use crate::egress::tls::MtlsTable;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
 use crate::policy::{Policy, PolicyHandle};
@@ -82,7 +83,7 @@ pub enum Outcome {
 }
 
 /// Called after each swap with the old and the new policy.
-pub type SwapHook = Box<dyn Fn(&Policy, &Policy) + Send + Sync>;
+pub type SwapHook = Box<dyn Fn(&Policy, &Policy, &MtlsTable) + Send + Sync>;
 
 pub struct Reloader {
     path: PathBuf,
@@ -195,6 +196,10 @@ impl Reloader {
         self.warn_about_restart_settings(&config);
         let now = SystemTime::now();
         let new_delay = config.proxy.activation_delay;
+        for warning in &config.warnings {
+            tracing::warn!(trigger = trigger.as_str(), "{warning}");
+        }
+        let mtls = config.mtls;
         let mut policy = config.policy;
         let delay_for_added = new_delay.max(inner.delay);
         let mut book = inner.book.clone();
@@ -232,7 +237,7 @@ impl Reloader {
             (old, status.generation)
         };
         let effective_in = started.elapsed();
-        (self.on_swap)(&old, &policy);
+        (self.on_swap)(&old, &policy, &mtls);
         inner.last_text = text;
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
@@ -416,7 +421,7 @@ mod tests {
                 Arc::new(Registry::default()),
                 Arc::new(Metrics::new()),
                 text,
-                Box::new(|_, _| {}),
+                Box::new(|_, _, _| {}),
             );
             Fixture {
                 dir,

@@ -18,12 +18,15 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::dial::{Dialer, EgressError};
 use super::resolve::Resolve;
+use super::tls::{describe_tls_failure, originate, MtlsTable};
 use super::ErrorKind;
 use crate::policy::allowlist::RuleId;
 use crate::policy::host::Host;
@@ -96,8 +99,13 @@ impl SendError {
 
 type Pool = Client<Connector, HttpBody>;
 
+/// The `[[mtls]]` table in force, swapped on reload.
+type MtlsHandle = Arc<ArcSwap<MtlsTable>>;
+
 pub struct EgressClient {
     policy: PolicyHandle,
+    /// Hosts whose plain-HTTP requests egressd sends over mTLS; swapped on reload.
+    mtls: MtlsHandle,
     dialer: Arc<Dialer>,
     /// Pooled upstream connections, keyed by host and port. Replaced (dropping the pool) when
     /// a reload changes what addresses may be dialled: a pooled connection was checked
@@ -115,13 +123,27 @@ impl EgressClient {
         options: EgressOptions,
     ) -> Self {
         let dialer = Arc::new(Dialer::new(resolver, own_addrs, options.connect_timeout));
-        let pool = ArcSwap::from_pointee(pool(&dialer, &policy));
+        let mtls: MtlsHandle = Arc::default();
+        let pool = ArcSwap::from_pointee(pool(&dialer, &policy, &mtls, options));
         EgressClient {
             policy,
+            mtls,
             dialer,
             pool,
             options,
         }
+    }
+
+    /// Puts a new `[[mtls]]` table in force. Pooled connections go: they may present an
+    /// identity (or none) that no longer applies.
+    pub fn set_mtls(&self, table: MtlsTable) {
+        self.mtls.store(Arc::new(table));
+        self.reset_pool();
+    }
+
+    /// The `[[mtls]]` table in force.
+    pub fn mtls(&self) -> Arc<MtlsTable> {
+        self.mtls.load_full()
     }
 
     /// The policy in force now.
@@ -130,9 +152,27 @@ impl EgressClient {
     }
 
     /// The policy decision for `target`, as the current policy makes it now.
+    /// A CONNECT to a host egressd originates mTLS for is refused unless its entry allows it:
+    /// the tunnel's TLS would be end to end, without the client certificate.
     pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<Permit, Denial> {
         let policy = self.policy.load_full();
         let rule = policy.decide(target, protocol, now_ms())?;
+        if protocol == Protocol::Connect {
+            let mtls = self.mtls.load();
+            if let Some(entry) = mtls.lookup(&target.host).filter(|e| !e.spec.allow_connect) {
+                return Err(Denial::new(
+                    DenyReason::MtlsOriginationRequired,
+                    format!(
+                        "{} requires a client certificate, which egressd presents for you: send plain http://{}/ through HTTP_PROXY and egressd opens mTLS to port {} ([[mtls]] \"{}\", line {})",
+                        target.host,
+                        target.host,
+                        entry.spec.port,
+                        entry.spec.pattern,
+                        entry.spec.line
+                    ),
+                ));
+            }
+        }
         Ok(Permit {
             target: target.clone(),
             protocol,
@@ -148,26 +188,38 @@ impl EgressClient {
     }
 
     /// Sends `request` to the permit's target over a pooled connection and waits for the
-    /// response head. The request's URI becomes `http://target/path` and its `Host` names
-    /// the target, whatever they said before.
+    /// response head. The request's URI becomes `http://target/path` — or
+    /// `https://host:port/path` when an `[[mtls]]` entry covers the host, so that the
+    /// connection is TLS with the entry's client certificate — and its `Host` names the
+    /// target, whatever they said before.
     pub async fn send(
         &self,
         permit: &Permit,
         mut request: Request<HttpBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        aim(&mut request, &permit.target);
+        let tls_port = self
+            .mtls
+            .load()
+            .lookup(&permit.target.host)
+            .map(|entry| entry.spec.port);
+        aim(&mut request, &permit.target, tls_port);
         let pool = self.pool.load_full();
         let timeout = self.options.response_header_timeout;
         match tokio::time::timeout(timeout, pool.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(send_error(&err)),
+            Ok(Err(err)) => Err(send_error(&err, &permit.target)),
             Err(_) => Err(SendError::Timeout(timeout)),
         }
     }
 
     /// Drops pooled upstream connections; new requests dial afresh under the current policy.
     pub fn reset_pool(&self) {
-        self.pool.store(Arc::new(pool(&self.dialer, &self.policy)));
+        self.pool.store(Arc::new(pool(
+            &self.dialer,
+            &self.policy,
+            &self.mtls,
+            self.options,
+        )));
     }
 }
 
@@ -189,15 +241,36 @@ pub fn http_uri(target: &Target, uri: &Uri) -> Uri {
 }
 
 /// Points `request` at `target`: the URI (the pool key; hyper sends origin-form on the wire)
-/// and `Host` name the target as a client would.
-fn aim(request: &mut Request<HttpBody>, target: &Target) {
-    *request.uri_mut() = http_uri(target, request.uri());
+/// and `Host` name the target as a client would. With `tls_port`, the URI is
+/// `https://host:tls_port/…`, which the connector opens with mTLS.
+fn aim(request: &mut Request<HttpBody>, target: &Target, tls_port: Option<u16>) {
+    *request.uri_mut() = match tls_port {
+        None => http_uri(target, request.uri()),
+        Some(port) => {
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            format!("https://{}:{port}{path}", target.host)
+                .parse()
+                .expect("a validated target and a parsed path make a valid URI")
+        }
+    };
     let host = HeaderValue::from_str(&authority_text(target))
         .expect("a validated target is a valid header value");
     request.headers_mut().insert(header::HOST, host);
 }
 
-fn send_error(err: &hyper_util::client::legacy::Error) -> SendError {
+fn send_error(err: &hyper_util::client::legacy::Error, target: &Target) -> SendError {
+    // The upstream may refuse our certificate only after the handshake (TLS 1.3): the alert
+    // then surfaces in the exchange.
+    if let Some(message) = describe_tls_failure(err) {
+        return SendError::Egress(EgressError::Tls {
+            target: target.to_string(),
+            message,
+        });
+    }
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(egress) = e.downcast_ref::<EgressError>() {
@@ -211,7 +284,12 @@ fn send_error(err: &hyper_util::client::legacy::Error) -> SendError {
     SendError::Upstream(detail)
 }
 
-fn pool(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> Pool {
+fn pool(
+    dialer: &Arc<Dialer>,
+    policy: &PolicyHandle,
+    mtls: &MtlsHandle,
+    options: EgressOptions,
+) -> Pool {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -220,19 +298,26 @@ fn pool(dialer: &Arc<Dialer>, policy: &PolicyHandle) -> Pool {
         .build(Connector {
             dialer: dialer.clone(),
             policy: policy.clone(),
+            mtls: mtls.clone(),
+            handshake_timeout: options.connect_timeout,
         })
 }
 
 /// The pool's connector: each new connection is dialled through [`Dialer`] under the policy
-/// current at that moment. Only [`EgressClient::send`] hands it URIs: `http://` ones.
+/// current at that moment. Only [`EgressClient::send`] hands it URIs: `http://` ones, and
+/// `https://` ones for hosts with an `[[mtls]]` entry, which it opens with the entry's
+/// client certificate.
 #[derive(Clone)]
 struct Connector {
     dialer: Arc<Dialer>,
     policy: PolicyHandle,
+    mtls: MtlsHandle,
+    /// The TLS handshake must finish within this (`connect_timeout`).
+    handshake_timeout: Duration,
 }
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<Upstream>;
     type Error = EgressError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -243,17 +328,92 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dialer = self.dialer.clone();
         let policy = self.policy.load_full();
+        let mtls = self.mtls.load_full();
+        let handshake_timeout = self.handshake_timeout;
         Box::pin(async move {
             let target = target_of(&uri)?;
             let (stream, _) = dialer.dial(&target, &policy).await?;
-            Ok(TokioIo::new(stream))
+            if uri.scheme_str() != Some("https") {
+                return Ok(TokioIo::new(Upstream::Plain(stream)));
+            }
+            let tls_error = |message: String| EgressError::Tls {
+                target: target.to_string(),
+                message,
+            };
+            let entry = mtls
+                .lookup(&target.host)
+                .ok_or_else(|| tls_error("no [[mtls]] entry covers the host any more".into()))?;
+            let handshake = originate(&entry.identity, &target.host, stream);
+            let tls = tokio::time::timeout(handshake_timeout, handshake)
+                .await
+                .map_err(|_| {
+                    tls_error(format!(
+                        "the TLS handshake did not finish within {handshake_timeout:?}"
+                    ))
+                })?
+                .map_err(|err| {
+                    tls_error(describe_tls_failure(&err).unwrap_or_else(|| err.to_string()))
+                })?;
+            Ok(TokioIo::new(Upstream::Tls(Box::new(tls))))
         })
+    }
+}
+
+/// A pooled upstream connection: plain TCP, or TLS that egressd originated.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for Upstream {
+    fn connected(&self) -> Connected {
+        Connected::new()
     }
 }
 
 fn target_of(uri: &Uri) -> Result<Target, EgressError> {
     let invalid = |msg: String| EgressError::Denied(Denial::new(DenyReason::InvalidTarget, msg));
-    // Port 80 only for http://: another scheme reaching here without a port must not
+    // A default port only for http://: another scheme reaching here without a port must not
     // quietly become a plain-HTTP connection.
     let default_port = (uri.scheme_str() == Some("http")).then_some(80);
     let (Some(host), Some(port)) = (uri.host(), uri.port_u16().or(default_port)) else {

@@ -39,6 +39,9 @@ pub enum EgressError {
         addr: SocketAddr,
         source: io::Error,
     },
+    /// Originating TLS (mTLS) to the upstream failed.
+    #[error("{target}: {message}")]
+    Tls { target: String, message: String },
 }
 
 impl EgressError {
@@ -64,6 +67,10 @@ impl EgressError {
                 addr: *addr,
                 source: io::Error::new(source.kind(), source.to_string()),
             },
+            EgressError::Tls { target, message } => EgressError::Tls {
+                target: target.clone(),
+                message: message.clone(),
+            },
         }
     }
 
@@ -75,6 +82,7 @@ impl EgressError {
             EgressError::Refused { .. } => Some(ErrorKind::ConnectRefused),
             EgressError::Timeout { .. } => Some(ErrorKind::ConnectTimeout),
             EgressError::Connect { .. } => Some(ErrorKind::ConnectFailed),
+            EgressError::Tls { .. } => Some(ErrorKind::Tls),
         }
     }
 }

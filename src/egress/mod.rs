@@ -14,6 +14,7 @@ pub mod resolve;
 pub mod revoke;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod tls;
 pub mod tunnel;
 
 pub use client::{authority_text, http_uri, EgressClient, EgressOptions, Permit, SendError};
@@ -39,6 +40,8 @@ pub enum ErrorKind {
     Upstream,
     /// The upstream sent no response head in time, or its body went idle.
     UpstreamTimeout,
+    /// Originating TLS to the upstream failed (mTLS).
+    Tls,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::ConnectFailed => "connect-failed",
             ErrorKind::Upstream => "upstream",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
+            ErrorKind::Tls => "tls",
         }
     }
 }

@@ -138,6 +138,9 @@ pub enum DenyReason {
     PendingActivation,
     /// A request inside an HTTP CONNECT tunnel names another host than the tunnel's.
     TunnelHostMismatch,
+    /// A CONNECT to a host egressd originates mTLS for: the tunnel could not carry the
+    /// client certificate.
+    MtlsOriginationRequired,
 }
 
 impl DenyReason {
@@ -149,6 +152,7 @@ impl DenyReason {
             DenyReason::InvalidTarget => "invalid-target",
             DenyReason::PendingActivation => "pending-activation",
             DenyReason::TunnelHostMismatch => "tunnel-host-mismatch",
+            DenyReason::MtlsOriginationRequired => "mtls-origination-required",
         }
     }
 }

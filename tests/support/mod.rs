@@ -41,6 +41,8 @@ pub struct EgressdBuilder {
     proxy_lines: Vec<String>,
     overrides: Vec<(String, String)>,
     dns_lines: Vec<String>,
+    /// Raw TOML between `[dns]` and `[allowlist]` (e.g. `[[mtls]]` tables).
+    tables: Vec<String>,
     domains: Vec<String>,
 }
 
@@ -69,6 +71,7 @@ pub fn egressd() -> EgressdBuilder {
         proxy_lines: vec!["allow_private_cidrs = [\"127.0.0.0/8\"]".into()],
         overrides: Vec::new(),
         dns_lines: Vec::new(),
+        tables: Vec::new(),
         domains: Vec::new(),
     }
 }
@@ -103,6 +106,12 @@ impl EgressdBuilder {
     }
 
     /// Allows `name` and resolves it to loopback, where the test's servers listen.
+    /// Adds raw TOML tables (e.g. `[[mtls]]`) before `[allowlist]`.
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.to_string());
+        self
+    }
+
     /// `proxy.tunnel_relay`: "splice" or "copy".
     pub fn relay(self, relay: &str) -> Self {
         self.proxy(&format!("tunnel_relay = \"{relay}\""))
@@ -140,6 +149,10 @@ impl EgressdBuilder {
         text.push_str(&format!("overrides = {{ {} }}\n", overrides.join(", ")));
         for line in &self.dns_lines {
             text.push_str(line);
+            text.push('\n');
+        }
+        for table in &self.tables {
+            text.push_str(table);
             text.push('\n');
         }
         let domains: Vec<String> = self.domains.iter().map(|d| format!("\"{d}\"")).collect();

@@ -22,6 +22,7 @@ use raw::RawConfig;
 use validate::Secrets;
 
 use crate::egress::resolve::DnsSettings;
+use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
 
@@ -32,6 +33,12 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub dns: DnsSettings,
     pub policy: Policy,
+    /// `[[mtls]]` entries with their identities loaded and checked.
+    pub mtls: MtlsTable,
+    /// Things that are valid but probably not what was meant (a client certificate about to
+    /// expire, an `[[mtls]]` host no allowlist entry covers); printed by `check`, logged by
+    /// `run` and on reload.
+    pub warnings: Vec<String>,
 }
 
 /// Listener and limit settings, fixed for the life of the process.
@@ -203,12 +210,16 @@ impl Config {
         let proxy = validate::proxy_settings(&raw.proxy, secrets, &mut problems);
         let (dns, overrides) = validate::dns_settings(&raw.dns, &mut problems);
         let policy = validate::policy(&raw, overrides, &mut problems);
+        let mut warnings = Vec::new();
+        let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
         match (proxy, problems.list.is_empty()) {
             (Some(proxy), true) => Ok(Config {
                 path: path.to_path_buf(),
                 proxy,
                 dns,
                 policy,
+                mtls,
+                warnings,
             }),
             _ => Err(ConfigError::Invalid(problems.list)),
         }

@@ -11,7 +11,20 @@ use toml::Spanned;
 pub struct RawConfig {
     pub proxy: RawProxy,
     pub dns: RawDns,
+    pub mtls: Vec<Spanned<RawMtls>>,
     pub allowlist: RawAllowlist,
+}
+
+/// One `[[mtls]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtls {
+    pub host: Spanned<String>,
+    pub client_cert: Spanned<String>,
+    pub client_key: Spanned<String>,
+    pub ca: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub allow_connect: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

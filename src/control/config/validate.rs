@@ -8,9 +8,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::problems::Problems;
-use super::raw::{RawConfig, RawDns, RawProxy};
+use super::raw::{RawConfig, RawDns, RawMtls, RawProxy};
 use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
 use crate::egress::resolve::DnsSettings;
+use crate::egress::tls::{load_identity, MtlsEntry, MtlsSpec, MtlsTable, EXPIRY_WARNING};
 use crate::egress::tunnel::RelayKind;
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
@@ -259,4 +260,128 @@ fn tunnel_relay(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> RelayK
 /// One proxy worker per CPU the process may use.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `[[mtls]]` entries: patterns as in the allowlist, paths relative to the config file, every
+/// certificate and key loaded and checked now.
+pub fn mtls(
+    raw: &[toml::Spanned<RawMtls>],
+    config_path: &Path,
+    policy: &Policy,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> MtlsTable {
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let now = std::time::SystemTime::now();
+    let mut entries: Vec<MtlsEntry> = Vec::new();
+    for (i, table) in raw.iter().enumerate() {
+        let entry = table.get_ref();
+        let line = p.line_of(table.span().start) as u32;
+        let key = |field: &str| format!("mtls[{i}].{field}");
+        let pattern = match Pattern::parse(entry.host.get_ref()) {
+            Ok(pattern) => pattern,
+            Err(err) => {
+                p.at(
+                    &entry.host,
+                    &key("host"),
+                    Some(entry.host.get_ref().clone()),
+                    err.to_string(),
+                );
+                continue;
+            }
+        };
+        if let Some(first) = entries.iter().find(|e| e.spec.pattern == pattern) {
+            p.at(
+                &entry.host,
+                &key("host"),
+                Some(entry.host.get_ref().clone()),
+                format!(
+                    "the [[mtls]] entry on line {} already covers it; keep one",
+                    first.spec.line
+                ),
+            );
+            continue;
+        }
+        let port = match &entry.port {
+            None => 443,
+            Some(port) => match u16::try_from(*port.get_ref()) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    p.at(
+                        port,
+                        &key("port"),
+                        Some(port.get_ref().to_string()),
+                        "a port is a number from 1 to 65535",
+                    );
+                    continue;
+                }
+            },
+        };
+        let spec = MtlsSpec {
+            pattern,
+            line,
+            port,
+            allow_connect: entry.allow_connect.unwrap_or(false),
+            client_cert: base.join(entry.client_cert.get_ref()),
+            client_key: base.join(entry.client_key.get_ref()),
+            ca: entry.ca.as_ref().map(|ca| base.join(ca.get_ref())),
+        };
+        let identity = match load_identity(&spec, now) {
+            Ok(identity) => identity,
+            Err(err) => {
+                let field = if err.path() == spec.client_key {
+                    (&entry.client_key, "client_key")
+                } else if Some(err.path()) == spec.ca.as_deref() {
+                    (entry.ca.as_ref().expect("a ca path was configured"), "ca")
+                } else {
+                    (&entry.client_cert, "client_cert")
+                };
+                p.at(
+                    field.0,
+                    &key(field.1),
+                    Some(field.0.get_ref().clone()),
+                    format!("{err} (the [[mtls]] entry on line {line})"),
+                );
+                continue;
+            }
+        };
+        let left = identity
+            .certificate
+            .not_after
+            .duration_since(now)
+            .unwrap_or_default();
+        if left < EXPIRY_WARNING {
+            warnings.push(format!(
+                "{}:{line}: mtls[{i}].client_cert {:?}: expires in {} days ({})",
+                config_path.display(),
+                entry.client_cert.get_ref(),
+                left.as_secs() / 86_400,
+                humantime::format_rfc3339_seconds(identity.certificate.not_after),
+            ));
+        }
+        if !allowlist_covers(&policy.allowlist, &spec.pattern) {
+            warnings.push(format!(
+                "{}:{line}: mtls[{i}].host {:?}: no allowlist entry covers it, so the entry allows nothing; add {:?} to allowlist.domains",
+                config_path.display(),
+                entry.host.get_ref(),
+                spec.pattern.to_string(),
+            ));
+        }
+        entries.push(MtlsEntry {
+            spec,
+            identity: std::sync::Arc::new(identity),
+        });
+    }
+    MtlsTable::new(entries)
+}
+
+/// Whether some allowlist entry allows the hosts `pattern` names (a wildcard: a made-up
+/// subdomain of it).
+fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
+    let host = match pattern {
+        Pattern::Exact(name) => Host::parse(name),
+        Pattern::Wildcard(suffix) => Host::parse(&format!("egressd-probe.{suffix}")),
+        Pattern::Ip(ip) => Ok(Host::Ip(*ip)),
+    };
+    host.is_ok_and(|host| allowlist.find(&host).is_some())
 }
