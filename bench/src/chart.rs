@@ -1,5 +1,6 @@
 //! The ratio bar chart (`bench/ratios.png`): one panel of ratios to the direct path, one of
-//! ratios to the relay, a group of bars per scenario and a bar per path.
+//! ratios to the faster relay of each scenario, a group of bars per scenario and a bar per
+//! path.
 //!
 //! Text is drawn with plotters' `ab_glyph` backend from a font compiled into the binary
 //! (DejaVu Sans, from the `dejavu` crate), so the chart renders on machines without
@@ -29,8 +30,10 @@ struct Series {
 fn color(kind: Kind) -> RGBColor {
     match kind {
         Kind::Direct => RGBColor(40, 40, 40),
-        Kind::Relay => RGBColor(150, 150, 150),
+        Kind::CopyRelay => RGBColor(150, 150, 150),
+        Kind::SpliceRelay => RGBColor(100, 100, 100),
         Kind::Egressd => RGBColor(31, 119, 180),
+        Kind::EgressdCopy => RGBColor(140, 190, 225),
         Kind::Squid => RGBColor(255, 127, 14),
         Kind::Tinyproxy => RGBColor(44, 160, 44),
     }
@@ -51,19 +54,29 @@ pub fn render(outcome: &Outcome, path: &Path) -> anyhow::Result<()> {
     register_font()?;
     let scenarios: Vec<Scenario> = outcome.scenarios.iter().map(|(s, _)| *s).collect();
     let kinds: Vec<Kind> = outcome.measured.iter().map(|m| m.kind).collect();
-    let panel = |reference: Kind| -> Vec<Series> {
-        kinds
-            .iter()
-            .filter(|k| **k != Kind::Direct && **k != reference)
-            .map(|&kind| Series {
-                kind,
-                values: scenarios
-                    .iter()
-                    .map(|s| outcome.ratio(*s, kind, reference))
-                    .collect(),
-            })
-            .collect()
-    };
+    let to_direct: Vec<Series> = kinds
+        .iter()
+        .filter(|k| **k != Kind::Direct)
+        .map(|&kind| Series {
+            kind,
+            values: scenarios
+                .iter()
+                .map(|s| outcome.ratio(*s, kind, Kind::Direct))
+                .collect(),
+        })
+        .collect();
+    // The relays' ratios to each other already show in the direct panel.
+    let to_relay: Vec<Series> = kinds
+        .iter()
+        .filter(|k| !k.is_reference())
+        .map(|&kind| Series {
+            kind,
+            values: scenarios
+                .iter()
+                .map(|s| outcome.ratio_to_relay(*s, kind))
+                .collect(),
+        })
+        .collect();
     let labels: Vec<&str> = scenarios.iter().map(|s| s.label()).collect();
 
     let root = BitMapBackend::new(path, (1200, 960)).into_drawing_area();
@@ -77,13 +90,13 @@ pub fn render(outcome: &Outcome, path: &Path) -> anyhow::Result<()> {
         &areas[0],
         "ratio to direct (client straight to upstream)",
         &labels,
-        &panel(Kind::Direct),
+        &to_direct,
     )?;
     draw_panel(
         &areas[1],
-        "ratio to relay (plain TCP forwarder)",
+        "ratio to relay (the faster of the copy and splice TCP forwarders, per scenario)",
         &labels,
-        &panel(Kind::Relay),
+        &to_relay,
     )?;
     root.present()?;
     Ok(())

@@ -1,8 +1,9 @@
 //! The egressd benchmark harness (issue 3).
 //!
-//! One run walks: start the [`upstream`] and the [`relay`] as child processes of this binary,
-//! start egressd, squid and tinyproxy where installed ([`peers`]), then drive each
-//! [`scenarios`] scenario against every path, interleaved, with the load clients in [`load`].
+//! One run walks: start the [`upstream`] and the two [`relay`]s (copy and splice) as child
+//! processes of this binary, start egressd (with its default relay and with its copy relay),
+//! squid and tinyproxy where installed ([`peers`]), then drive each [`scenarios`] scenario
+//! against every path, interleaved, with the load clients in [`load`].
 //! The [`allowlist`] figures come from in-process timing. [`report`] turns the medians into
 //! markdown and [`chart`] into a PNG of the ratios.
 //!

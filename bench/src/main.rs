@@ -8,10 +8,11 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use egressd_bench::peers::{self, Env, Kind};
+use egressd_bench::relay::{self, RelayKind};
 use egressd_bench::report::{self, Context};
 use egressd_bench::scenarios::{self, Settings};
 use egressd_bench::upstream::{self, UpstreamAddrs};
-use egressd_bench::{chart, relay, LOOPBACK};
+use egressd_bench::{chart, LOOPBACK};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -45,8 +46,9 @@ struct RunArgs {
     /// RUST_LOG for egressd; `info` includes the per-request access log.
     #[arg(long, default_value = "warn")]
     egressd_log: String,
-    /// Measure only these proxies (comma separated: egressd, squid, tinyproxy); direct and
-    /// relay always run.
+    /// Measure only these proxies (comma separated: egressd, egressd-copy, squid, tinyproxy);
+    /// `egressd` brings `egressd-copy` (egressd with its copy relay, bulk scenarios only)
+    /// along. Direct and the two relays always run.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions per scenario and path [default: 3, or 1 with --quick].
@@ -67,6 +69,9 @@ enum Role {
     Relay {
         #[arg(long = "to", required = true)]
         targets: Vec<SocketAddr>,
+        /// Move bytes with splice(2) instead of read/write.
+        #[arg(long)]
+        splice: bool,
     },
 }
 
@@ -82,7 +87,12 @@ fn main() -> ExitCode {
             };
             Ok((addrs.to_line(), upstream::serve(http, tcp)))
         }),
-        Some(Role::Relay { targets }) => serve_child(|| async move {
+        Some(Role::Relay { targets, splice }) => serve_child(|| async move {
+            let kind = if splice {
+                RelayKind::Splice
+            } else {
+                RelayKind::Copy
+            };
             let mut listeners = Vec::new();
             for target in targets {
                 listeners.push((TcpListener::bind((LOOPBACK, 0)).await?, target));
@@ -92,7 +102,7 @@ fn main() -> ExitCode {
                 .map(|(l, _)| l.local_addr().map(|a| a.to_string()))
                 .collect::<Result<Vec<_>, _>>()?
                 .join(" ");
-            let serve = serve_relays(listeners);
+            let serve = serve_relays(listeners, kind);
             Ok((line, serve))
         }),
         None => run_harness(cli.run),
@@ -107,10 +117,10 @@ fn main() -> ExitCode {
 }
 
 /// Serves every relay listener until the process exits.
-async fn serve_relays(listeners: Vec<(TcpListener, SocketAddr)>) {
+async fn serve_relays(listeners: Vec<(TcpListener, SocketAddr)>, kind: RelayKind) {
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, target) in listeners {
-        tasks.spawn(relay::serve(listener, target));
+        tasks.spawn(relay::serve(listener, target, kind));
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -214,15 +224,27 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {
+    let choices: Vec<&str> = Kind::ALL
+        .iter()
+        .filter(|k| !k.is_reference())
+        .map(|k| k.key())
+        .collect();
     for name in only {
         anyhow::ensure!(
-            Kind::ALL.iter().any(|k| k.name() == name),
-            "unknown path {name:?} in --only"
+            choices.contains(&name.as_str()),
+            "unknown path {name:?} in --only (choose from {})",
+            choices.join(", ")
         );
     }
+    let asked = |key: &str| only.iter().any(|n| n == key);
     Ok(Kind::ALL
         .into_iter()
-        .filter(|k| k.is_reference() || only.is_empty() || only.iter().any(|n| n == k.name()))
+        .filter(|k| {
+            k.is_reference()
+                || only.is_empty()
+                || asked(k.key())
+                || (*k == Kind::EgressdCopy && asked(Kind::Egressd.key()))
+        })
         .collect())
 }
 

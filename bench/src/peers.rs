@@ -1,12 +1,13 @@
 //! The paths under test and the processes behind them.
 //!
-//! Every path is a [`Kind`]: the two references (direct, relay) and the proxies (egressd,
-//! squid, tinyproxy). [`Kind::start`] brings one up on a free loopback port with a generated
-//! config in its own temp dir and waits until it accepts connections; a proxy that is not
-//! installed comes back as [`Started::Missing`]. Each [`Process`] is killed when dropped, and
-//! the harness's own children (upstream, relay) also exit when their stdin closes, so even a
-//! killed harness leaves none of them behind.
+//! Every path is a [`Kind`]: the references (direct, the copy relay, the splice relay) and the
+//! proxies (egressd, egressd with its copy relay, squid, tinyproxy). [`Kind::start`] brings
+//! one up on a free loopback port with a generated config in its own temp dir and waits until
+//! it accepts connections; a proxy that is not installed comes back as [`Started::Missing`].
+//! Each [`Process`] is killed when dropped, and the harness's own children (upstream, relays)
+//! also exit when their stdin closes, so even a killed harness leaves none of them behind.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -88,33 +89,66 @@ impl Drop for Process {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Direct,
-    Relay,
+    /// The harness relay moving bytes with read/write.
+    CopyRelay,
+    /// The harness relay moving bytes with splice(2).
+    SpliceRelay,
     Egressd,
+    /// egressd with `[proxy] tunnel_relay = "copy"`: run in the bulk scenarios only, to show
+    /// what its default splice relay gives.
+    EgressdCopy,
     Squid,
     Tinyproxy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
-        Kind::Relay,
+        Kind::CopyRelay,
+        Kind::SpliceRelay,
         Kind::Egressd,
+        Kind::EgressdCopy,
         Kind::Squid,
         Kind::Tinyproxy,
     ];
 
+    /// The name in the report.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
-            Kind::Relay => "relay",
+            Kind::CopyRelay => "copy relay",
+            Kind::SpliceRelay => "splice relay",
             Kind::Egressd => "egressd",
+            Kind::EgressdCopy => "egressd (copy relay)",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
         }
     }
 
+    /// The name on the command line (`--only`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::CopyRelay => "copy-relay",
+            Kind::SpliceRelay => "splice-relay",
+            Kind::Egressd => "egressd",
+            Kind::EgressdCopy => "egressd-copy",
+            Kind::Squid => "squid",
+            Kind::Tinyproxy => "tinyproxy",
+        }
+    }
+
+    /// Direct and the relays: always measured, and a failure to start is fatal.
     pub fn is_reference(self) -> bool {
-        matches!(self, Kind::Direct | Kind::Relay)
+        matches!(self, Kind::Direct | Kind::CopyRelay | Kind::SpliceRelay)
+    }
+
+    pub fn is_relay(self) -> bool {
+        matches!(self, Kind::CopyRelay | Kind::SpliceRelay)
+    }
+
+    pub fn is_egressd(self) -> bool {
+        matches!(self, Kind::Egressd | Kind::EgressdCopy)
     }
 
     /// How this path names the upstream, when it is not [`UPSTREAM_HOST`].
@@ -145,6 +179,8 @@ pub struct Subject {
     pub route: Route,
     /// The process whose CPU and memory are measured (none for direct).
     pub process: Option<Process>,
+    /// How this path's setup differs from its kind's usual one, for the report.
+    pub setup: Option<String>,
 }
 
 impl Subject {
@@ -166,34 +202,38 @@ impl Kind {
                 kind: self,
                 route,
                 process,
+                setup: None,
             }))
         };
         match self {
             Kind::Direct => running(Route::Direct, None),
-            Kind::Relay => {
-                let (process, line) = spawn_harness_child(
-                    &env.harness,
-                    "relay",
-                    &[
-                        "--to".into(),
-                        env.upstream.http.to_string(),
-                        "--to".into(),
-                        env.upstream.tcp.to_string(),
-                    ],
-                )?;
-                let addrs: Vec<SocketAddr> = line
-                    .split_whitespace()
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("relay printed {line:?}"))?;
-                let [http, tcp] = addrs[..] else {
-                    bail!("relay printed {line:?}, expected two addresses");
-                };
-                running(Route::Relay { http, tcp }, Some(process))
+            Kind::CopyRelay | Kind::SpliceRelay => {
+                let (route, process) = start_relay(env, self == Kind::SpliceRelay)?;
+                running(route, Some(process))
             }
             Kind::Egressd => {
-                let (addr, process) = start_egressd(env)?;
+                let (addr, process) = start_egressd(env, None)?;
                 running(proxy_route(addr, UPSTREAM_HOST), Some(process))
+            }
+            Kind::EgressdCopy => {
+                // A build from before the switch rejects it (unknown field), and its only
+                // relay copies anyway.
+                let switch = egressd_has_relay_switch(env)?;
+                let (addr, process) = start_egressd(env, switch.then_some("copy"))?;
+                Ok(Started::Running(Subject {
+                    kind: self,
+                    route: proxy_route(addr, UPSTREAM_HOST),
+                    process: Some(process),
+                    setup: Some(if switch {
+                        concat!(
+                            r#"with `[proxy] tunnel_relay = "copy"` "#,
+                            "(read/write through a buffer instead of splice)"
+                        )
+                        .into()
+                    } else {
+                        "with its default relay, as this build has no `tunnel_relay` switch".into()
+                    }),
+                }))
             }
             Kind::Squid => match find_program("squid") {
                 Some(squid) => {
@@ -215,8 +255,10 @@ impl Kind {
     /// The version string shown in the report.
     pub fn version(self, env: &Env) -> String {
         let found = match self {
-            Kind::Direct | Kind::Relay => Some(format!("harness {}", env!("CARGO_PKG_VERSION"))),
-            Kind::Egressd => {
+            Kind::Direct | Kind::CopyRelay | Kind::SpliceRelay => {
+                Some(format!("harness {}", env!("CARGO_PKG_VERSION")))
+            }
+            Kind::Egressd | Kind::EgressdCopy => {
                 first_line(&env.egressd, &["--version"]).map(|v| match git_revision() {
                     Some(rev) => format!("{v} (git {rev})"),
                     None => v,
@@ -355,15 +397,76 @@ fn spawn_daemon(
     Ok((addr, process))
 }
 
-fn start_egressd(env: &Env) -> anyhow::Result<(SocketAddr, Process)> {
+/// Starts the harness relay (copy or splice), one port for the upstream's HTTP and one for its
+/// TCP service.
+fn start_relay(env: &Env, splice: bool) -> anyhow::Result<(Route, Process)> {
+    let mut args = vec![
+        "--to".to_string(),
+        env.upstream.http.to_string(),
+        "--to".into(),
+        env.upstream.tcp.to_string(),
+    ];
+    if splice {
+        args.push("--splice".into());
+    }
+    let (process, line) = spawn_harness_child(&env.harness, "relay", &args)?;
+    let addrs: Vec<SocketAddr> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("relay printed {line:?}"))?;
+    let [http, tcp] = addrs[..] else {
+        bail!("relay printed {line:?}, expected two addresses");
+    };
+    Ok((Route::Relay { http, tcp }, process))
+}
+
+/// Whether this egressd build accepts `[proxy] tunnel_relay`, asked of `egressd check`.
+fn egressd_has_relay_switch(env: &Env) -> anyhow::Result<bool> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("egressd.toml");
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let admin = SocketAddr::new(LOOPBACK, free_port()?);
+    std::fs::write(&path, egressd_config(env, addr, admin, Some("copy")))?;
+    let out = Command::new(&env.egressd)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .with_context(|| format!("cannot run {}", env.egressd.display()))?;
+    Ok(out.status.success())
+}
+
+/// Starts egressd; `tunnel_relay` sets `[proxy] tunnel_relay`, else the build's default.
+fn start_egressd(env: &Env, tunnel_relay: Option<&str>) -> anyhow::Result<(SocketAddr, Process)> {
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::new(LOOPBACK, free_port()?);
     let admin = SocketAddr::new(LOOPBACK, free_port()?);
-    let config = format!(
+    let path = dir.path().join("egressd.toml");
+    std::fs::write(&path, egressd_config(env, addr, admin, tunnel_relay))?;
+    let mut command = Command::new(&env.egressd);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", &env.egressd_log);
+    spawn_daemon("egressd", command, dir, addr)
+}
+
+fn egressd_config(
+    env: &Env,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    tunnel_relay: Option<&str>,
+) -> String {
+    let relay = tunnel_relay
+        .map(|r| format!("tunnel_relay = \"{r}\"\n"))
+        .unwrap_or_default();
+    format!(
         r#"[proxy]
 listen = "{addr}"
 admin_listen = "{admin}"
-connect_ports = [{tcp}]
+{relay}connect_ports = [{tcp}]
 http_ports = [{http}]
 allow_private_cidrs = ["127.0.0.0/8"]
 connect_timeout = "10s"
@@ -379,16 +482,7 @@ domains = ["{UPSTREAM_HOST}"]
 "#,
         tcp = env.upstream.tcp.port(),
         http = env.upstream.http.port(),
-    );
-    let path = dir.path().join("egressd.toml");
-    std::fs::write(&path, config)?;
-    let mut command = Command::new(&env.egressd);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", &env.egressd_log);
-    spawn_daemon("egressd", command, dir, addr)
+    )
 }
 
 fn start_squid(squid: &Path, upstream: UpstreamAddrs) -> anyhow::Result<(SocketAddr, Process)> {
@@ -489,4 +583,71 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         + fields.get(12).context("short stat")?.parse::<u64>()?;
     // USER_HZ is 100 on every Linux architecture the harness runs on.
     Ok(ticks as f64 / 100.0)
+}
+
+/// Context switches (voluntary plus involuntary) of each thread of a process at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Switches {
+    per_thread: HashMap<u32, u64>,
+}
+
+impl Switches {
+    /// Reads `/proc/PID/task/*/status`: `/proc/PID/status` alone counts the main thread only.
+    pub fn of(pid: u32) -> anyhow::Result<Switches> {
+        let mut per_thread = HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?;
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // A thread may exit between the listing and the read.
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            let mut count = 0;
+            for line in status.lines() {
+                let value = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+                if let Some(value) = value {
+                    count += value.trim().parse::<u64>()?;
+                }
+            }
+            per_thread.insert(tid, count);
+        }
+        Ok(Switches { per_thread })
+    }
+
+    /// Switches since `before`: threads started since count in full; threads that exited
+    /// since are lost (their final counts are gone with them).
+    pub fn since(&self, before: &Switches) -> u64 {
+        self.per_thread
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(before.per_thread.get(tid).copied().unwrap_or(0)))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_count_new_threads_in_full_and_drop_exited_ones() {
+        let before = Switches {
+            per_thread: HashMap::from([(1, 10), (2, 5)]),
+        };
+        let after = Switches {
+            per_thread: HashMap::from([(1, 12), (3, 4)]),
+        };
+        assert_eq!(after.since(&before), 2 + 4);
+    }
+
+    #[test]
+    fn switches_are_read_for_every_thread_of_a_process() {
+        let worker = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(200)));
+        let switches = Switches::of(std::process::id()).unwrap();
+        worker.join().unwrap();
+        assert!(switches.per_thread.len() >= 2, "{switches:?}");
+    }
 }

@@ -1,10 +1,12 @@
 //! The scenarios and the order they run in.
 //!
-//! Each scenario runs every path once per repetition, in a fixed order (direct, relay,
-//! egressd, squid, tinyproxy, then again), so slow drift of the machine (thermal, page cache,
-//! a noisy neighbour) spreads over all paths instead of landing on one. The report takes the
-//! median of the repetitions. The idle-tunnel scenario starts a fresh instance of each path
-//! per repetition, so memory freed by earlier scenarios cannot hide the cost of a tunnel.
+//! Each scenario runs every path once per repetition, in a fixed order (direct, copy relay,
+//! splice relay, egressd, squid, tinyproxy, then again), so slow drift of the machine
+//! (thermal, page cache, a noisy neighbour) spreads over all paths instead of landing on one.
+//! The report takes the median of the repetitions. egressd with its copy relay runs in the
+//! bulk scenarios only, where the relay is what is measured. The idle-tunnel scenario starts
+//! a fresh instance of each path per repetition, so memory freed by earlier scenarios cannot
+//! hide the cost of a tunnel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,6 +135,20 @@ impl Scenario {
         }
     }
 
+    /// The operation per-operation figures count: a request, a tunnel, or a GB moved.
+    pub fn op(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive | Scenario::PerRequest => "req",
+            Scenario::Bulk1 | Scenario::Bulk4 => "GB",
+            Scenario::NewTunnels => "tunnel",
+        }
+    }
+
+    /// Whether `kind` is measured in this scenario.
+    pub fn runs_on(self, kind: Kind) -> bool {
+        kind != Kind::EgressdCopy || matches!(self, Scenario::Bulk1 | Scenario::Bulk4)
+    }
+
     pub fn has_latency(self) -> bool {
         matches!(self, Scenario::KeepAlive | Scenario::PerRequest)
     }
@@ -195,6 +211,8 @@ pub struct Sample {
     pub cpu_cores: Option<f64>,
     /// That CPU per operation, in [`Scenario::cost_unit`].
     pub cpu_per_op: Option<f64>,
+    /// Context switches of the path's process per [`Scenario::op`].
+    pub switches_per_op: Option<f64>,
     pub errors: u64,
     pub connects: u64,
 }
@@ -221,6 +239,8 @@ impl MemorySample {
 pub struct Measured {
     pub kind: Kind,
     pub version: String,
+    /// See [`Subject::setup`].
+    pub setup: Option<String>,
 }
 
 /// Each path's repetitions of one measurement, in run order.
@@ -257,7 +277,7 @@ pub async fn run(
                 format!("not installed (apt-get install -y {})", kind.name()),
             )),
             // Only a peer may be skipped; a broken reference or egressd is a failure.
-            Err(err) if kind.is_reference() || kind == Kind::Egressd => return Err(err),
+            Err(err) if kind.is_reference() || kind.is_egressd() => return Err(err),
             Err(err) => skipped.push((kind, format!("failed to start: {err:#}"))),
         }
     }
@@ -269,17 +289,22 @@ pub async fn run(
         .map(|s| Measured {
             kind: s.kind,
             version: s.kind.version(env),
+            setup: s.setup.clone(),
         })
         .collect();
 
     let mut scenarios = Vec::new();
     for scenario in Scenario::ALL {
+        let subjects: Vec<&Subject> = subjects
+            .iter()
+            .filter(|s| scenario.runs_on(s.kind))
+            .collect();
         let mut samples: PerPath<Sample> = subjects.iter().map(|s| (s.kind, Vec::new())).collect();
         for rep in 0..settings.reps {
             for (subject, (_, runs)) in subjects.iter().zip(samples.iter_mut()) {
                 let sample = measure(scenario, subject, env, &settings).await;
                 eprintln!(
-                    "{:<20} rep {}/{} {:<10} {:>12.2} {}  errors {}",
+                    "{:<20} rep {}/{} {:<20} {:>12.2} {}  errors {}",
                     scenario.label(),
                     rep + 1,
                     settings.reps,
@@ -294,10 +319,11 @@ pub async fn run(
         scenarios.push((scenario, samples));
     }
 
+    // Idle tunnels move no bytes, so egressd's relay choice cannot show there.
     let memory_kinds: Vec<Kind> = subjects
         .iter()
         .map(|s| s.kind)
-        .filter(|k| *k != Kind::Direct)
+        .filter(|k| *k != Kind::Direct && *k != Kind::EgressdCopy)
         .collect();
     drop(subjects);
     let mut memory: PerPath<MemorySample> = memory_kinds.iter().map(|k| (*k, Vec::new())).collect();
@@ -305,7 +331,7 @@ pub async fn run(
         for (kind, runs) in memory.iter_mut() {
             let sample = idle_memory(*kind, env, settings.idle_tunnels).await?;
             eprintln!(
-                "idle tunnels         rep {}/{} {:<10} {} of {} open, {:.2} KiB each",
+                "idle tunnels         rep {}/{} {:<20} {} of {} open, {:.2} KiB each",
                 rep + 1,
                 settings.memory_reps,
                 kind.name(),
@@ -363,14 +389,15 @@ async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Option<Subject>>
 
 async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Settings) -> Sample {
     let window = Window::after_warmup(settings.warmup, settings.measure);
-    let cpu = subject
+    let usage = subject
         .pid()
-        .map(|pid| tokio::spawn(cpu_during(pid, window)));
+        .map(|pid| tokio::spawn(usage_during(pid, window)));
     let tally = scenario.drive(subject, env, window).await;
-    let cpu_seconds = match cpu {
+    let usage = match usage {
         Some(handle) => handle.await.ok().flatten(),
         None => None,
     };
+    let cpu_seconds = usage.as_ref().map(|u| u.cpu_seconds);
     let seconds = window.seconds();
     let (value, ops) = match scenario {
         Scenario::Bulk1 | Scenario::Bulk4 => (
@@ -393,17 +420,29 @@ async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Se
             .flatten(),
         cpu_cores: cpu_seconds.map(|s| s / seconds),
         cpu_per_op: cpu_seconds.filter(|_| ops > 0.0).map(|s| s / ops * scale),
+        switches_per_op: usage.filter(|_| ops > 0.0).map(|u| u.switches as f64 / ops),
         errors: tally.errors,
         connects: tally.connects,
     }
 }
 
-/// The CPU seconds `pid` spends inside `window`.
-async fn cpu_during(pid: u32, window: Window) -> Option<f64> {
+/// What a process spent inside a window.
+struct Usage {
+    cpu_seconds: f64,
+    /// Context switches, voluntary and involuntary, over all its threads.
+    switches: u64,
+}
+
+/// What `pid` spends inside `window`.
+async fn usage_during(pid: u32, window: Window) -> Option<Usage> {
     tokio::time::sleep_until(window.from).await;
-    let before = peers::cpu_seconds(pid).ok()?;
+    let cpu = peers::cpu_seconds(pid).ok()?;
+    let switches = peers::Switches::of(pid).ok()?;
     tokio::time::sleep_until(window.until).await;
-    Some(peers::cpu_seconds(pid).ok()? - before)
+    Some(Usage {
+        cpu_seconds: peers::cpu_seconds(pid).ok()? - cpu,
+        switches: peers::Switches::of(pid).ok()?.since(&switches),
+    })
 }
 
 /// Opens `count` idle tunnels through a fresh instance of `kind` and reads its RSS before
