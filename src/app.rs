@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use crate::control::admin::{serve_admin, Admin};
 use crate::control::config::{Config, ProxySettings};
 use crate::control::reload::{self, Reloader, Trigger};
+use crate::control::rotate::Rotator;
 use crate::egress::resolve::DnsResolver;
 use crate::egress::revoke::Registry;
-use crate::egress::tls::MtlsTable;
+use crate::egress::tls::{HandshakeHook, MtlsTable};
 use crate::egress::{EgressClient, EgressOptions};
 use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
@@ -74,15 +75,17 @@ impl App {
             connect_timeout: settings.connect_timeout,
             response_header_timeout: settings.response_header_timeout,
         };
+        let on_handshake: HandshakeHook = {
+            let metrics = metrics.clone();
+            Arc::new(move |pattern, outcome| metrics.mtls_handshake(&pattern.to_string(), outcome))
+        };
         let workers: Vec<Worker> = listeners
             .into_iter()
             .map(|listener| {
-                let egress = Arc::new(EgressClient::new(
-                    policy.clone(),
-                    resolver.clone(),
-                    own_addrs.clone(),
-                    options,
-                ));
+                let egress = Arc::new(
+                    EgressClient::new(policy.clone(), resolver.clone(), own_addrs.clone(), options)
+                        .with_handshake_hook(on_handshake.clone()),
+                );
                 let proxy = Arc::new(Proxy::new(
                     egress,
                     metrics.clone(),
@@ -101,17 +104,30 @@ impl App {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let on_swap = Box::new(move |old: &Policy, new: &Policy, mtls: &MtlsTable| {
-            for egress in &pools {
-                if !egress.mtls().same_as(mtls) {
-                    // set_mtls drops the pool too: its connections present old identities.
-                    egress.set_mtls(mtls.clone());
-                } else if old.private != new.private || old.dns_overrides != new.dns_overrides {
-                    // Pooled upstream connections were dialled under the old address rules.
-                    egress.reset_pool();
+        let rotator = Rotator::new(pools.clone());
+        rotator
+            .watch(&config.mtls)
+            .context("cannot watch the [[mtls]] certificate files")?;
+        let on_swap = {
+            let rotator = rotator.clone();
+            Box::new(move |old: &Policy, new: &Policy, mtls: &MtlsTable| {
+                let mtls_changed = !pools[0].mtls().same_as(mtls);
+                for egress in &pools {
+                    if mtls_changed {
+                        // set_mtls drops the pool too: its connections present old identities.
+                        egress.set_mtls(mtls.clone());
+                    } else if old.private != new.private || old.dns_overrides != new.dns_overrides {
+                        // Pooled upstream connections were dialled under the old address rules.
+                        egress.reset_pool();
+                    }
                 }
-            }
-        });
+                if mtls_changed {
+                    if let Err(err) = rotator.watch(mtls) {
+                        tracing::error!(error = %err, "cannot watch the new [[mtls]] files; rotations will need a reload");
+                    }
+                }
+            })
+        };
         let reloader = Reloader::new(
             &config,
             book,
@@ -125,6 +141,7 @@ impl App {
         let admin = Arc::new(Admin {
             metrics,
             reloader: reloader.clone(),
+            rotator,
             token: settings.admin_token.clone(),
         });
         Ok(App {

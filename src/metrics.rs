@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::egress::revoke::LiveKind;
+use crate::egress::tls::HandshakeOutcome;
 use crate::egress::ErrorKind;
 use crate::policy::{DenyReason, Protocol};
 
@@ -85,6 +86,10 @@ pub struct Metrics {
     pub config_generation: Gauge,
     /// Reloads refused because the activation state could not be written.
     pub state_persist_failures: Counter,
+    /// mTLS handshakes by `[[mtls]]` entry and outcome (full, resumed, failed).
+    mtls_handshakes: Family<Vec<(&'static str, String)>, Counter>,
+    /// Seconds until each `[[mtls]]` client certificate expires (negative once expired).
+    mtls_expiry: Family<Vec<(&'static str, String)>, Gauge>,
     /// Handles for the per-request series, resolved once: a family lookup takes a shared
     /// read lock, which two busy cores would bounce between them on every request.
     hot: HotSeries,
@@ -125,6 +130,18 @@ impl Metrics {
         let revocations = Family::default();
         let config_generation = Gauge::default();
         let state_persist_failures = Counter::default();
+        let mtls_handshakes: Family<Vec<(&'static str, String)>, Counter> = Family::default();
+        let mtls_expiry: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+        registry.register(
+            "mtls_handshakes",
+            "mTLS handshakes egressd originated, by [[mtls]] entry and outcome",
+            mtls_handshakes.clone(),
+        );
+        registry.register(
+            "mtls_client_cert_expiry_seconds",
+            "Seconds until each [[mtls]] client certificate expires",
+            mtls_expiry.clone(),
+        );
         registry.register(
             "state_persist_failures",
             "Reloads refused because the activation state could not be written to state_dir",
@@ -211,7 +228,24 @@ impl Metrics {
             revocations,
             config_generation,
             state_persist_failures,
+            mtls_handshakes,
+            mtls_expiry,
         }
+    }
+
+    pub fn mtls_handshake(&self, entry: &str, outcome: HandshakeOutcome) {
+        self.mtls_handshakes
+            .get_or_create(&vec![
+                ("entry", entry.to_string()),
+                ("outcome", outcome.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn set_mtls_expiry(&self, entry: &str, seconds: i64) {
+        self.mtls_expiry
+            .get_or_create(&vec![("entry", entry.to_string())])
+            .set(seconds);
     }
 
     /// Counts a request or tunnel.

@@ -80,6 +80,12 @@ impl Files {
 /// A TLS upstream for `name` whose certificate `server_ca` signs, that requires a client
 /// certificate signed by `client_ca` and answers with the subject it saw.
 async fn mtls_upstream(server_ca: &Ca, name: &str, client_ca: &Ca) -> u16 {
+    mtls_upstream_with(server_ca, name, client_ca, false).await
+}
+
+/// Like [`mtls_upstream`]; with `close`, every response closes its connection, so the next
+/// request needs a new TLS connection (and can resume the session).
+async fn mtls_upstream_with(server_ca: &Ca, name: &str, client_ca: &Ca, close: bool) -> u16 {
     let (cert, key) = server_ca.issue(name, &[name]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -132,7 +138,14 @@ async fn mtls_upstream(server_ca: &Ca, name: &str, client_ca: &Ca) -> u16 {
                             .unwrap_or(""),
                         subject
                     );
-                    async move { Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(body)))) }
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    if close {
+                        response.headers_mut().insert(
+                            "connection",
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    async move { Ok::<_, hyper::Error>(response) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -409,4 +422,108 @@ fn check_warns_about_an_uncovered_host_and_a_certificate_about_to_expire() {
             && out.contains("mtls[0].host \"*.zero-trust.test\": no allowlist entry covers it"),
         "{out}"
     );
+}
+
+/// Writes `name` the way a careful operator or the kubelet does: a temp file, then a rename.
+fn replace(files: &Files, name: &str, text: &str) {
+    let tmp = files.write(&format!(".{name}.tmp"), text);
+    std::fs::rename(tmp, files.path(name)).unwrap();
+}
+
+/// The client subject the upstream reports for a request through `proxy`.
+async fn client_seen(proxy: &Egressd) -> String {
+    let (code, body, err) = curl(
+        &["-x", &proxy.proxy_url(), "http://payments.test/charge"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    body.trim().rsplit_once("client=").unwrap().1.to_string()
+}
+
+#[tokio::test]
+async fn a_rotated_client_certificate_is_presented_and_a_broken_one_keeps_the_old() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let port = mtls_upstream(&server_ca, "payments.test", &client_ca).await;
+    let files = Files::new();
+    write_identity(&files, &client_ca, "first", &server_ca);
+    let proxy = mtls_proxy(&files, port, "").start();
+    assert_eq!(client_seen(&proxy).await, "CN=first");
+
+    // A valid replacement: new connections present it (the pooled one is dropped).
+    let (cert, key) = client_ca.issue("second", &[]);
+    replace(&files, "client.key", &key);
+    replace(&files, "client.crt", &cert);
+    eventually("the rotated certificate to be presented", || async {
+        (client_seen(&proxy).await == "CN=second").then_some(())
+    })
+    .await;
+
+    // A broken replacement: the old identity keeps serving, the error shows in /v1/mtls.
+    replace(
+        &files,
+        "client.crt",
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    );
+    let view = eventually("the broken file to show in /v1/mtls", || async {
+        let (_, body) = proxy.admin_get("/v1/mtls").await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (!view["entries"][0]["last_error"].is_null()).then_some(view)
+    })
+    .await;
+    let error = view["entries"][0]["last_error"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(error.contains("client.crt"), "{error}");
+    assert_eq!(client_seen(&proxy).await, "CN=second");
+
+    // Fixed: the error clears.
+    let (cert, key) = client_ca.issue("third", &[]);
+    replace(&files, "client.key", &key);
+    replace(&files, "client.crt", &cert);
+    eventually("the fixed certificate to be presented", || async {
+        (client_seen(&proxy).await == "CN=third").then_some(())
+    })
+    .await;
+    let (_, body) = proxy.admin_get("/v1/mtls").await;
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(view["entries"][0]["last_error"].is_null(), "{view}");
+}
+
+#[tokio::test]
+async fn the_admin_view_and_metrics_describe_identities_and_handshakes() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let port = mtls_upstream_with(&server_ca, "payments.test", &client_ca, true).await;
+    let files = Files::new();
+    write_identity(&files, &client_ca, "egressd payments client", &server_ca);
+    let proxy = mtls_proxy(&files, port, "").start();
+    // Each response closes its connection: the second request resumes the TLS session.
+    for _ in 0..2 {
+        assert_eq!(client_seen(&proxy).await, "CN=egressd payments client");
+    }
+
+    let (status, body) = proxy.admin_get("/v1/mtls").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("PRIVATE KEY"), "never key material: {body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = &view["entries"][0];
+    assert_eq!(entry["host"], "payments.test");
+    assert_eq!(entry["port"], port);
+    assert_eq!(entry["subject"], "CN=egressd payments client");
+    assert_eq!(entry["issuer"], "CN=client CA");
+    assert_eq!(entry["sha256"].as_str().unwrap().len(), 64, "{entry}");
+    assert!(
+        entry["not_after"].as_str().unwrap().ends_with('Z'),
+        "{entry}"
+    );
+
+    let series = |outcome: &str| {
+        format!("egressd_mtls_handshakes_total{{entry=\"payments.test\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(proxy.metric(&series("full")).await, 1.0);
+    assert_eq!(proxy.metric(&series("resumed")).await, 1.0);
+    let expiry = proxy
+        .metric("egressd_mtls_client_cert_expiry_seconds{entry=\"payments.test\"}")
+        .await;
+    assert!(expiry > 86_400.0, "{expiry}");
 }

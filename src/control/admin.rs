@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::AdminToken;
 use super::reload::{Outcome, Reloader, Trigger};
+use super::rotate::Rotator;
 use crate::metrics::Metrics;
 use crate::policy::allowlist::Pattern;
 use crate::util::body::{text_response, HttpBody};
@@ -33,6 +34,7 @@ enum Endpoint {
     Health,
     Metrics,
     Allowlist,
+    Mtls,
     Reload,
 }
 
@@ -66,6 +68,12 @@ const ROUTES: &[Route] = &[
         endpoint: Endpoint::Allowlist,
     },
     Route {
+        method: Method::GET,
+        path: "/v1/mtls",
+        mutating: false,
+        endpoint: Endpoint::Mtls,
+    },
+    Route {
         method: Method::POST,
         path: "/v1/reload",
         mutating: true,
@@ -76,6 +84,8 @@ const ROUTES: &[Route] = &[
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    /// The `[[mtls]]` identities in force and their rotation errors.
+    pub rotator: Arc<Rotator>,
     /// Required on state-changing endpoints when set.
     pub token: Option<AdminToken>,
 }
@@ -102,6 +112,27 @@ struct EntryView {
     added_at: Option<String>,
     active_at: String,
     line: Option<u32>,
+}
+
+/// `GET /v1/mtls`: what each client identity is, never key material.
+#[derive(Serialize)]
+struct MtlsView {
+    entries: Vec<MtlsEntryView>,
+}
+
+#[derive(Serialize)]
+struct MtlsEntryView {
+    host: String,
+    port: u16,
+    allow_connect: bool,
+    line: u32,
+    subject: String,
+    issuer: String,
+    sha256: String,
+    not_after: String,
+    loaded_at: String,
+    /// The last replacement that failed to load, until a good one.
+    last_error: Option<ErrorView>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +192,7 @@ impl Admin {
         match route.endpoint {
             Endpoint::Health => text_response(StatusCode::OK, "ok\n"),
             Endpoint::Metrics => {
+                self.update_expiry_gauges();
                 let mut r = text_response(StatusCode::OK, self.metrics.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -171,6 +203,7 @@ impl Admin {
                 r
             }
             Endpoint::Allowlist => json(StatusCode::OK, &self.allowlist()),
+            Endpoint::Mtls => json(StatusCode::OK, &self.mtls()),
             Endpoint::Reload => self.reload().await,
         }
     }
@@ -235,6 +268,48 @@ impl Admin {
             ),
         };
         json(status, &view)
+    }
+
+    /// Seconds until each client certificate expires, as of this scrape.
+    fn update_expiry_gauges(&self) {
+        let now = SystemTime::now();
+        for entry in self.rotator.table().entries() {
+            let not_after = entry.identity.certificate.not_after;
+            let seconds = match not_after.duration_since(now) {
+                Ok(left) => left.as_secs() as i64,
+                Err(past) => -(past.duration().as_secs() as i64),
+            };
+            self.metrics
+                .set_mtls_expiry(&entry.spec.pattern.to_string(), seconds);
+        }
+    }
+
+    fn mtls(&self) -> MtlsView {
+        let table = self.rotator.table();
+        let entries = table
+            .entries()
+            .iter()
+            .map(|entry| {
+                let pattern = entry.spec.pattern.to_string();
+                let cert = &entry.identity.certificate;
+                MtlsEntryView {
+                    last_error: self.rotator.error(&pattern).map(|(message, at)| ErrorView {
+                        message,
+                        at: format_utc(unix_ms(at)),
+                    }),
+                    host: pattern,
+                    port: entry.spec.port,
+                    allow_connect: entry.spec.allow_connect,
+                    line: entry.spec.line,
+                    subject: cert.subject.clone(),
+                    issuer: cert.issuer.clone(),
+                    sha256: cert.sha256.clone(),
+                    not_after: format_utc(unix_ms(cert.not_after)),
+                    loaded_at: format_utc(unix_ms(entry.identity.loaded_at)),
+                }
+            })
+            .collect();
+        MtlsView { entries }
     }
 
     fn allowlist(&self) -> AllowlistView {

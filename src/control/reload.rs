@@ -305,10 +305,16 @@ fn ms(d: Duration) -> f64 {
 /// editor's write-and-rename, or `cat > file` in two writes, is read once, whole.
 const SETTLE: Duration = Duration::from_millis(200);
 
-/// File names in the config's directory whose changes trigger a reload.
-fn watched_names(config: &Path) -> Vec<OsString> {
+/// File names in the watched directories whose changes count: the files themselves and
+/// the Kubernetes `..data` link (a ConfigMap or Secret swap).
+fn watched_names(files: &[PathBuf]) -> Vec<OsString> {
     let mut names = vec![OsString::from("..data")];
-    names.extend(config.file_name().map(OsString::from));
+    names.extend(
+        files
+            .iter()
+            .filter_map(|f| f.file_name())
+            .map(OsString::from),
+    );
     names
 }
 
@@ -327,33 +333,50 @@ fn is_relevant(event: &Event, names: &[OsString]) -> bool {
         })
 }
 
-/// Watches the config file's directory and reloads once the relevant events settle. The
-/// returned watcher must be kept alive.
-pub fn watch(reloader: Arc<Reloader>) -> anyhow::Result<RecommendedWatcher> {
-    let dir = watch_dir(&reloader.path);
-    let names = watched_names(&reloader.path);
+/// Watches the directories of `files` (not the files: editors replace files by rename and
+/// Kubernetes swaps a `..data` link) and calls `on_change` on a blocking thread once the
+/// relevant events settle. The returned watcher must be kept alive.
+pub fn watch_files(
+    files: &[PathBuf],
+    on_change: impl Fn() + Send + Sync + 'static,
+) -> anyhow::Result<RecommendedWatcher> {
+    let names = watched_names(files);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |result: notify::Result<Event>| match result {
             Ok(event) if is_relevant(&event, &names) => {
-                tracing::trace!(?event, "config watch event");
+                tracing::trace!(?event, "watch event");
                 let _ = tx.send(());
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "config watch error"),
+            Err(err) => tracing::warn!(error = %err, "file watch error"),
         })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    let mut dirs: Vec<PathBuf> = files.iter().map(|f| watch_dir(f)).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    }
+    let on_change = Arc::new(on_change);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Wait until no event has come for SETTLE.
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-            let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Watch)).await;
+            let on_change = on_change.clone();
+            let _ = tokio::task::spawn_blocking(move || on_change()).await;
         }
     });
     Ok(watcher)
+}
+
+/// Watches the config file and reloads once the relevant events settle.
+pub fn watch(reloader: Arc<Reloader>) -> anyhow::Result<RecommendedWatcher> {
+    let path = reloader.path.clone();
+    watch_files(&[path], move || {
+        reloader.reload(Trigger::Watch);
+    })
 }
 
 /// Retries a reload refused because activation state could not be written, until it goes
@@ -574,7 +597,7 @@ mod tests {
 
     #[test]
     fn only_changes_to_what_egressd_reads_trigger_a_reload() {
-        let names = watched_names(Path::new("/etc/egressd/egressd.toml"));
+        let names = watched_names(&[PathBuf::from("/etc/egressd/egressd.toml")]);
         for (name, kind, file, expected) in EVENTS {
             let event = Event::new(*kind).add_path(PathBuf::from("/etc/egressd").join(file));
             assert_eq!(is_relevant(&event, &names), *expected, "{name}");

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use super::dial::{Dialer, EgressError};
 use super::resolve::Resolve;
-use super::tls::{describe_tls_failure, originate, MtlsTable};
+use super::tls::{describe_tls_failure, originate, HandshakeHook, HandshakeOutcome, MtlsTable};
 use super::ErrorKind;
 use crate::policy::allowlist::RuleId;
 use crate::policy::host::Host;
@@ -112,6 +112,8 @@ pub struct EgressClient {
     /// against the rules of the day it was dialled.
     pool: ArcSwap<Pool>,
     options: EgressOptions,
+    /// Told of every mTLS handshake.
+    on_handshake: Option<HandshakeHook>,
 }
 
 impl EgressClient {
@@ -124,14 +126,22 @@ impl EgressClient {
     ) -> Self {
         let dialer = Arc::new(Dialer::new(resolver, own_addrs, options.connect_timeout));
         let mtls: MtlsHandle = Arc::default();
-        let pool = ArcSwap::from_pointee(pool(&dialer, &policy, &mtls, options));
+        let pool = ArcSwap::from_pointee(pool(&dialer, &policy, &mtls, options, None));
         EgressClient {
             policy,
             mtls,
             dialer,
             pool,
             options,
+            on_handshake: None,
         }
+    }
+
+    /// Reports every mTLS handshake to `hook` (for the metrics).
+    pub fn with_handshake_hook(mut self, hook: HandshakeHook) -> Self {
+        self.on_handshake = Some(hook);
+        self.reset_pool();
+        self
     }
 
     /// Puts a new `[[mtls]]` table in force. Pooled connections go: they may present an
@@ -219,6 +229,7 @@ impl EgressClient {
             &self.policy,
             &self.mtls,
             self.options,
+            self.on_handshake.clone(),
         )));
     }
 }
@@ -289,6 +300,7 @@ fn pool(
     policy: &PolicyHandle,
     mtls: &MtlsHandle,
     options: EgressOptions,
+    on_handshake: Option<HandshakeHook>,
 ) -> Pool {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
@@ -300,6 +312,7 @@ fn pool(
             policy: policy.clone(),
             mtls: mtls.clone(),
             handshake_timeout: options.connect_timeout,
+            on_handshake,
         })
 }
 
@@ -314,6 +327,7 @@ struct Connector {
     mtls: MtlsHandle,
     /// The TLS handshake must finish within this (`connect_timeout`).
     handshake_timeout: Duration,
+    on_handshake: Option<HandshakeHook>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -330,6 +344,7 @@ impl tower_service::Service<Uri> for Connector {
         let policy = self.policy.load_full();
         let mtls = self.mtls.load_full();
         let handshake_timeout = self.handshake_timeout;
+        let on_handshake = self.on_handshake.clone();
         Box::pin(async move {
             let target = target_of(&uri)?;
             let (stream, _) = dialer.dial(&target, &policy).await?;
@@ -344,16 +359,32 @@ impl tower_service::Service<Uri> for Connector {
                 .lookup(&target.host)
                 .ok_or_else(|| tls_error("no [[mtls]] entry covers the host any more".into()))?;
             let handshake = originate(&entry.identity, &target.host, stream);
+            let report = |outcome| {
+                if let Some(hook) = &on_handshake {
+                    hook(&entry.spec.pattern, outcome);
+                }
+            };
             let tls = tokio::time::timeout(handshake_timeout, handshake)
                 .await
                 .map_err(|_| {
-                    tls_error(format!(
-                        "the TLS handshake did not finish within {handshake_timeout:?}"
-                    ))
-                })?
-                .map_err(|err| {
-                    tls_error(describe_tls_failure(&err).unwrap_or_else(|| err.to_string()))
-                })?;
+                    format!("the TLS handshake did not finish within {handshake_timeout:?}")
+                })
+                .and_then(|done| {
+                    done.map_err(|err| {
+                        describe_tls_failure(&err).unwrap_or_else(|| err.to_string())
+                    })
+                });
+            let tls = match tls {
+                Ok(tls) => tls,
+                Err(message) => {
+                    report(HandshakeOutcome::Failed);
+                    return Err(tls_error(message));
+                }
+            };
+            report(match tls.get_ref().1.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => HandshakeOutcome::Resumed,
+                _ => HandshakeOutcome::Full,
+            });
             Ok(TokioIo::new(Upstream::Tls(Box::new(tls))))
         })
     }

@@ -25,6 +25,29 @@ use tokio_rustls::TlsConnector;
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 
+/// How an mTLS handshake went: the `outcome` label of `egressd_mtls_handshakes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// A full handshake.
+    Full,
+    /// A resumed TLS session: no certificate exchange, fewer round trips.
+    Resumed,
+    Failed,
+}
+
+impl HandshakeOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Full => "full",
+            HandshakeOutcome::Resumed => "resumed",
+            HandshakeOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Told of every mTLS handshake, with the entry's pattern (metrics live above this layer).
+pub type HandshakeHook = Arc<dyn Fn(&Pattern, HandshakeOutcome) + Send + Sync>;
+
 /// A client certificate expiring within this time is warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
