@@ -223,6 +223,12 @@ pub fn load_identity(spec: &MtlsSpec, now: SystemTime) -> Result<Identity, Ident
                 cert: spec.client_cert.clone(),
                 key: spec.client_key.clone(),
             },
+            rustls::Error::InvalidCertificate(err) => IdentityError::Invalid {
+                path: spec.client_cert.clone(),
+                message: format!(
+                    "not a usable client certificate: {err:?} (an X.509 v3 certificate is needed; openssl x509 -req makes one with -extfile)"
+                ),
+            },
             other => IdentityError::Invalid {
                 path: spec.client_key.clone(),
                 message: format!("not a usable private key: {other}"),
