@@ -527,3 +527,53 @@ async fn the_admin_view_and_metrics_describe_identities_and_handshakes() {
         .await;
     assert!(expiry > 86_400.0, "{expiry}");
 }
+
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_a_502_within_the_connect_timeout() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let silent = silent_origin().await;
+    let files = Files::new();
+    write_identity(&files, &client_ca, "egressd", &server_ca);
+    let proxy = mtls_proxy(&files, silent.port(), "")
+        .proxy("connect_timeout = \"1s\"")
+        .start();
+    let (_, body, _) = curl(
+        &[
+            "-i",
+            "-x",
+            &proxy.proxy_url(),
+            "http://payments.test/charge",
+        ],
+        &[],
+    )
+    .await;
+    assert!(body.starts_with("HTTP/1.1 502 tls: "), "{body}");
+    assert!(
+        body.contains("the TLS handshake did not finish within 1s"),
+        "{body}"
+    );
+    assert_eq!(
+        proxy
+            .metric("egressd_mtls_handshakes_total{entry=\"payments.test\",outcome=\"failed\"}")
+            .await,
+        1.0
+    );
+}
+
+#[test]
+fn two_entries_for_the_same_host_are_an_error() {
+    let ca = Ca::new("client CA");
+    let files = Files::new();
+    let (cert, key) = ca.issue("egressd", &[]);
+    files.write("good.crt", &cert);
+    files.write("good.key", &key);
+    let entry = "[[mtls]]\nhost = \"payments.test\"\nclient_cert = \"good.crt\"\nclient_key = \"good.key\"\n";
+    let (code, out) = check(&files, &format!("{entry}{entry}"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "mtls[1].host \"payments.test\": the [[mtls]] entry on line 3 already covers it"
+        ),
+        "{out}"
+    );
+}

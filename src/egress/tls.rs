@@ -343,3 +343,66 @@ fn describe(err: &rustls::Error) -> String {
         other => format!("TLS failed: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry for `pattern` whose identity is a bare client config (no certificate needed
+    /// to test matching).
+    fn entry(pattern: &str, port: u16) -> MtlsEntry {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        MtlsEntry {
+            spec: MtlsSpec {
+                pattern: Pattern::parse(pattern).unwrap(),
+                line: 1,
+                port,
+                allow_connect: false,
+                client_cert: PathBuf::new(),
+                client_key: PathBuf::new(),
+                ca: None,
+            },
+            identity: Arc::new(Identity {
+                config: Arc::new(config),
+                certificate: CertSummary {
+                    subject: String::new(),
+                    issuer: String::new(),
+                    sha256: String::new(),
+                    not_before: UNIX_EPOCH,
+                    not_after: UNIX_EPOCH,
+                },
+                loaded_at: UNIX_EPOCH,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_exact_entry_wins_then_the_longest_wildcard() {
+        let table = MtlsTable::new(vec![
+            entry("*.zero-trust.test", 1),
+            entry("*.eu.zero-trust.test", 2),
+            entry("payments.eu.zero-trust.test", 3),
+        ]);
+        let port = |host: &str| {
+            table
+                .lookup(&Host::parse(host).unwrap())
+                .map(|e| e.spec.port)
+        };
+        // (host, the entry's port, or None)
+        let cases = [
+            ("payments.eu.zero-trust.test", Some(3)),
+            ("billing.eu.zero-trust.test", Some(2)),
+            ("billing.us.zero-trust.test", Some(1)),
+            ("zero-trust.test", None),
+            ("elsewhere.test", None),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(port(host), expected, "{host}");
+        }
+    }
+}
