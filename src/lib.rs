@@ -27,4 +27,5 @@ pub mod egress;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod schedule;
 pub mod util;

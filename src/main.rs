@@ -39,6 +39,17 @@ enum Command {
         config: PathBuf,
         target: String,
     },
+    /// Print the next runs of a cron expression (UTC, and local time), or what is wrong.
+    Cron {
+        /// Five fields (minute hour day-of-month month day-of-week) or @hourly, @daily, ...
+        expression: String,
+        /// How many runs to print.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        /// Start after this RFC 3339 time instead of now.
+        #[arg(long)]
+        after: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,5 +58,10 @@ fn main() -> ExitCode {
         Command::Run { config } => cli::run(&config, cli.log_format),
         Command::Check { config } => cli::check(&config),
         Command::Explain { config, target } => cli::explain(&config, &target),
+        Command::Cron {
+            expression,
+            count,
+            after,
+        } => cli::cron(&expression, count, after.as_deref()),
     }
 }

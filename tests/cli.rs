@@ -1,4 +1,4 @@
-//! `egressd check` and `egressd explain` through the real binary.
+//! `egressd check`, `egressd explain` and `egressd cron` through the real binary.
 
 use std::path::Path;
 
@@ -171,4 +171,45 @@ fn explain_prints_decision_reason_and_rule() {
             "{target}: {stdout:?} should start with {expected:?}"
         );
     }
+}
+
+#[test]
+fn cron_prints_the_next_runs_in_utc_and_local_time() {
+    let out = Command::cargo_bin("egressd")
+        .unwrap()
+        .args([
+            "cron",
+            "*/5 * * * *",
+            "--count",
+            "3",
+            "--after",
+            "2026-11-28T10:03:00Z",
+        ])
+        // A POSIX TZ string: no tzdata package needed (New York rules).
+        .env("TZ", "EST5EDT,M3.2.0,M11.1.0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "2026-11-28T10:05:00Z  2026-11-28 05:05:00 -05:00 (local)\n\
+         2026-11-28T10:10:00Z  2026-11-28 05:10:00 -05:00 (local)\n\
+         2026-11-28T10:15:00Z  2026-11-28 05:15:00 -05:00 (local)\n"
+    );
+}
+
+#[test]
+fn cron_explains_an_invalid_expression_with_examples() {
+    let out = Command::cargo_bin("egressd")
+        .unwrap()
+        .args(["cron", "61 * * * *"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("minute field \"61\""), "{err}");
+    assert!(
+        err.contains("`30 2 * * MON-FRI` (weekdays at 02:30 UTC)"),
+        "{err}"
+    );
 }

@@ -11,6 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("egress", &["policy", "util"]),
     ("metrics", &["egress", "policy"]),
     ("proxy", &["egress", "metrics", "policy", "util"]),
+    ("schedule", &["egress", "metrics", "policy", "util"]),
     ("control", &["egress", "metrics", "policy", "util"]),
 ];
 

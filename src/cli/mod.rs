@@ -2,10 +2,12 @@
 //! and calls them. Each returns the process exit code.
 
 mod check;
+mod cron;
 mod explain;
 mod run;
 
 pub use check::check;
+pub use cron::cron;
 pub use explain::explain;
 pub use run::{run, LogFormat};
 

@@ -1,0 +1,9 @@
+//! **Scheduled invocations.** Functions invoked on cron expressions, through the same
+//! [`crate::egress::EgressClient`] as a function's own requests, so the allowlist, activation,
+//! SSRF checks and mTLS origination apply to them alike.
+//!
+//! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
+//! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers. So far:
+//! [`cron`], the expressions and their evaluation.
+
+pub mod cron;
