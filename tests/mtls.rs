@@ -181,6 +181,12 @@ fn mtls_proxy(files: &Files, port: u16, extra: &str) -> EgressdBuilder {
         ))
 }
 
+/// `curl -i` of `http://payments.test/charge` through `proxy`: status line, headers, body.
+async fn charge(proxy: &Egressd) -> String {
+    let url = "http://payments.test/charge";
+    curl(&["-i", "-x", &proxy.proxy_url(), url], &[]).await.1
+}
+
 /// Writes a client identity from `client_ca` and the server CA's certificate.
 fn write_identity(files: &Files, client_ca: &Ca, cn: &str, server_ca: &Ca) {
     let (cert, key) = client_ca.issue(cn, &[]);
@@ -251,16 +257,7 @@ async fn tls_failures_are_502_with_the_reason() {
         let files = Files::new();
         write_identity(&files, issuer, "egressd", trusted);
         let proxy = mtls_proxy(&files, port, "").start();
-        let (_, body, _) = curl(
-            &[
-                "-i",
-                "-x",
-                &proxy.proxy_url(),
-                "http://payments.test/charge",
-            ],
-            &[],
-        )
-        .await;
+        let body = charge(&proxy).await;
         assert!(body.starts_with("HTTP/1.1 502 tls: "), "{name}: {body}");
         assert_eq!(header(&body, "x-egress-error"), Some("tls"), "{name}");
         assert!(body.contains(reason), "{name}: {body}");
@@ -537,16 +534,7 @@ async fn a_handshake_that_never_finishes_is_a_502_within_the_connect_timeout() {
     let proxy = mtls_proxy(&files, silent.port(), "")
         .proxy("connect_timeout = \"1s\"")
         .start();
-    let (_, body, _) = curl(
-        &[
-            "-i",
-            "-x",
-            &proxy.proxy_url(),
-            "http://payments.test/charge",
-        ],
-        &[],
-    )
-    .await;
+    let body = charge(&proxy).await;
     assert!(body.starts_with("HTTP/1.1 502 tls: "), "{body}");
     assert!(
         body.contains("the TLS handshake did not finish within 1s"),
