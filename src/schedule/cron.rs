@@ -47,6 +47,8 @@ impl fmt::Display for CronExpr {
     }
 }
 
+impl Eq for CronExpr {}
+
 impl PartialEq for CronExpr {
     fn eq(&self, other: &Self) -> bool {
         self.text == other.text

@@ -4,6 +4,8 @@
 //!
 //! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
 //! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers. So far:
-//! [`cron`], the expressions and their evaluation.
+//! [`cron`], the expressions and their evaluation; [`store`], schedules and their runs,
+//! persisted behind a trait.
 
 pub mod cron;
+pub mod store;

@@ -1,0 +1,482 @@
+//! Schedules and their run records, persisted in `state_dir/schedules.json`.
+//!
+//! The store sits behind [`ScheduleStore`]: one replica owns the schedules today
+//! ([`FileStore`]); a shared database can take its place so that several replicas fire each
+//! tick exactly once. Every change is written before it is acknowledged (temp file, fsync,
+//! rename, fsync of the directory), so a `kill -9` at any moment leaves the last
+//! acknowledged state readable. Creating checks the limit and inserts under one lock, so
+//! concurrent creates can never exceed it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::cron::{CronError, CronExpr};
+
+/// At most this many schedules exist at any time.
+pub const MAX_SCHEDULES: usize = 10;
+/// A payload holds at most this many characters (Unicode scalar values, not bytes).
+pub const MAX_PAYLOAD_CHARS: usize = 8000;
+/// Run records kept per schedule.
+pub const RUNS_KEPT: usize = 20;
+
+const STATE_FILE: &str = "schedules.json";
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// The function answered 2xx.
+    Success,
+    /// Any other status, a denial, a DNS/connect/TLS error or the deadline.
+    Failure,
+    /// The previous run was still going when this one was due.
+    Skipped,
+    /// egressd was down when it was due.
+    Missed,
+}
+
+/// One run of a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The nominal time the run was due (a `run now` records when it was asked for).
+    pub scheduled_for: DateTime<Utc>,
+    pub state: RunState,
+    /// The HTTP status, or the error kind (`not-allowlisted`, `dns`, `timeout`...).
+    pub status: String,
+    pub duration_ms: u64,
+    /// Why it failed, in words.
+    pub reason: Option<String>,
+}
+
+/// A schedule as stored and shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: String,
+    pub function: String,
+    pub cron: String,
+    pub payload: String,
+    pub created_at: DateTime<Utc>,
+    /// Newest last, at most [`RUNS_KEPT`].
+    pub runs: VecDeque<RunRecord>,
+}
+
+impl Schedule {
+    pub fn last_run(&self) -> Option<&RunRecord> {
+        self.runs.back()
+    }
+}
+
+/// Why a schedule cannot be created: each maps to one API status and names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("{0}")]
+    Cron(CronError),
+    #[error("the payload has {0} characters; at most {MAX_PAYLOAD_CHARS} are allowed")]
+    PayloadTooLong(usize),
+    #[error(
+        "function {0:?} is not deployed as productive; only productive functions can be scheduled"
+    )]
+    NotProductive(String),
+}
+
+impl RuleError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RuleError::Cron(_) => "cron",
+            RuleError::PayloadTooLong(_) => "payload",
+            RuleError::NotProductive(_) => "function",
+        }
+    }
+}
+
+/// A request for a schedule, checked against the rules before it reaches the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSchedule {
+    pub function: String,
+    pub cron: CronExpr,
+    pub payload: String,
+}
+
+impl NewSchedule {
+    /// Checks the rules: a valid cron expression, a payload within the limit, a productive
+    /// function (`is_productive` asks the config in force).
+    pub fn new(
+        function: &str,
+        cron: &str,
+        payload: &str,
+        is_productive: impl Fn(&str) -> bool,
+    ) -> Result<NewSchedule, RuleError> {
+        if !is_productive(function) {
+            return Err(RuleError::NotProductive(function.to_string()));
+        }
+        let cron = CronExpr::parse(cron).map_err(RuleError::Cron)?;
+        let chars = payload.chars().count();
+        if chars > MAX_PAYLOAD_CHARS {
+            return Err(RuleError::PayloadTooLong(chars));
+        }
+        Ok(NewSchedule {
+            function: function.to_string(),
+            cron,
+            payload: payload.to_string(),
+        })
+    }
+}
+
+/// Why the store refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{MAX_SCHEDULES} schedules exist already; delete one first")]
+    LimitReached,
+    #[error("no schedule {0:?}")]
+    NotFound(String),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where schedules live. One replica owns them today ([`FileStore`]).
+pub trait ScheduleStore: Send + Sync {
+    fn list(&self) -> Vec<Schedule>;
+    fn get(&self, id: &str) -> Option<Schedule>;
+    /// Checks the limit and inserts in one step.
+    fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError>;
+    fn delete(&self, id: &str) -> Result<Schedule, StoreError>;
+    /// Appends a run record, keeping the newest [`RUNS_KEPT`].
+    fn record_run(&self, id: &str, run: RunRecord) -> Result<(), StoreError>;
+    /// Deletes every schedule of `function` (it was undeployed); returns them.
+    fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError>;
+}
+
+/// Schedules in a JSON file in `state_dir`.
+pub struct FileStore {
+    file: PathBuf,
+    schedules: Mutex<BTreeMap<String, Schedule>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    schedules: Vec<Schedule>,
+}
+
+/// Why the state file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct OpenError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl FileStore {
+    /// Opens the store in `state_dir`; no file yet is an empty store.
+    pub fn open(state_dir: &Path) -> Result<FileStore, OpenError> {
+        let file = state_dir.join(STATE_FILE);
+        let error = |message: String| OpenError {
+            path: file.clone(),
+            message,
+        };
+        let schedules = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let state: StateFile =
+                    serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
+                if state.version != 1 {
+                    return Err(error(format!("unknown version {}", state.version)));
+                }
+                state
+                    .schedules
+                    .into_iter()
+                    .map(|s| (s.id.clone(), s))
+                    .collect()
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(err) => return Err(error(err.to_string())),
+        };
+        Ok(FileStore {
+            file,
+            schedules: Mutex::new(schedules),
+        })
+    }
+
+    /// Applies `change` to a copy, writes it, and only then keeps it: a failed write changes
+    /// nothing.
+    fn change<T>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Schedule>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut schedules = self.schedules.lock().expect("schedules lock");
+        let mut next = schedules.clone();
+        let value = change(&mut next)?;
+        self.persist(&next).map_err(|source| StoreError::Write {
+            path: self.file.clone(),
+            source,
+        })?;
+        *schedules = next;
+        Ok(value)
+    }
+
+    fn persist(&self, schedules: &BTreeMap<String, Schedule>) -> std::io::Result<()> {
+        let dir = self.file.parent().expect("the state file has a directory");
+        std::fs::create_dir_all(dir)?;
+        let state = StateFile {
+            version: 1,
+            schedules: schedules.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{STATE_FILE}.{}.{n}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.file)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// A new random schedule id: `sch_` and 16 hex digits.
+fn new_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sch_{hex}")
+}
+
+impl ScheduleStore for FileStore {
+    fn list(&self) -> Vec<Schedule> {
+        let schedules = self.schedules.lock().expect("schedules lock");
+        let mut list: Vec<Schedule> = schedules.values().cloned().collect();
+        list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        list
+    }
+
+    fn get(&self, id: &str) -> Option<Schedule> {
+        self.schedules
+            .lock()
+            .expect("schedules lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError> {
+        self.change(|schedules| {
+            if schedules.len() >= MAX_SCHEDULES {
+                return Err(StoreError::LimitReached);
+            }
+            let schedule = Schedule {
+                id: new_id(),
+                function: new.function,
+                cron: new.cron.to_string(),
+                payload: new.payload,
+                created_at: now,
+                runs: VecDeque::new(),
+            };
+            schedules.insert(schedule.id.clone(), schedule.clone());
+            Ok(schedule)
+        })
+    }
+
+    fn delete(&self, id: &str) -> Result<Schedule, StoreError> {
+        self.change(|schedules| {
+            schedules
+                .remove(id)
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))
+        })
+    }
+
+    fn record_run(&self, id: &str, run: RunRecord) -> Result<(), StoreError> {
+        self.change(|schedules| {
+            let schedule = schedules
+                .get_mut(id)
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            schedule.runs.push_back(run);
+            while schedule.runs.len() > RUNS_KEPT {
+                schedule.runs.pop_front();
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError> {
+        if !self.list().iter().any(|s| s.function == function) {
+            return Ok(Vec::new());
+        }
+        self.change(|schedules| {
+            let ids: Vec<String> = schedules
+                .values()
+                .filter(|s| s.function == function)
+                .map(|s| s.id.clone())
+                .collect();
+            Ok(ids.iter().filter_map(|id| schedules.remove(id)).collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn productive(name: &str) -> bool {
+        name == "refresh-token"
+    }
+
+    fn new(payload: &str) -> NewSchedule {
+        NewSchedule::new("refresh-token", "*/5 * * * *", payload, productive).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-28T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn the_rules_name_the_field_at_fault() {
+        let multibyte = "é".repeat(MAX_PAYLOAD_CHARS);
+        assert_eq!(multibyte.len(), 2 * MAX_PAYLOAD_CHARS, "two bytes each");
+        assert!(NewSchedule::new("refresh-token", "@hourly", &multibyte, productive).is_ok());
+        // (name, function, cron, payload, field at fault)
+        let over = format!("{multibyte}é");
+        let cases = [
+            (
+                "8001 characters",
+                "refresh-token",
+                "@hourly",
+                over.as_str(),
+                "payload",
+            ),
+            (
+                "an undeployed function",
+                "old-fn",
+                "@hourly",
+                "{}",
+                "function",
+            ),
+            (
+                "an invalid expression",
+                "refresh-token",
+                "61 * * * *",
+                "{}",
+                "cron",
+            ),
+        ];
+        for (name, function, cron, payload, field) in cases {
+            let err = NewSchedule::new(function, cron, payload, productive).unwrap_err();
+            assert_eq!(err.field(), field, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn at_most_ten_even_when_created_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStore::open(dir.path()).unwrap());
+        let created: Vec<bool> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..20)
+                .map(|i| {
+                    let store = store.clone();
+                    scope.spawn(move || store.create(new(&format!("{i}")), now()).is_ok())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(created.iter().filter(|ok| **ok).count(), MAX_SCHEDULES);
+        assert_eq!(store.list().len(), MAX_SCHEDULES);
+        assert!(matches!(
+            store.create(new("one more"), now()),
+            Err(StoreError::LimitReached)
+        ));
+    }
+
+    #[test]
+    fn schedules_and_runs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let kept = store.create(new("{\"a\":1}"), now()).unwrap();
+        let gone = store.create(new("x"), now()).unwrap();
+        for i in 0..(RUNS_KEPT + 5) {
+            let run = RunRecord {
+                scheduled_for: now(),
+                state: RunState::Success,
+                status: "200".into(),
+                duration_ms: i as u64,
+                reason: None,
+            };
+            store.record_run(&kept.id, run).unwrap();
+        }
+        store.delete(&gone.id).unwrap();
+        drop(store);
+
+        let store = FileStore::open(dir.path()).unwrap();
+        let list = store.list();
+        assert_eq!(list.len(), 1);
+        let schedule = &list[0];
+        assert_eq!(schedule.payload, "{\"a\":1}");
+        assert_eq!(
+            schedule.runs.len(),
+            RUNS_KEPT,
+            "the newest {RUNS_KEPT} are kept"
+        );
+        assert_eq!(
+            schedule.last_run().unwrap().duration_ms,
+            (RUNS_KEPT + 4) as u64
+        );
+        assert!(matches!(
+            store.delete(&gone.id),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = FileStore::open(&state).unwrap();
+        store.create(new("kept"), now()).unwrap();
+        // A file where the state directory is: every write fails, even as root.
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::write(&state, "not a directory").unwrap();
+        assert!(matches!(
+            store.create(new("lost"), now()),
+            Err(StoreError::Write { .. })
+        ));
+        assert_eq!(store.list().len(), 1, "the refused create is not kept");
+    }
+
+    #[test]
+    fn undeploying_deletes_the_functions_schedules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        store.create(new("a"), now()).unwrap();
+        store.create(new("b"), now()).unwrap();
+        assert_eq!(store.delete_for_function("refresh-token").unwrap().len(), 2);
+        assert!(store.list().is_empty());
+        assert!(store
+            .delete_for_function("refresh-token")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), "{ not json").unwrap();
+        let err = FileStore::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("schedules.json"), "{err}");
+    }
+}
