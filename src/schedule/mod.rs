@@ -5,7 +5,9 @@
 //! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
 //! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers. So far:
 //! [`cron`], the expressions and their evaluation; [`store`], schedules and their runs,
-//! persisted behind a trait.
+//! persisted behind a trait; [`runner`], what is due when (the planner; the task that sleeps
+//! and invokes through the egress client comes next).
 
 pub mod cron;
+pub mod runner;
 pub mod store;
