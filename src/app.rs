@@ -174,10 +174,17 @@ impl App {
     ) -> anyhow::Result<()> {
         tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
         let reloader = self.reloader.clone();
+        let rotator = self.admin.rotator.clone();
         tokio::spawn(async move {
             while reload_signal.recv().await.is_some() {
-                let reloader = reloader.clone();
-                let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Sighup)).await;
+                let (reloader, rotator) = (reloader.clone(), rotator.clone());
+                // SIGHUP re-reads everything: the config, and the [[mtls]] files even when
+                // the config did not change.
+                let _ = tokio::task::spawn_blocking(move || {
+                    reloader.reload(Trigger::Sighup);
+                    rotator.rotate();
+                })
+                .await;
             }
         });
         let admin_task = tokio::spawn(serve_admin(
