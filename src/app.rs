@@ -35,6 +35,9 @@ use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
+use crate::schedule::function::Functions;
+use crate::schedule::service::Scheduler;
+use crate::schedule::store::FileStore;
 
 /// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
@@ -108,25 +111,43 @@ impl App {
         rotator
             .watch(&config.mtls)
             .context("cannot watch the [[mtls]] certificate files")?;
+        let store = FileStore::open(&settings.state_dir)
+            .context("cannot read the schedules in proxy.state_dir")?;
+        let scheduler = Scheduler::new(
+            Arc::new(store),
+            pools[0].clone(),
+            config.functions.clone(),
+            settings.schedule_timeout,
+        );
+        // Functions undeployed while egressd was down lose their schedules now.
+        scheduler.set_functions(config.functions.clone());
         let on_swap = {
             let rotator = rotator.clone();
-            Box::new(move |old: &Policy, new: &Policy, mtls: &MtlsTable| {
-                let mtls_changed = !pools[0].mtls().same_as(mtls);
-                for egress in &pools {
+            let scheduler = scheduler.clone();
+            Box::new(
+                move |old: &Policy, new: &Policy, mtls: &MtlsTable, functions: &Functions| {
+                    if *scheduler.functions() != *functions {
+                        scheduler.set_functions(functions.clone());
+                    }
+                    let mtls_changed = !pools[0].mtls().same_as(mtls);
+                    for egress in &pools {
+                        if mtls_changed {
+                            // set_mtls drops the pool too: its connections present old identities.
+                            egress.set_mtls(mtls.clone());
+                        } else if old.private != new.private
+                            || old.dns_overrides != new.dns_overrides
+                        {
+                            // Pooled upstream connections were dialled under the old address rules.
+                            egress.reset_pool();
+                        }
+                    }
                     if mtls_changed {
-                        // set_mtls drops the pool too: its connections present old identities.
-                        egress.set_mtls(mtls.clone());
-                    } else if old.private != new.private || old.dns_overrides != new.dns_overrides {
-                        // Pooled upstream connections were dialled under the old address rules.
-                        egress.reset_pool();
+                        if let Err(err) = rotator.watch(mtls) {
+                            tracing::error!(error = %err, "cannot watch the new [[mtls]] files; rotations will need a reload");
+                        }
                     }
-                }
-                if mtls_changed {
-                    if let Err(err) = rotator.watch(mtls) {
-                        tracing::error!(error = %err, "cannot watch the new [[mtls]] files; rotations will need a reload");
-                    }
-                }
-            })
+                },
+            )
         };
         let reloader = Reloader::new(
             &config,
@@ -142,6 +163,7 @@ impl App {
             metrics,
             reloader: reloader.clone(),
             rotator,
+            scheduler,
             token: settings.admin_token.clone(),
         });
         Ok(App {
@@ -173,6 +195,7 @@ impl App {
         mut reload_signal: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
         tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
+        tokio::spawn(self.admin.scheduler.clone().serve(shutdown.clone()));
         let reloader = self.reloader.clone();
         let rotator = self.admin.rotator.clone();
         tokio::spawn(async move {

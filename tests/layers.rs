@@ -12,7 +12,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &["egress", "policy"]),
     ("proxy", &["egress", "metrics", "policy", "util"]),
     ("schedule", &["egress", "metrics", "policy", "util"]),
-    ("control", &["egress", "metrics", "policy", "util"]),
+    (
+        "control",
+        &["egress", "metrics", "policy", "schedule", "util"],
+    ),
 ];
 
 /// Every `crate::X` a source file names in code (comments may link anywhere).

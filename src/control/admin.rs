@@ -24,9 +24,13 @@ use super::reload::{Outcome, Reloader, Trigger};
 use super::rotate::Rotator;
 use crate::metrics::Metrics;
 use crate::policy::allowlist::Pattern;
+use crate::schedule::cron::CronExpr;
+use crate::schedule::service::Scheduler;
+use crate::schedule::store::{NewSchedule, RunRecord, RunState, Schedule, StoreError};
 use crate::util::body::{text_response, HttpBody};
 use crate::util::listener::accept;
 use crate::util::time::{format_utc, unix_ms};
+use http_body_util::BodyExt;
 
 /// What an admin route does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +40,11 @@ enum Endpoint {
     Allowlist,
     Mtls,
     Reload,
+    SchedulesList,
+    SchedulesCreate,
+    ScheduleGet,
+    ScheduleDelete,
+    ScheduleRun,
 }
 
 /// One admin route.
@@ -79,6 +88,36 @@ const ROUTES: &[Route] = &[
         mutating: true,
         endpoint: Endpoint::Reload,
     },
+    Route {
+        method: Method::GET,
+        path: "/v1/schedules",
+        mutating: false,
+        endpoint: Endpoint::SchedulesList,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/schedules",
+        mutating: true,
+        endpoint: Endpoint::SchedulesCreate,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/schedules/{id}",
+        mutating: false,
+        endpoint: Endpoint::ScheduleGet,
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/v1/schedules/{id}",
+        mutating: true,
+        endpoint: Endpoint::ScheduleDelete,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/schedules/{id}/run",
+        mutating: true,
+        endpoint: Endpoint::ScheduleRun,
+    },
 ];
 
 pub struct Admin {
@@ -86,6 +125,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The `[[mtls]]` identities in force and their rotation errors.
     pub rotator: Arc<Rotator>,
+    /// Schedules: the API's store and runs.
+    pub scheduler: Arc<Scheduler>,
     /// Required on state-changing endpoints when set.
     pub token: Option<AdminToken>,
 }
@@ -176,8 +217,8 @@ pub async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, shutdown: Can
 
 impl Admin {
     async fn route(&self, req: Request<Incoming>) -> Response<HttpBody> {
-        let route = match find_route(req.method(), req.uri().path()) {
-            Ok(route) => route,
+        let (route, id) = match find_route(req.method(), req.uri().path()) {
+            Ok(found) => found,
             Err(StatusCode::NOT_FOUND) => {
                 return text_response(StatusCode::NOT_FOUND, "not found\n")
             }
@@ -205,6 +246,32 @@ impl Admin {
             Endpoint::Allowlist => json(StatusCode::OK, &self.allowlist()),
             Endpoint::Mtls => json(StatusCode::OK, &self.mtls()),
             Endpoint::Reload => self.reload().await,
+            Endpoint::SchedulesList => {
+                let views: Vec<ScheduleView> = self
+                    .scheduler
+                    .store
+                    .list()
+                    .iter()
+                    .map(schedule_view)
+                    .collect();
+                json(StatusCode::OK, &views)
+            }
+            Endpoint::SchedulesCreate => self.create_schedule(req).await,
+            Endpoint::ScheduleGet => match self.scheduler.store.get(&id) {
+                Some(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
+                None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
+            },
+            Endpoint::ScheduleDelete => match self.scheduler.store.delete(&id) {
+                Ok(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
+                Err(err) => store_error(err),
+            },
+            Endpoint::ScheduleRun => match self.scheduler.run_now(&id).await {
+                Ok(_) => match self.scheduler.store.get(&id) {
+                    Some(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
+                    None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
+                },
+                Err(err) => store_error(err),
+            },
         }
     }
 
@@ -353,14 +420,14 @@ impl Admin {
     }
 }
 
-/// The route for `method` and `path`; 404 for an unknown path, 405 for a known path with
-/// another method.
-fn find_route(method: &Method, path: &str) -> Result<&'static Route, StatusCode> {
+/// The route for `method` and `path`, with the `{id}` segment if the route has one; 404 for
+/// an unknown path, 405 for a known path with another method.
+fn find_route(method: &Method, path: &str) -> Result<(&'static Route, String), StatusCode> {
     let mut known_path = false;
     for route in ROUTES {
-        if route.path == path {
+        if let Some(id) = path_matches(route.path, path) {
             if route.method == method {
-                return Ok(route);
+                return Ok((route, id));
             }
             known_path = true;
         }
@@ -370,6 +437,143 @@ fn find_route(method: &Method, path: &str) -> Result<&'static Route, StatusCode>
     } else {
         StatusCode::NOT_FOUND
     })
+}
+
+/// Whether `path` fits `pattern`, whose `{id}` segment matches one non-empty segment;
+/// returns that segment (empty when the pattern has none).
+fn path_matches(pattern: &str, path: &str) -> Option<String> {
+    let mut id = String::new();
+    let mut pattern_segments = pattern.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(segment)) if !segment.is_empty() => id = segment.to_string(),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The largest schedule request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    function: String,
+    cron: String,
+    #[serde(default)]
+    payload: String,
+}
+
+impl Admin {
+    async fn create_schedule(&self, req: Request<Incoming>) -> Response<HttpBody> {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(err) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {err}"),
+                    None,
+                )
+            }
+        };
+        let request: CreateRequest = match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(err) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"function\", \"cron\", \"payload\"}} as JSON: {err}"),
+                    None,
+                )
+            }
+        };
+        let functions = self.scheduler.functions();
+        let new = match NewSchedule::new(&request.function, &request.cron, &request.payload, |f| {
+            functions.is_productive(f)
+        }) {
+            Ok(new) => new,
+            Err(err) => {
+                return api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    err.to_string(),
+                    Some(err.field()),
+                )
+            }
+        };
+        match self.scheduler.store.create(new, chrono::Utc::now()) {
+            Ok(schedule) => {
+                self.scheduler.created();
+                tracing::info!(schedule = %schedule.id, function = %schedule.function, cron = %schedule.cron, "schedule created");
+                json(StatusCode::CREATED, &schedule_view(&schedule))
+            }
+            Err(err) => store_error(err),
+        }
+    }
+}
+
+/// A schedule as the API shows it: times in RFC 3339 UTC.
+#[derive(Serialize)]
+struct ScheduleView {
+    id: String,
+    function: String,
+    cron: String,
+    payload: String,
+    created_at: String,
+    next_run: Option<String>,
+    last_run: Option<String>,
+    last_state: Option<RunState>,
+    last_status: Option<String>,
+    last_duration_ms: Option<u64>,
+    last_reason: Option<String>,
+    runs: Vec<RunRecord>,
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn schedule_view(schedule: &Schedule) -> ScheduleView {
+    let last = schedule.last_run();
+    let next_run = CronExpr::parse(&schedule.cron)
+        .ok()
+        .and_then(|cron| cron.next_after(chrono::Utc::now()))
+        .map(rfc3339);
+    ScheduleView {
+        id: schedule.id.clone(),
+        function: schedule.function.clone(),
+        cron: schedule.cron.clone(),
+        payload: schedule.payload.clone(),
+        created_at: rfc3339(schedule.created_at),
+        next_run,
+        last_run: last.map(|r| rfc3339(r.scheduled_for)),
+        last_state: last.map(|r| r.state),
+        last_status: last.map(|r| r.status.clone()),
+        last_duration_ms: last.map(|r| r.duration_ms),
+        last_reason: last.and_then(|r| r.reason.clone()),
+        runs: schedule.runs.iter().cloned().collect(),
+    }
+}
+
+/// `{"error": "...", "field": "..."}` with `status`.
+fn api_error(status: StatusCode, error: String, field: Option<&str>) -> Response<HttpBody> {
+    json(
+        status,
+        &serde_json::json!({ "error": error, "field": field }),
+    )
+}
+
+fn store_error(err: StoreError) -> Response<HttpBody> {
+    let status = match err {
+        StoreError::LimitReached => StatusCode::CONFLICT,
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Write { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    api_error(status, err.to_string(), None)
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Response<HttpBody> {

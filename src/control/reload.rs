@@ -35,6 +35,7 @@ use crate::egress::tls::MtlsTable;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
 use crate::policy::{Policy, PolicyHandle};
+use crate::schedule::function::Functions;
 use crate::util::time::unix_ms;
 
 /// What asked for a reload; the `trigger` field of reload log lines.
@@ -83,7 +84,7 @@ pub enum Outcome {
 }
 
 /// Called after each swap with the old and the new policy.
-pub type SwapHook = Box<dyn Fn(&Policy, &Policy, &MtlsTable) + Send + Sync>;
+pub type SwapHook = Box<dyn Fn(&Policy, &Policy, &MtlsTable, &Functions) + Send + Sync>;
 
 pub struct Reloader {
     path: PathBuf,
@@ -200,6 +201,7 @@ impl Reloader {
             tracing::warn!(trigger = trigger.as_str(), "{warning}");
         }
         let mtls = config.mtls;
+        let functions = config.functions;
         let mut policy = config.policy;
         let delay_for_added = new_delay.max(inner.delay);
         let mut book = inner.book.clone();
@@ -237,7 +239,7 @@ impl Reloader {
             (old, status.generation)
         };
         let effective_in = started.elapsed();
-        (self.on_swap)(&old, &policy, &mtls);
+        (self.on_swap)(&old, &policy, &mtls, &functions);
         inner.last_text = text;
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
@@ -444,7 +446,7 @@ mod tests {
                 Arc::new(Registry::default()),
                 Arc::new(Metrics::new()),
                 text,
-                Box::new(|_, _, _| {}),
+                Box::new(|_, _, _, _| {}),
             );
             Fixture {
                 dir,

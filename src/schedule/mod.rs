@@ -9,5 +9,8 @@
 //! and invokes through the egress client comes next).
 
 pub mod cron;
+pub mod function;
+pub mod invoke;
 pub mod runner;
+pub mod service;
 pub mod store;

@@ -275,6 +275,15 @@ impl Egressd {
         .await
     }
 
+    /// Sends `method path` with a JSON body to the admin listener; returns status and body.
+    pub async fn admin_json(&self, method: &str, path: &str, json: &str) -> (u16, String) {
+        self.admin_request(&format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ))
+        .await
+    }
+
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_request(&format!(
             "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"

@@ -25,6 +25,7 @@ use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
+use crate::schedule::function::Functions;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct Config {
     pub policy: Policy,
     /// `[[mtls]]` entries with their identities loaded and checked.
     pub mtls: MtlsTable,
+    /// `[[functions]]`: what may be scheduled, and where invocations go.
+    pub functions: Functions,
     /// Things that are valid but probably not what was meant (a client certificate about to
     /// expire, an `[[mtls]]` host no allowlist entry covers); printed by `check`, logged by
     /// `run` and on reload.
@@ -67,6 +70,8 @@ pub struct ProxySettings {
     /// Proxy worker threads, each with its own listener (`SO_REUSEPORT`), runtime and
     /// upstream pool, so a request never changes threads.
     pub workers: usize,
+    /// The deadline of one scheduled invocation.
+    pub schedule_timeout: Duration,
 }
 
 impl Config {
@@ -91,6 +96,7 @@ impl Config {
             max_connections,
             tunnel_relay,
             workers,
+            schedule_timeout,
         } = &self.proxy;
         let DnsSettings { servers, timeout } = &self.dns;
         vec![
@@ -115,6 +121,7 @@ impl Config {
             ("proxy.max_connections", format!("{max_connections}")),
             ("proxy.tunnel_relay", tunnel_relay.as_str().to_string()),
             ("proxy.workers", format!("{workers}")),
+            ("proxy.schedule_timeout", format!("{schedule_timeout:?}")),
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
         ]
@@ -212,6 +219,7 @@ impl Config {
         let policy = validate::policy(&raw, overrides, &mut problems);
         let mut warnings = Vec::new();
         let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
+        let functions = validate::functions(&raw.functions, &mut problems);
         match (proxy, problems.list.is_empty()) {
             (Some(proxy), true) => Ok(Config {
                 path: path.to_path_buf(),
@@ -219,6 +227,7 @@ impl Config {
                 dns,
                 policy,
                 mtls,
+                functions,
                 warnings,
             }),
             _ => Err(ConfigError::Invalid(problems.list)),

@@ -12,7 +12,17 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     pub dns: RawDns,
     pub mtls: Vec<Spanned<RawMtls>>,
+    pub functions: Vec<Spanned<RawFunction>>,
     pub allowlist: RawAllowlist,
+}
+
+/// One `[[functions]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    pub name: Spanned<String>,
+    pub state: Spanned<String>,
+    pub url: Spanned<String>,
 }
 
 /// One `[[mtls]]` table.
@@ -47,6 +57,7 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<i64>>,
     pub tunnel_relay: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
+    pub schedule_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::problems::Problems;
-use super::raw::{RawConfig, RawDns, RawMtls, RawProxy};
+use super::raw::{RawConfig, RawDns, RawFunction, RawMtls, RawProxy};
 use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
 use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsSpec, MtlsTable, EXPIRY_WARNING};
@@ -17,6 +17,7 @@ use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
+use crate::schedule::function::{self as function, Function, Functions};
 
 /// Whether parsing reads secret files.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,11 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
         tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
         workers: p.positive(&raw.workers, "proxy.workers", 1, default_workers()),
+        schedule_timeout: p.duration(
+            &raw.schedule_timeout,
+            "proxy.schedule_timeout",
+            Duration::from_secs(30),
+        ),
     };
     Some(settings)
 }
@@ -384,4 +390,44 @@ fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
         Pattern::Ip(ip) => Ok(Host::Ip(*ip)),
     };
     host.is_ok_and(|host| allowlist.find(&host).is_some())
+}
+
+/// `[[functions]]`: names unique and well-formed, a known state, an http(s) URL.
+pub fn functions(raw: &[toml::Spanned<RawFunction>], p: &mut Problems) -> Functions {
+    let mut functions: Vec<Function> = Vec::new();
+    for (i, table) in raw.iter().enumerate() {
+        let entry = table.get_ref();
+        let key = |field: &str| format!("functions[{i}].{field}");
+        let name = function::parse_name(entry.name.get_ref());
+        let state = function::parse_state(entry.state.get_ref());
+        let url = function::parse_url(entry.url.get_ref());
+        for (value, field, err) in [
+            (&entry.name, "name", name.as_ref().err()),
+            (&entry.state, "state", state.as_ref().err()),
+            (&entry.url, "url", url.as_ref().err()),
+        ] {
+            if let Some(err) = err {
+                p.at(
+                    value,
+                    &key(field),
+                    Some(value.get_ref().clone()),
+                    err.to_string(),
+                );
+            }
+        }
+        let (Ok(name), Ok(state), Ok(url)) = (name, state, url) else {
+            continue;
+        };
+        if functions.iter().any(|f| f.name == name) {
+            p.at(
+                &entry.name,
+                &key("name"),
+                Some(name),
+                "another [[functions]] entry has this name; names are unique",
+            );
+            continue;
+        }
+        functions.push(Function { name, state, url });
+    }
+    Functions::new(functions)
 }

@@ -1,0 +1,104 @@
+//! One invocation: `POST url` with the payload, through the egress client — the same
+//! decision, pinning and mTLS origination as a function's own request, so a host that is not
+//! allowlisted (or still pending activation) is a `failure` with that reason, never a bypass.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
+
+use super::function::Function;
+use super::store::{RunRecord, RunState, Schedule};
+use crate::egress::EgressClient;
+use crate::policy::{Denial, Protocol, Target};
+use crate::util::body::full;
+
+/// How much of a function's response body is read (and discarded) before the run counts.
+const RESPONSE_LIMIT: usize = 64 * 1024;
+
+/// Invokes `function` for `schedule`'s run due at `nominal`, within `deadline`.
+pub async fn invoke(
+    egress: &EgressClient,
+    function: &Function,
+    schedule: &Schedule,
+    nominal: DateTime<Utc>,
+    deadline: Duration,
+) -> RunRecord {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(deadline, attempt(egress, function, schedule, nominal))
+        .await
+        .unwrap_or_else(|_| {
+            Err((
+                "timeout".to_string(),
+                format!("no response within {deadline:?} (schedule_timeout)"),
+            ))
+        });
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (state, status, reason) = match outcome {
+        Ok(status) if (200..300).contains(&status) => (RunState::Success, status.to_string(), None),
+        Ok(status) => (
+            RunState::Failure,
+            status.to_string(),
+            Some(format!("the function answered HTTP {status}")),
+        ),
+        Err((kind, reason)) => (RunState::Failure, kind, Some(reason)),
+    };
+    RunRecord {
+        scheduled_for: nominal,
+        state,
+        status,
+        duration_ms,
+        reason,
+    }
+}
+
+/// The response status, or (error kind, reason).
+async fn attempt(
+    egress: &EgressClient,
+    function: &Function,
+    schedule: &Schedule,
+    nominal: DateTime<Utc>,
+) -> Result<u16, (String, String)> {
+    let denied = |d: Denial| (d.reason.code().to_string(), d.message);
+    let authority = function.url.authority().map(|a| a.as_str()).unwrap_or("");
+    let target = Target::parse_authority_or(authority, 80)
+        .map_err(|e| denied(Denial::invalid_target(&e)))?;
+    let permit = egress.decide(&target, Protocol::Http).map_err(denied)?;
+    let content_type = if serde_json::from_str::<serde_json::Value>(&schedule.payload).is_ok() {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(function.url.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+        .header("x-egress-schedule-id", schedule.id.as_str())
+        .header(
+            "x-egress-scheduled-time",
+            nominal.to_rfc3339_opts(SecondsFormat::Secs, true),
+        )
+        .body(full(Bytes::from(schedule.payload.clone())))
+        .expect("a valid URL and header values make a valid request");
+    let response = egress.send(&permit, request).await.map_err(|err| {
+        let kind = err
+            .kind()
+            .map(|k| k.as_str().to_string())
+            .unwrap_or_else(|| "denied".to_string());
+        match &err {
+            crate::egress::SendError::Egress(crate::egress::EgressError::Denied(d)) => {
+                denied(d.clone())
+            }
+            _ => (kind, err.to_string()),
+        }
+    })?;
+    let status = response.status().as_u16();
+    // Read the answer to its end so the pooled connection can be reused.
+    let _ = Limited::new(response.into_body(), RESPONSE_LIMIT)
+        .collect()
+        .await;
+    Ok(status)
+}

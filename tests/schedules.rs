@@ -1,0 +1,303 @@
+//! Scheduled invocations through the real binary: the admin API creates schedules, `run`
+//! invokes a real function server on loopback through the egress client, and the rules
+//! (productive functions, the limit, the payload size) answer with the right status.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::net::TcpListener;
+
+/// What the function server received: (request line and headers, body).
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A function server that answers 200 and records every request.
+async fn function_server() -> (u16, Received) {
+    let received: Received = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        let mut head = format!("{} {}\n", req.method(), req.uri());
+                        for (name, value) in req.headers() {
+                            head.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+                        }
+                        let body = req.into_body().collect().await?.to_bytes();
+                        sink.lock()
+                            .unwrap()
+                            .push((head, String::from_utf8_lossy(&body).into_owned()));
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, received)
+}
+
+/// egressd with three functions: `refresh-token` (productive, allowlisted), `blocked`
+/// (productive, its host not allowlisted) and `old` (undeployed).
+fn scheduler_proxy(port: u16) -> EgressdBuilder {
+    let functions = format!(
+        "[[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
+         [[functions]]\nname = \"blocked\"\nstate = \"productive\"\nurl = \"http://blocked.test:{port}/invoke\"\n\
+         [[functions]]\nname = \"old\"\nstate = \"undeployed\"\nurl = \"http://fn.test:{port}/old\"\n"
+    );
+    egressd()
+        .allow_local("fn.test")
+        .dns("blocked.test", "127.0.0.1")
+        .ports(&[443], &[port])
+        .table(&functions)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test]
+async fn a_schedule_runs_through_the_egress_client_with_its_payload_and_headers() {
+    let (port, received) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (status, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "*/5 * * * *", "payload": "{\"grant\": \"refresh\"}"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let schedule = json(&body);
+    let id = schedule["id"].as_str().unwrap().to_string();
+    assert!(
+        schedule["next_run"].as_str().unwrap().ends_with(":00Z"),
+        "{schedule}"
+    );
+
+    let (status, body) = proxy
+        .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let view = json(&body);
+    assert_eq!(view["last_state"], "success", "{view}");
+    assert_eq!(view["last_status"], "200");
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    let (head, payload) = &got[0];
+    assert!(head.starts_with("POST /invoke\n"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.contains(&format!("x-egress-schedule-id: {id}")),
+        "{head}"
+    );
+    assert!(head.contains("x-egress-scheduled-time: 20"), "{head}");
+    assert_eq!(payload, "{\"grant\": \"refresh\"}");
+
+    // A restart keeps the schedule and its run.
+    let proxy = proxy.restart().await;
+    let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
+    assert_eq!(json(&body)["last_state"], "success", "{body}");
+}
+
+#[tokio::test]
+async fn a_denied_invocation_is_a_failure_with_the_reason_never_a_bypass() {
+    let (port, received) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (_, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "blocked", "cron": "@hourly"}"#,
+        )
+        .await;
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (_, body) = proxy
+        .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
+        .await;
+    let view = json(&body);
+    assert_eq!(view["last_state"], "failure", "{view}");
+    assert_eq!(view["last_status"], "not-allowlisted", "{view}");
+    assert!(
+        view["last_reason"]
+            .as_str()
+            .unwrap()
+            .contains("add \"blocked.test\""),
+        "{view}"
+    );
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing reached the function"
+    );
+}
+
+#[tokio::test]
+async fn the_rules_answer_with_the_field_at_fault() {
+    let (port, _) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let at_limit = "é".repeat(8000);
+    let over = "é".repeat(8001);
+    // (name, body, status, field)
+    let cases = [
+        (
+            "an undeployed function",
+            r#"{"function": "old", "cron": "@daily"}"#.to_string(),
+            422,
+            Some("function"),
+        ),
+        (
+            "an unknown function",
+            r#"{"function": "nope", "cron": "@daily"}"#.to_string(),
+            422,
+            Some("function"),
+        ),
+        (
+            "an invalid expression",
+            r#"{"function": "refresh-token", "cron": "61 * * * *"}"#.to_string(),
+            422,
+            Some("cron"),
+        ),
+        (
+            "a seconds field",
+            r#"{"function": "refresh-token", "cron": "0 */5 * * * *"}"#.to_string(),
+            422,
+            Some("cron"),
+        ),
+        (
+            "8001 characters",
+            format!(r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{over}"}}"#),
+            422,
+            Some("payload"),
+        ),
+        (
+            "8000 two-byte characters",
+            format!(
+                r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{at_limit}"}}"#
+            ),
+            201,
+            None,
+        ),
+        ("not JSON", "function=refresh-token".to_string(), 400, None),
+    ];
+    for (name, body, status, field) in cases {
+        let (got, answer) = proxy.admin_json("POST", "/v1/schedules", &body).await;
+        assert_eq!(got, status, "{name}: {answer}");
+        if status >= 400 {
+            let error = json(&answer);
+            assert_eq!(error["field"].as_str(), field, "{name}: {answer}");
+            assert!(!error["error"].as_str().unwrap().is_empty(), "{name}");
+        }
+    }
+    let (status, _) = proxy.admin_get("/v1/schedules/sch_nope").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_creates_make_at_most_ten() {
+    let (port, _) = function_server().await;
+    let proxy = Arc::new(scheduler_proxy(port).start());
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            let body =
+                format!(r#"{{"function": "refresh-token", "cron": "@hourly", "payload": "{i}"}}"#);
+            proxy.admin_json("POST", "/v1/schedules", &body).await.0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        10,
+        "{statuses:?}"
+    );
+    let (_, body) = proxy.admin_get("/v1/schedules").await;
+    assert_eq!(json(&body).as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn undeploying_a_function_deletes_its_schedules() {
+    let (port, _) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (status, _) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "@daily"}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let undeployed = text.replacen(
+        "name = \"refresh-token\"\nstate = \"productive\"",
+        "name = \"refresh-token\"\nstate = \"undeployed\"",
+        1,
+    );
+    assert_ne!(text, undeployed);
+    write_file(&proxy.config_path, &undeployed, Write::Rename);
+    eventually("the schedule to be deleted", || async {
+        let (_, body) = proxy.admin_get("/v1/schedules").await;
+        json(&body).as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_schedule_fires_on_the_real_minute_boundary() {
+    let (port, received) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (status, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // Up to a minute: the next boundary.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(75);
+    while received.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no run within 75 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (head, _) = received.lock().unwrap()[0].clone();
+    let scheduled = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-egress-scheduled-time: "))
+        .unwrap()
+        .to_string();
+    assert!(
+        scheduled.ends_with(":00Z"),
+        "a minute boundary: {scheduled}"
+    );
+    let line = proxy
+        .wait_for_line(|l| {
+            l["message"] == "scheduled run" || l["fields"]["message"] == "scheduled run"
+        })
+        .await;
+    let lag = line["lag_ms"].as_i64().unwrap();
+    assert!(lag >= 0, "never early: {line}");
+    eprintln!("firing lag: {lag} ms");
+}
