@@ -118,6 +118,7 @@ impl App {
             pools[0].clone(),
             config.functions.clone(),
             settings.schedule_timeout,
+            metrics.clone(),
         );
         // Functions undeployed while egressd was down lose their schedules now.
         scheduler.set_functions(config.functions.clone());

@@ -39,6 +39,17 @@ enum Command {
         config: PathBuf,
         target: String,
     },
+    /// Manage scheduled invocations through a running egressd's admin API.
+    Schedules {
+        /// The admin listener, e.g. http://127.0.0.1:9901.
+        #[arg(long, default_value = "http://127.0.0.1:9901", global = true)]
+        admin: String,
+        /// A file holding the admin bearer token.
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SchedulesCommand,
+    },
     /// Print the next runs of a cron expression (UTC, and local time), or what is wrong.
     Cron {
         /// Five fields (minute hour day-of-month month day-of-week) or @hourly, @daily, ...
@@ -52,12 +63,52 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SchedulesCommand {
+    /// Every schedule with its next and last run.
+    List,
+    /// Schedule a productive function.
+    Create {
+        function: String,
+        /// Five fields, UTC, e.g. "*/5 * * * *".
+        cron: String,
+        /// Passed to the function verbatim (at most 8000 characters).
+        #[arg(long, default_value = "")]
+        payload: String,
+    },
+    /// Delete a schedule.
+    Delete { id: String },
+    /// Invoke a schedule now, recorded like a scheduled run.
+    Run { id: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => cli::run(&config, cli.log_format),
         Command::Check { config } => cli::check(&config),
         Command::Explain { config, target } => cli::explain(&config, &target),
+        Command::Schedules {
+            admin,
+            token_file,
+            action,
+        } => {
+            let action = match action {
+                SchedulesCommand::List => cli::Action::List,
+                SchedulesCommand::Create {
+                    function,
+                    cron,
+                    payload,
+                } => cli::Action::Create {
+                    function,
+                    cron,
+                    payload,
+                },
+                SchedulesCommand::Delete { id } => cli::Action::Delete(id),
+                SchedulesCommand::Run { id } => cli::Action::Run(id),
+            };
+            cli::schedules(&admin, token_file.as_deref(), action)
+        }
         Command::Cron {
             expression,
             count,

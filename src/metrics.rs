@@ -90,6 +90,10 @@ pub struct Metrics {
     mtls_handshakes: Family<Vec<(&'static str, String)>, Counter>,
     /// Seconds until each `[[mtls]]` client certificate expires (negative once expired).
     mtls_expiry: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Scheduled runs by schedule and outcome (success, failure, skipped, missed).
+    schedule_runs: Family<Vec<(&'static str, String)>, Counter>,
+    /// How late a scheduled run started after its nominal time.
+    schedule_lag: Histogram,
     /// Handles for the per-request series, resolved once: a family lookup takes a shared
     /// read lock, which two busy cores would bounce between them on every request.
     hot: HotSeries,
@@ -136,6 +140,18 @@ impl Metrics {
             "mtls_handshakes",
             "mTLS handshakes egressd originated, by [[mtls]] entry and outcome",
             mtls_handshakes.clone(),
+        );
+        let schedule_runs: Family<Vec<(&'static str, String)>, Counter> = Family::default();
+        let schedule_lag = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "schedule_runs",
+            "Scheduled runs by schedule and outcome",
+            schedule_runs.clone(),
+        );
+        registry.register(
+            "schedule_firing_lag_seconds",
+            "Time from a run's nominal time to its start",
+            schedule_lag.clone(),
         );
         registry.register(
             "mtls_client_cert_expiry_seconds",
@@ -230,7 +246,22 @@ impl Metrics {
             state_persist_failures,
             mtls_handshakes,
             mtls_expiry,
+            schedule_runs,
+            schedule_lag,
         }
+    }
+
+    pub fn schedule_run(&self, schedule: &str, outcome: &str) {
+        self.schedule_runs
+            .get_or_create(&vec![
+                ("schedule", schedule.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn schedule_lag(&self, seconds: f64) {
+        self.schedule_lag.observe(seconds);
     }
 
     pub fn mtls_handshake(&self, entry: &str, outcome: HandshakeOutcome) {

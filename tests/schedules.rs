@@ -107,6 +107,8 @@ async fn a_schedule_runs_through_the_egress_client_with_its_payload_and_headers(
     );
     assert!(head.contains("x-egress-scheduled-time: 20"), "{head}");
     assert_eq!(payload, "{\"grant\": \"refresh\"}");
+    let series = format!("egressd_schedule_runs_total{{schedule=\"{id}\",outcome=\"success\"}}");
+    assert_eq!(proxy.metric(&series).await, 1.0);
 
     // A restart keeps the schedule and its run.
     let proxy = proxy.restart().await;
@@ -300,4 +302,109 @@ async fn a_schedule_fires_on_the_real_minute_boundary() {
     let lag = line["lag_ms"].as_i64().unwrap();
     assert!(lag >= 0, "never early: {line}");
     eprintln!("firing lag: {lag} ms");
+}
+
+/// Runs `egressd schedules ARGS --admin URL` with a New York local time.
+async fn cli(proxy: &Egressd, args: &[&str]) -> (i32, String, String) {
+    let admin = format!("http://{}", proxy.admin);
+    let out = tokio::process::Command::new(BIN)
+        .arg("schedules")
+        .args(args)
+        .args(["--admin", &admin])
+        .env("TZ", "EST5EDT,M3.2.0,M11.1.0")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_creates_runs_lists_and_deletes() {
+    let (port, received) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (code, out, err) = cli(
+        &proxy,
+        &[
+            "create",
+            "refresh-token",
+            "0 3 * * *",
+            "--payload",
+            "keep-warm",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let id = out.split_whitespace().next().unwrap().to_string();
+    assert!(id.starts_with("sch_"), "{out}");
+    // 03:00 UTC is 22:00 the evening before in New York (EST).
+    assert!(
+        out.contains("T03:00:00Z (") && out.contains(" 22:00 -05:00 local)"),
+        "{out}"
+    );
+
+    let (code, out, err) = cli(&proxy, &["run", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("success, 200 in"), "{out}");
+    assert_eq!(received.lock().unwrap()[0].1, "keep-warm");
+    assert!(received.lock().unwrap()[0]
+        .0
+        .contains("content-type: text/plain; charset=utf-8"));
+
+    let (_, out, _) = cli(&proxy, &["list"]).await;
+    assert!(out.starts_with(&id), "{out}");
+    let (code, _, _) = cli(&proxy, &["delete", &id]).await;
+    assert_eq!(code, 0);
+    let (_, out, _) = cli(&proxy, &["list"]).await;
+    assert_eq!(out, "no schedules\n");
+
+    let (code, _, err) = cli(&proxy, &["create", "old", "@daily"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("HTTP 422 (function)"), "{err}");
+}
+
+#[tokio::test]
+async fn a_config_read_half_written_never_deletes_schedules() {
+    let (port, _) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let (status, _) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "@daily"}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    // `cat > egressd.toml` in two writes: the first ends inside the [[functions]] tables,
+    // long enough for the watcher to read it.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let cut = text.find("name = \"refresh-token\"").unwrap();
+    std::fs::write(&proxy.config_path, &text[..cut]).unwrap();
+    proxy.wait_allowlist(|v| !v["last_error"].is_null()).await;
+    std::fs::write(&proxy.config_path, &text).unwrap();
+    proxy.wait_allowlist(|v| v["last_error"].is_null()).await;
+    let (_, body) = proxy.admin_get("/v1/schedules").await;
+    assert_eq!(json(&body).as_array().unwrap().len(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_schedule() {
+    let (port, _) = function_server().await;
+    let mut proxy = scheduler_proxy(port).start();
+    let (_, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "@daily"}"#,
+        )
+        .await;
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    proxy.child.kill().unwrap(); // SIGKILL
+    proxy.child.wait().unwrap();
+    let proxy = proxy.restart_stopped();
+    let (status, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -5,11 +5,13 @@ mod check;
 mod cron;
 mod explain;
 mod run;
+mod schedules;
 
 pub use check::check;
 pub use cron::cron;
 pub use explain::explain;
 pub use run::{run, LogFormat};
+pub use schedules::{schedules, Action};
 
 use std::path::Path;
 

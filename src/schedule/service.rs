@@ -21,6 +21,7 @@ use super::invoke::invoke;
 use super::runner::{plan, sleep_until_next};
 use super::store::{RunRecord, RunState, Schedule, ScheduleStore, StoreError};
 use crate::egress::EgressClient;
+use crate::metrics::Metrics;
 
 /// The longest sleep between checks: new schedules wake the loop at once anyway.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -35,6 +36,7 @@ pub struct Scheduler {
     wake: Notify,
     /// Attempt deadline per invocation.
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -43,6 +45,7 @@ impl Scheduler {
         egress: Arc<EgressClient>,
         functions: Functions,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Scheduler {
             store,
@@ -51,6 +54,7 @@ impl Scheduler {
             running: Mutex::default(),
             wake: Notify::new(),
             timeout,
+            metrics,
         })
     }
 
@@ -94,7 +98,7 @@ impl Scheduler {
             .get(id)
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let run = self.invoke(&schedule, Utc::now()).await;
-        self.store.record_run(id, run.clone())?;
+        self.record(id, run.clone());
         Ok(run)
     }
 
@@ -161,6 +165,7 @@ impl Scheduler {
             return;
         }
         let lag = (Utc::now() - nominal).num_milliseconds();
+        self.metrics.schedule_lag(lag.max(0) as f64 / 1000.0);
         tracing::debug!(schedule = %schedule.id, lag_ms = lag, "firing");
         let scheduler = self.clone();
         tokio::spawn(async move {
@@ -186,6 +191,11 @@ impl Scheduler {
     }
 
     fn record(&self, id: &str, run: RunRecord) {
+        let outcome = serde_json::to_value(run.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.metrics.schedule_run(id, &outcome);
         match self.store.record_run(id, run) {
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => tracing::error!(schedule = id, error = %err, "cannot record a run"),
