@@ -408,3 +408,41 @@ async fn kill_9_loses_no_schedule() {
     let (status, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn an_https_function_is_invoked_over_verified_tls() {
+    // A self-signed origin: egressd verifies against the Mozilla roots, so the run fails with
+    // the TLS reason — proof that it went out as TLS, and that verification is not skipped.
+    let (addr, _pem) = tls_origin("secure-fn.test").await;
+    let port = addr.port();
+    let functions = format!(
+        "[[functions]]\nname = \"secure\"\nstate = \"productive\"\nurl = \"https://secure-fn.test:{port}/invoke\"\n"
+    );
+    let proxy = egressd()
+        .allow_local("secure-fn.test")
+        .ports(&[port], &[])
+        .table(&functions)
+        .start();
+    let (status, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "secure", "cron": "@daily"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let (_, body) = proxy
+        .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
+        .await;
+    let view = json(&body);
+    assert_eq!(view["last_state"], "failure", "{view}");
+    assert_eq!(view["last_status"], "tls", "{view}");
+    assert!(
+        view["last_reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown issuer"),
+        "{view}"
+    );
+}

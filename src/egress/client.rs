@@ -26,7 +26,9 @@ use tokio::net::TcpStream;
 
 use super::dial::{Dialer, EgressError};
 use super::resolve::Resolve;
-use super::tls::{describe_tls_failure, originate, HandshakeHook, HandshakeOutcome, MtlsTable};
+use super::tls::{
+    describe_tls_failure, originate, plain_tls_config, HandshakeHook, HandshakeOutcome, MtlsTable,
+};
 use super::ErrorKind;
 use crate::policy::allowlist::RuleId;
 use crate::policy::host::Host;
@@ -207,11 +209,16 @@ impl EgressClient {
         permit: &Permit,
         mut request: Request<HttpBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let tls_port = self
-            .mtls
-            .load()
-            .lookup(&permit.target.host)
-            .map(|entry| entry.spec.port);
+        // An https:// permit (a scheduled invocation) is TLS to its own port; a plain-HTTP one
+        // is TLS only where an [[mtls]] entry says so, to the entry's port.
+        let tls_port = match permit.protocol {
+            Protocol::Connect => Some(permit.target.port),
+            Protocol::Http => self
+                .mtls
+                .load()
+                .lookup(&permit.target.host)
+                .map(|entry| entry.spec.port),
+        };
         aim(&mut request, &permit.target, tls_port);
         let pool = self.pool.load_full();
         let timeout = self.options.response_header_timeout;
@@ -313,6 +320,7 @@ fn pool(
             mtls: mtls.clone(),
             handshake_timeout: options.connect_timeout,
             on_handshake,
+            plain_tls: plain_tls_config(),
         })
 }
 
@@ -328,6 +336,8 @@ struct Connector {
     /// The TLS handshake must finish within this (`connect_timeout`).
     handshake_timeout: Duration,
     on_handshake: Option<HandshakeHook>,
+    /// For `https://` without an `[[mtls]]` entry.
+    plain_tls: Arc<rustls::ClientConfig>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -345,6 +355,7 @@ impl tower_service::Service<Uri> for Connector {
         let mtls = self.mtls.load_full();
         let handshake_timeout = self.handshake_timeout;
         let on_handshake = self.on_handshake.clone();
+        let plain_tls = self.plain_tls.clone();
         Box::pin(async move {
             let target = target_of(&uri)?;
             let (stream, _) = dialer.dial(&target, &policy).await?;
@@ -355,12 +366,12 @@ impl tower_service::Service<Uri> for Connector {
                 target: target.to_string(),
                 message,
             };
-            let entry = mtls
-                .lookup(&target.host)
-                .ok_or_else(|| tls_error("no [[mtls]] entry covers the host any more".into()))?;
-            let handshake = originate(&entry.identity, &target.host, stream);
+            // The entry's identity where mTLS applies; plain TLS for an https:// invocation.
+            let entry = mtls.lookup(&target.host);
+            let config = entry.map_or(plain_tls.clone(), |e| e.identity.config.clone());
+            let handshake = originate(&config, &target.host, stream);
             let report = |outcome| {
-                if let Some(hook) = &on_handshake {
+                if let (Some(hook), Some(entry)) = (&on_handshake, entry) {
                     hook(&entry.spec.pattern, outcome);
                 }
             };

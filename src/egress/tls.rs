@@ -288,9 +288,23 @@ impl MtlsTable {
     }
 }
 
-/// Opens TLS over `stream` to `host`, presenting `identity`'s certificate.
+/// TLS without a client certificate, verified against the Mozilla roots: for `https://`
+/// requests egressd sends itself (scheduled invocations) to hosts without an `[[mtls]]` entry.
+pub fn plain_tls_config() -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Opens TLS over `stream` to `host` with `config` (an identity's, or [`plain_tls_config`]).
 pub async fn originate(
-    identity: &Identity,
+    config: &Arc<ClientConfig>,
     host: &Host,
     stream: TcpStream,
 ) -> io::Result<TlsStream<TcpStream>> {
@@ -299,7 +313,7 @@ pub async fn originate(
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
-    TlsConnector::from(identity.config.clone())
+    TlsConnector::from(config.clone())
         .connect(name, stream)
         .await
 }

@@ -16,8 +16,9 @@ pub struct Function {
     /// `[a-z0-9-]`, 1 to 63 characters, unique.
     pub name: String,
     pub state: DeployState,
-    /// Where invocations are sent (`POST`): `http://`, over mTLS where an `[[mtls]]` entry
-    /// covers the host.
+    /// Where invocations are sent (`POST`): `http://` (over mTLS where an `[[mtls]]` entry
+    /// covers the host) or `https://` (TLS verified against the Mozilla roots, under the
+    /// CONNECT port rules).
     pub url: Uri,
 }
 
@@ -28,7 +29,7 @@ pub enum FunctionError {
     Name,
     #[error("expected \"productive\" or \"undeployed\"")]
     State,
-    #[error("expected an http:// URL with a host, e.g. \"http://fn-refresh.functions.test/invoke\" (egressd originates mTLS where an [[mtls]] entry covers the host; https:// function URLs are not supported yet)")]
+    #[error("expected an http:// or https:// URL with a host, e.g. \"http://fn-refresh.functions.test/invoke\"")]
     Url,
 }
 
@@ -51,7 +52,7 @@ pub fn parse_state(state: &str) -> Result<DeployState, FunctionError> {
 pub fn parse_url(url: &str) -> Result<Uri, FunctionError> {
     let uri: Uri = url.parse().map_err(|_| FunctionError::Url)?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(host)) if !host.is_empty() => Ok(uri),
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(uri),
         _ => Err(FunctionError::Url),
     }
 }
@@ -101,7 +102,7 @@ mod tests {
         assert_eq!(parse_state("deployed"), Err(FunctionError::State));
         for (url, ok) in [
             ("http://fn.functions.test/invoke", true),
-            ("https://fn.functions.test/invoke", false),
+            ("https://fn.functions.test/invoke", true),
             ("ftp://fn.functions.test/", false),
             ("/invoke", false),
             ("fn.functions.test", false),

@@ -64,9 +64,14 @@ async fn attempt(
 ) -> Result<u16, (String, String)> {
     let denied = |d: Denial| (d.reason.code().to_string(), d.message);
     let authority = function.url.authority().map(|a| a.as_str()).unwrap_or("");
-    let target = Target::parse_authority_or(authority, 80)
+    // https:// leaves as a function's HTTPS_PROXY traffic would: the CONNECT port rules.
+    let (protocol, default_port) = match function.url.scheme_str() {
+        Some("https") => (Protocol::Connect, 443),
+        _ => (Protocol::Http, 80),
+    };
+    let target = Target::parse_authority_or(authority, default_port)
         .map_err(|e| denied(Denial::invalid_target(&e)))?;
-    let permit = egress.decide(&target, Protocol::Http).map_err(denied)?;
+    let permit = egress.decide(&target, protocol).map_err(denied)?;
     let content_type = if serde_json::from_str::<serde_json::Value>(&schedule.payload).is_ok() {
         "application/json"
     } else {
