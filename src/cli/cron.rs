@@ -26,7 +26,7 @@ pub fn cron(expr: &str, count: usize, after: Option<&str>) -> ExitCode {
     };
     for run in expr.upcoming(after, count) {
         let local = run.with_timezone(&Local);
-        println!(
+        say!(
             "{}  {}",
             run.to_rfc3339_opts(SecondsFormat::Secs, true),
             local.format("%Y-%m-%d %H:%M:%S %:z (local)")

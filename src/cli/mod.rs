@@ -1,6 +1,15 @@
 //! The commands of the `egressd` binary, one module each; `main.rs` only parses arguments
 //! and calls them. Each returns the process exit code.
 
+/// Prints a line to stdout; a closed pipe (`egressd schedules list | head -1`) ends the
+/// output quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod check;
 mod cron;
 mod explain;

@@ -79,7 +79,7 @@ pub fn schedules(admin: &str, token_file: Option<&Path>, action: Action) -> Exit
         return ExitCode::FAILURE;
     }
     match value.as_array() {
-        Some(list) if list.is_empty() => println!("no schedules"),
+        Some(list) if list.is_empty() => say!("no schedules"),
         Some(list) => list.iter().for_each(print_schedule),
         None => print_schedule(&value),
     }
@@ -133,13 +133,13 @@ fn both(value: &serde_json::Value) -> String {
 }
 
 fn print_schedule(s: &serde_json::Value) {
-    println!(
+    say!(
         "{}  {}  {:?}",
         s["id"].as_str().unwrap_or("?"),
         s["function"].as_str().unwrap_or("?"),
         s["cron"].as_str().unwrap_or("?")
     );
-    println!("  next run  {}", both(&s["next_run"]));
+    say!("  next run  {}", both(&s["next_run"]));
     let last = match s["last_state"].as_str() {
         Some(state) => format!(
             "{} — {state}, {} in {} ms{}",
@@ -153,5 +153,5 @@ fn print_schedule(s: &serde_json::Value) {
         ),
         None => "-".into(),
     };
-    println!("  last run  {last}");
+    say!("  last run  {last}");
 }
