@@ -446,3 +446,57 @@ async fn an_https_function_is_invoked_over_verified_tls() {
         "{view}"
     );
 }
+
+#[tokio::test]
+async fn a_run_due_while_the_previous_still_goes_is_skipped() {
+    // A function that takes 70 s, scheduled every minute: the second boundary finds the first
+    // run still going. (Up to two real minutes: the only way to cross two boundaries.)
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(70)).await;
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("late"))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let proxy = scheduler_proxy(port)
+        .proxy("schedule_timeout = \"90s\"")
+        .start();
+    let (_, body) = proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
+        )
+        .await;
+    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(135);
+    let skipped = loop {
+        let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
+        let view = json(&body);
+        if let Some(run) = view["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == "skipped")
+        {
+            break run.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no skipped run: {view}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(
+        skipped["scheduled_for"].as_str().unwrap().ends_with(":00Z"),
+        "{skipped}"
+    );
+}
