@@ -18,36 +18,46 @@ use tokio::net::TcpListener;
 /// What the function server received: (request line and headers, body).
 type Received = Arc<Mutex<Vec<(String, String)>>>;
 
-/// A function server that answers 200 and records every request.
-async fn function_server() -> (u16, Received) {
-    let received: Received = Arc::default();
+/// A function server on loopback answering every request with `answer`; returns its port.
+async fn serve_function<F, Fut>(answer: F) -> u16
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, hyper::Error>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let sink = received.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let sink = sink.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        let mut head = format!("{} {}\n", req.method(), req.uri());
-                        for (name, value) in req.headers() {
-                            head.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
-                        }
-                        let body = req.into_body().collect().await?.to_bytes();
-                        sink.lock()
-                            .unwrap()
-                            .push((head, String::from_utf8_lossy(&body).into_owned()));
-                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("ok"))))
-                    }
-                });
                 let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection(TokioIo::new(stream), service_fn(answer))
                     .await;
             });
         }
     });
+    port
+}
+
+/// A function server that answers 200 and records every request.
+async fn function_server() -> (u16, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let port = serve_function(move |req: hyper::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let mut head = format!("{} {}\n", req.method(), req.uri());
+            for (name, value) in req.headers() {
+                head.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            let body = req.into_body().collect().await?.to_bytes();
+            sink.lock()
+                .unwrap()
+                .push((head, String::from_utf8_lossy(&body).into_owned()));
+            Ok(Response::new(Full::new(Bytes::from("ok"))))
+        }
+    })
+    .await;
     (port, received)
 }
 
@@ -451,21 +461,11 @@ async fn an_https_function_is_invoked_over_verified_tls() {
 async fn a_run_due_while_the_previous_still_goes_is_skipped() {
     // A function that takes 70 s, scheduled every minute: the second boundary finds the first
     // run still going. (Up to two real minutes: the only way to cross two boundaries.)
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_req: hyper::Request<hyper::body::Incoming>| async {
-                    tokio::time::sleep(std::time::Duration::from_secs(70)).await;
-                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("late"))))
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let port = serve_function(|_req: hyper::Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(std::time::Duration::from_secs(70)).await;
+        Ok(Response::new(Full::new(Bytes::from("late"))))
+    })
+    .await;
     let proxy = scheduler_proxy(port)
         .proxy("schedule_timeout = \"90s\"")
         .start();

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::allowlist::{Allowlist, Pattern};
+use crate::util::fsio::write_atomically;
 use crate::util::time::unix_ms;
 
 const STATE_FILE: &str = "activation.json";
@@ -185,8 +186,6 @@ impl ActivationBook {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let dir = file.parent().expect("state file has a directory");
-        std::fs::create_dir_all(dir)?;
         // Sorted, one pattern per line: stable output that diffs well. Patterns are plain
         // ASCII host syntax, so they need no JSON escaping.
         let mut entries: Vec<(String, Stamp)> = self
@@ -206,22 +205,7 @@ impl ActivationBook {
             )?;
         }
         bytes.extend_from_slice(b"\n}}\n");
-        // A name of its own per write: two writers (or a leftover from a crash) never share
-        // a temp file.
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(".{STATE_FILE}.{}.{n}.tmp", std::process::id()));
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, file)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written?;
-        std::fs::File::open(dir)?.sync_all()
+        write_atomically(file, &bytes)
     }
 }
 

@@ -8,7 +8,6 @@
 //! concurrent creates can never exceed it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -16,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::cron::{CronError, CronExpr};
+use crate::util::fsio::write_atomically;
 
 /// At most this many schedules exist at any time.
 pub const MAX_SCHEDULES: usize = 10;
@@ -224,27 +224,12 @@ impl FileStore {
     }
 
     fn persist(&self, schedules: &BTreeMap<String, Schedule>) -> std::io::Result<()> {
-        let dir = self.file.parent().expect("the state file has a directory");
-        std::fs::create_dir_all(dir)?;
         let state = StateFile {
             version: 1,
             schedules: schedules.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(".{STATE_FILE}.{}.{n}.tmp", std::process::id()));
-        let written = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.file)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written?;
-        std::fs::File::open(dir)?.sync_all()
+        write_atomically(&self.file, &bytes)
     }
 }
 

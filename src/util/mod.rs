@@ -3,5 +3,6 @@
 //! Nothing here imports from a layer.
 
 pub mod body;
+pub mod fsio;
 pub mod listener;
 pub mod time;

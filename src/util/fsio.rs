@@ -1,0 +1,32 @@
+//! Writing state files so that a crash at any moment leaves either the old file or the new
+//! one, never a torn one.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Writes `bytes` to `file` atomically: a temp file beside it (a name of its own per write,
+/// so two writers or a crash's leftover never share one), fsync, rename over `file`, fsync
+/// of the directory. Creates the directory if needed. A failed write removes its temp file.
+pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let dir = file.parent().expect("a state file has a directory");
+    std::fs::create_dir_all(dir)?;
+    let name = file
+        .file_name()
+        .expect("a state file has a name")
+        .to_string_lossy();
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
