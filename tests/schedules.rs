@@ -76,6 +76,29 @@ fn scheduler_proxy(port: u16) -> EgressdBuilder {
         .table(&functions)
 }
 
+/// Creates a schedule through the API (`body` is the JSON request) and returns its id.
+async fn create_schedule(proxy: &Egressd, body: &str) -> String {
+    let (status, answer) = proxy.admin_json("POST", "/v1/schedules", body).await;
+    assert_eq!(status, 201, "{answer}");
+    json(&answer)["id"].as_str().unwrap().to_string()
+}
+
+/// Runs schedule `id` now through the API; returns the schedule as it then stands.
+async fn run_now(proxy: &Egressd, id: &str) -> serde_json::Value {
+    let path = format!("/v1/schedules/{id}/run");
+    let (status, body) = proxy.admin_json("POST", &path, "").await;
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+}
+
+/// The schedule's last run failed with `status`, its reason mentioning `reason`.
+fn assert_failure(view: &serde_json::Value, status: &str, reason: &str) {
+    assert_eq!(view["last_state"], "failure", "{view}");
+    assert_eq!(view["last_status"], status, "{view}");
+    let said = view["last_reason"].as_str().unwrap();
+    assert!(said.contains(reason), "{view}");
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -130,27 +153,9 @@ async fn a_schedule_runs_through_the_egress_client_with_its_payload_and_headers(
 async fn a_denied_invocation_is_a_failure_with_the_reason_never_a_bypass() {
     let (port, received) = function_server().await;
     let proxy = scheduler_proxy(port).start();
-    let (_, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "blocked", "cron": "@hourly"}"#,
-        )
-        .await;
-    let id = json(&body)["id"].as_str().unwrap().to_string();
-    let (_, body) = proxy
-        .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
-        .await;
-    let view = json(&body);
-    assert_eq!(view["last_state"], "failure", "{view}");
-    assert_eq!(view["last_status"], "not-allowlisted", "{view}");
-    assert!(
-        view["last_reason"]
-            .as_str()
-            .unwrap()
-            .contains("add \"blocked.test\""),
-        "{view}"
-    );
+    let id = create_schedule(&proxy, r#"{"function": "blocked", "cron": "@hourly"}"#).await;
+    let view = run_now(&proxy, &id).await;
+    assert_failure(&view, "not-allowlisted", "add \"blocked.test\"");
     assert!(
         received.lock().unwrap().is_empty(),
         "nothing reached the function"
@@ -253,14 +258,7 @@ async fn twenty_concurrent_creates_make_at_most_ten() {
 async fn undeploying_a_function_deletes_its_schedules() {
     let (port, _) = function_server().await;
     let proxy = scheduler_proxy(port).start();
-    let (status, _) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "refresh-token", "cron": "@daily"}"#,
-        )
-        .await;
-    assert_eq!(status, 201);
+    create_schedule(&proxy, r#"{"function": "refresh-token", "cron": "@daily"}"#).await;
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
     let undeployed = text.replacen(
         "name = \"refresh-token\"\nstate = \"productive\"",
@@ -380,14 +378,7 @@ async fn the_cli_creates_runs_lists_and_deletes() {
 async fn a_config_read_half_written_never_deletes_schedules() {
     let (port, _) = function_server().await;
     let proxy = scheduler_proxy(port).start();
-    let (status, _) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "refresh-token", "cron": "@daily"}"#,
-        )
-        .await;
-    assert_eq!(status, 201);
+    create_schedule(&proxy, r#"{"function": "refresh-token", "cron": "@daily"}"#).await;
     // `cat > egressd.toml` in two writes: the first ends inside the [[functions]] tables,
     // long enough for the watcher to read it.
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
@@ -404,14 +395,7 @@ async fn a_config_read_half_written_never_deletes_schedules() {
 async fn kill_9_loses_no_schedule() {
     let (port, _) = function_server().await;
     let mut proxy = scheduler_proxy(port).start();
-    let (_, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "refresh-token", "cron": "@daily"}"#,
-        )
-        .await;
-    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let id = create_schedule(&proxy, r#"{"function": "refresh-token", "cron": "@daily"}"#).await;
     proxy.child.kill().unwrap(); // SIGKILL
     proxy.child.wait().unwrap();
     let proxy = proxy.restart_stopped();
@@ -433,28 +417,9 @@ async fn an_https_function_is_invoked_over_verified_tls() {
         .ports(&[port], &[])
         .table(&functions)
         .start();
-    let (status, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "secure", "cron": "@daily"}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let id = json(&body)["id"].as_str().unwrap().to_string();
-    let (_, body) = proxy
-        .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
-        .await;
-    let view = json(&body);
-    assert_eq!(view["last_state"], "failure", "{view}");
-    assert_eq!(view["last_status"], "tls", "{view}");
-    assert!(
-        view["last_reason"]
-            .as_str()
-            .unwrap()
-            .contains("unknown issuer"),
-        "{view}"
-    );
+    let id = create_schedule(&proxy, r#"{"function": "secure", "cron": "@daily"}"#).await;
+    let view = run_now(&proxy, &id).await;
+    assert_failure(&view, "tls", "unknown issuer");
 }
 
 #[tokio::test]
@@ -469,14 +434,11 @@ async fn a_run_due_while_the_previous_still_goes_is_skipped() {
     let proxy = scheduler_proxy(port)
         .proxy("schedule_timeout = \"90s\"")
         .start();
-    let (_, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
-        )
-        .await;
-    let id = json(&body)["id"].as_str().unwrap().to_string();
+    let id = create_schedule(
+        &proxy,
+        r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(135);
     let skipped = loop {
         let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
