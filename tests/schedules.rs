@@ -462,3 +462,39 @@ async fn a_run_due_while_the_previous_still_goes_is_skipped() {
         "{skipped}"
     );
 }
+
+#[tokio::test]
+async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
+    let (port, received) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let id = create_schedule(
+        &proxy,
+        r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
+    )
+    .await;
+    let mut proxy = proxy;
+    proxy.terminate().await;
+    // Down across two minute boundaries (at most two minutes and a bit).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let second_boundary = (now / 60 + 2) * 60;
+    tokio::time::sleep(std::time::Duration::from_secs(second_boundary - now + 1)).await;
+    let proxy = proxy.restart_stopped();
+    let view = eventually("the restart to handle the missed runs", || async {
+        let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
+        let view = json(&body);
+        let runs = view["runs"].as_array().unwrap();
+        (runs.iter().any(|r| r["state"] == "success")).then_some(view)
+    })
+    .await;
+    let states: Vec<&str> = view["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["missed", "success"], "{view}");
+    assert_eq!(received.lock().unwrap().len(), 1, "no burst");
+}
