@@ -99,6 +99,13 @@ fn assert_failure(view: &serde_json::Value, status: &str, reason: &str) {
     assert!(said.contains(reason), "{view}");
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -467,6 +474,11 @@ async fn a_run_due_while_the_previous_still_goes_is_skipped() {
 async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
     let (port, received) = function_server().await;
     let proxy = scheduler_proxy(port).start();
+    // Not just before a boundary: the schedule must not fire before egressd stops.
+    let into_minute = unix_secs() % 60;
+    if into_minute > 50 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
+    }
     let id = create_schedule(
         &proxy,
         r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
@@ -475,10 +487,7 @@ async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
     let mut proxy = proxy;
     proxy.terminate().await;
     // Down across two minute boundaries (at most two minutes and a bit).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_secs();
     let second_boundary = (now / 60 + 2) * 60;
     tokio::time::sleep(std::time::Duration::from_secs(second_boundary - now + 1)).await;
     let proxy = proxy.restart_stopped();
