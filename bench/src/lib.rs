@@ -3,7 +3,9 @@
 //! One run walks: start the [`upstream`] and the two [`relay`]s (copy and splice) as child
 //! processes of this binary, start egressd (with its default relay and with its copy relay),
 //! squid and tinyproxy where installed ([`peers`]), then drive each [`scenarios`] scenario
-//! against every path, interleaved, with the load clients in [`load`].
+//! against every path, interleaved, with the load clients in [`load`]. The [`mtls`]
+//! scenarios then measure egressd's TLS origination against a TLS upstream of their own,
+//! with certificates from [`pki`].
 //! The [`allowlist`] figures come from in-process timing. [`report`] turns the medians into
 //! markdown and [`chart`] into a PNG of the ratios.
 //!
@@ -13,7 +15,9 @@ pub mod allowlist;
 pub mod chart;
 pub mod http1;
 pub mod load;
+pub mod mtls;
 pub mod peers;
+pub mod pki;
 pub mod relay;
 pub mod report;
 pub mod scenarios;

@@ -1,5 +1,6 @@
-//! Load clients: raw HTTP/1.1 and tunnel protocol over tokio `TcpStream`s, one task per
-//! connection on the harness's single-threaded runtime, so the client costs one core at most.
+//! Load clients: raw HTTP/1.1 and tunnel protocol over tokio `TcpStream`s (or, for the mTLS
+//! reference path, TLS streams a caller's dial function opens), one task per connection on
+//! the harness's single-threaded runtime, so the client costs one core at most.
 //!
 //! Every run has a [`Window`]: workers start at once, but only operations that finish inside
 //! the measured part of the window count (the warm-up fills pools and caches). Workers stop
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -117,7 +118,8 @@ impl Window {
         (self.until - self.from).as_secs_f64()
     }
 
-    fn counts(&self, at: Instant) -> bool {
+    /// Whether an operation finishing `at` counts.
+    pub fn counts(&self, at: Instant) -> bool {
         at >= self.from && at < self.until
     }
 
@@ -194,7 +196,8 @@ where
     total
 }
 
-async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Opens a TCP connection with Nagle off, as every load client does.
+pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
@@ -205,7 +208,10 @@ fn protocol_error(what: impl Into<String>) -> io::Error {
 }
 
 /// Reads one response into `buf`; the whole message, nothing after it.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
+async fn read_response<S>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<Head>
+where
+    S: AsyncRead + Unpin,
+{
     buf.clear();
     let head_end = loop {
         if let Some(len) = head_len(buf) {
@@ -242,7 +248,10 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<
 }
 
 /// Waits for the peer's close, so that it, not the client, holds the TIME_WAIT.
-async fn read_to_eof(stream: &mut TcpStream) -> io::Result<()> {
+async fn read_to_eof<S>(stream: &mut S) -> io::Result<()>
+where
+    S: AsyncRead + Unpin,
+{
     let mut scratch = [0u8; 64];
     while stream.read(&mut scratch).await? > 0 {}
     Ok(())
@@ -253,18 +262,36 @@ async fn read_to_eof(stream: &mut TcpStream) -> io::Result<()> {
 /// finds a reused connection already closed is retried once on a new one, its latency
 /// counted from the first attempt.
 pub async fn http_keep_alive(target: Arc<HttpTarget>, conns: usize, window: Window) -> Tally {
+    let addr = target.addr;
+    keep_alive_over(target, conns, window, move || connect(addr)).await
+}
+
+/// [`http_keep_alive`] over connections `dial` opens instead of plain TCP to `target.addr`
+/// (TLS, for instance). A connection the peer closes after every response makes each request
+/// pay for a new one.
+pub async fn keep_alive_over<D, F, S>(
+    target: Arc<HttpTarget>,
+    conns: usize,
+    window: Window,
+    dial: D,
+) -> Tally
+where
+    D: Fn() -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     run_workers(conns, window, || {
-        let target = target.clone();
+        let (target, dial) = (target.clone(), dial.clone());
         async move {
             let mut tally = Tally::default();
             let mut buf = Vec::with_capacity(4096);
             // The connection, and whether it has already carried a response.
-            let mut conn: Option<(TcpStream, bool)> = None;
+            let mut conn: Option<(S, bool)> = None;
             let mut first_attempt: Option<Instant> = None;
             while window.open() {
                 let (stream, reused) = match conn.as_mut() {
                     Some((stream, reused)) => (stream, *reused),
-                    None => match connect(target.addr).await {
+                    None => match dial().await {
                         Ok(stream) => {
                             tally.connects += 1;
                             let (stream, _) = conn.insert((stream, false));

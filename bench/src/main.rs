@@ -1,5 +1,6 @@
 //! `egressd-bench`: parses arguments and wires. Without a subcommand it runs the benchmark;
-//! the hidden `upstream` and `relay` subcommands are the harness's own child processes.
+//! the hidden `upstream`, `mtls-upstream` and `relay` subcommands are the harness's own child
+//! processes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,8 @@ use egressd_bench::peers::{self, Env, Kind};
 use egressd_bench::relay::{self, RelayKind};
 use egressd_bench::report::{self, Context};
 use egressd_bench::scenarios::{self, Settings};
-use egressd_bench::upstream::{self, UpstreamAddrs};
-use egressd_bench::{chart, LOOPBACK};
+use egressd_bench::upstream::{self, TlsUpstreamAddrs, UpstreamAddrs};
+use egressd_bench::{chart, pki, LOOPBACK};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -64,6 +65,13 @@ enum Role {
     /// Serve the upstream (HTTP and TCP) and print its addresses.
     #[command(hide = true)]
     Upstream,
+    /// Serve HTTP over TLS requiring client certificates, with the certificates in `--pki`,
+    /// and print its addresses.
+    #[command(hide = true)]
+    MtlsUpstream {
+        #[arg(long)]
+        pki: PathBuf,
+    },
     /// Relay one loopback port per target and print the ports, in order.
     #[command(hide = true)]
     Relay {
@@ -86,6 +94,26 @@ fn main() -> ExitCode {
                 tcp: tcp.local_addr()?,
             };
             Ok((addrs.to_line(), upstream::serve(http, tcp)))
+        }),
+        Some(Role::MtlsUpstream { pki }) => serve_child(|| async move {
+            let resuming = pki::server_config(&pki, true)?;
+            let refusing = pki::server_config(&pki, false)?;
+            let keep_alive = TcpListener::bind((LOOPBACK, 0)).await?;
+            let close = TcpListener::bind((LOOPBACK, 0)).await?;
+            let close_full = TcpListener::bind((LOOPBACK, 0)).await?;
+            let addrs = TlsUpstreamAddrs {
+                keep_alive: keep_alive.local_addr()?,
+                close: close.local_addr()?,
+                close_full: close_full.local_addr()?,
+            };
+            let serve = async move {
+                tokio::join!(
+                    upstream::serve_tls(keep_alive, resuming.clone(), false),
+                    upstream::serve_tls(close, resuming, true),
+                    upstream::serve_tls(close_full, refusing, true),
+                );
+            };
+            Ok((addrs.to_line(), serve))
         }),
         Some(Role::Relay { targets, splice }) => serve_child(|| async move {
             let kind = if splice {

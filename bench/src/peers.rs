@@ -339,7 +339,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind((LOOPBACK, 0))?.local_addr()?.port())
 }
 
@@ -374,7 +374,7 @@ pub fn spawn_harness_child(
 }
 
 /// Spawns `command` with its stderr in `dir/stderr.log` and waits for it to listen on `addr`.
-fn spawn_daemon(
+pub(crate) fn spawn_daemon(
     name: &'static str,
     mut command: Command,
     dir: TempDir,

@@ -1,9 +1,10 @@
 //! Turns an [`Outcome`] into the markdown of `BENCHMARKS.md`: context (date, machine,
 //! versions, command), the targets with pass or miss, one table per scenario with medians and
-//! ratios, and notes on method.
+//! ratios, the mTLS origination figures (which have no target), and notes on method.
 
 use std::fmt::Write;
 
+use crate::mtls::{Handshakes, MtlsRuns, MtlsSample, MtlsScenario, MtlsSection, Via};
 use crate::peers::Kind;
 use crate::scenarios::{
     MemorySample, Outcome, Percentiles, Sample, Scenario, HTTP_CONNS, TUNNEL_CONCURRENCY,
@@ -448,6 +449,9 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>) -> String {
     }
     memory_table(&mut md, o);
     allowlist_table(&mut md, o);
+    if let Some(section) = &o.mtls {
+        mtls_section(&mut md, section);
+    }
     notes(&mut md, o, ctx);
     md
 }
@@ -604,6 +608,187 @@ fn allowlist_table(md: &mut String, o: &Outcome) {
          rigorous version is the criterion bench: `cargo bench -p egressd-bench --bench allowlist`.\n",
         a.reload_tries
     );
+}
+
+/// The median figures of one mTLS scenario on one path.
+struct MtlsSummary {
+    sum: Summary,
+    /// Per field, the median over repetitions whose counts could be read.
+    handshakes: Option<Handshakes>,
+}
+
+fn summarize_mtls(samples: &[MtlsSample]) -> MtlsSummary {
+    let runs: Vec<Sample> = samples.iter().map(|s| s.run.clone()).collect();
+    let counted: Vec<Handshakes> = samples.iter().filter_map(|s| s.handshakes).collect();
+    let field = |f: fn(&Handshakes) -> u64| {
+        median(counted.iter().map(|h| f(h) as f64).collect()).map_or(0, |m| m.round() as u64)
+    };
+    MtlsSummary {
+        sum: summarize(&runs),
+        handshakes: (!counted.is_empty()).then(|| Handshakes {
+            full: field(|h| h.full),
+            resumed: field(|h| h.resumed),
+            failed: field(|h| h.failed),
+        }),
+    }
+}
+
+fn mtls_summary(runs: &MtlsRuns, scenario: MtlsScenario, via: Via) -> Option<MtlsSummary> {
+    let (_, per_via) = runs.iter().find(|(s, _)| *s == scenario)?;
+    let (_, samples) = per_via.iter().find(|(v, _)| *v == via)?;
+    Some(summarize_mtls(samples))
+}
+
+fn mtls_section(md: &mut String, section: &MtlsSection) {
+    let _ = writeln!(
+        md,
+        "### 7. mTLS origination (egressd only)
+"
+    );
+    let runs = match section {
+        MtlsSection::Measured(runs) => runs,
+        MtlsSection::Skipped(why) => {
+            let _ = writeln!(
+                md,
+                "Not measured: {why}.
+"
+            );
+            return;
+        }
+    };
+    let _ = writeln!(
+        md,
+        "The client sends egressd plain HTTP (`GET http://HOST/`, absolute-form, port 80); \
+         egressd's `[[mtls]]` entry for the host makes it open TLS to the upstream's TLS port \
+         and present a client certificate. The upstream is a rustls 0.23 server (ring, TLS 1.3 \
+         negotiated) in its own child process that requires and verifies client certificates \
+         and answers like the plain upstream (128-byte body). Certificates (ECDSA P-256: a \
+         server CA, a client CA, one certificate each) are made with rcgen at every run. \
+         Squid, tinyproxy and the relays cannot originate mTLS, so there are no ratios to them \
+         and no targets; **direct TLS** is the harness client doing the same TLS itself, with \
+         the same certificate, trust and rustls's default session cache (its CPU, on the \
+         harness's single client thread, is not measured).\n"
+    );
+    let _ = writeln!(
+        md,
+        "egressd pools upstream connections, so in 7b and 7c the upstream answers every \
+         request with `Connection: close`: each request needs a new upstream TCP and TLS \
+         connection, and handshakes/s is requests/s. In 7c the upstream keeps no sessions and \
+         sends no tickets (`NoServerSessionStorage`, `send_tls13_tickets = 0`), so every \
+         handshake is full. Handshakes by outcome are those inside the measured window: \
+         egressd's `egressd_mtls_handshakes_total{{entry,outcome}}` read from its admin \
+         listener at both ends of the window, and the direct client's own count \
+         (`handshake_kind()`).\n"
+    );
+    for scenario in MtlsScenario::ALL {
+        let handshakes = scenario.handshakes();
+        let _ = writeln!(md, "#### {}\n", scenario.title());
+        let tail = if handshakes {
+            "| resumed | full | failed |"
+        } else {
+            "| new upstream TLS connections |"
+        };
+        let _ = writeln!(
+            md,
+            "| path | {} | × direct TLS | p50 µs | p99 µs | p99.9 µs | CPU (cores) | CPU {} | ctx sw/{} {tail} client conns per run | errors |",
+            scenario.unit(),
+            scenario.cost_unit(),
+            scenario.op()
+        );
+        let rule = if handshakes {
+            "---:|---:|---:|"
+        } else {
+            "---:|"
+        };
+        let _ = writeln!(
+            md,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|{rule}---:|---:|"
+        );
+        let direct = mtls_summary(runs, scenario, Via::DirectTls).map(|m| m.sum.value);
+        for via in Via::ALL {
+            let Some(MtlsSummary {
+                sum,
+                handshakes: split,
+            }) = mtls_summary(runs, scenario, via)
+            else {
+                continue;
+            };
+            let ratio = direct
+                .filter(|d| *d > 0.0)
+                .map_or(f64::NAN, |d| sum.value / d);
+            let latency = match sum.latency {
+                Some(l) => format!("{:.0} | {:.0} | {:.0}", l.p50, l.p99, l.p999),
+                None => "– | – | –".into(),
+            };
+            let count = |f: fn(&Handshakes) -> u64| {
+                split
+                    .as_ref()
+                    .map_or("–".into(), |h| thousands(f(h) as f64))
+            };
+            let split = if handshakes {
+                format!(
+                    "| {} | {} | {} |",
+                    count(|h| h.resumed),
+                    count(|h| h.full),
+                    count(|h| h.failed)
+                )
+            } else {
+                format!("| {} |", count(|h| h.full + h.resumed))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {latency} | {} | {} | {} {split} {} | {} |",
+                via.name(),
+                thousands(sum.value),
+                times(ratio),
+                opt(sum.cpu_cores, 2),
+                opt(sum.cpu_per_op, 1),
+                per_op(sum.switches_per_op),
+                thousands(sum.connects),
+                sum.errors
+            );
+        }
+        let _ = writeln!(md);
+    }
+    mtls_takeaway(md, runs);
+}
+
+/// What a new upstream connection costs egressd, against a pooled one, and how many
+/// handshakes resumed.
+fn mtls_takeaway(md: &mut String, runs: &MtlsRuns) {
+    let egressd = |s| mtls_summary(runs, s, Via::Egressd);
+    let cost = |s| egressd(s).and_then(|m| m.sum.cpu_per_op);
+    let mut lines = Vec::new();
+    if let (Some(pooled), Some(resumed), Some(full)) = (
+        cost(MtlsScenario::KeepAlive),
+        cost(MtlsScenario::Resumed),
+        cost(MtlsScenario::Full),
+    ) {
+        lines.push(format!(
+            "egressd's CPU per request: {pooled:.1} µs on a pooled upstream connection (7a), \
+             {resumed:.1} µs with a new connection and a resumed handshake (7b), {full:.1} µs \
+             with a full one (7c). A new connection thus costs egressd about {:.0} µs with \
+             resumption and {:.0} µs without (TCP connect and close included).",
+            resumed - pooled,
+            full - pooled
+        ));
+    }
+    if let Some(h) = egressd(MtlsScenario::Resumed).and_then(|m| m.handshakes) {
+        let total = h.full + h.resumed;
+        if total > 0 {
+            lines.push(format!(
+                "Resumption in 7b: {} of {} handshakes resumed ({:.0} %). The likely \
+                 reason for the full ones: rustls's client keeps at most 8 TLS 1.3 tickets per \
+                 server, each used once, and more connections than that open at a time.",
+                thousands(h.resumed as f64),
+                thousands(total as f64),
+                h.resumed as f64 * 100.0 / total as f64
+            ));
+        }
+    }
+    for line in lines {
+        let _ = writeln!(md, "{line}\n");
+    }
 }
 
 fn notes(md: &mut String, o: &Outcome, ctx: &Context) {

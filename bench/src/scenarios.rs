@@ -6,7 +6,7 @@
 //! The report takes the median of the repetitions. egressd with its copy relay runs in the
 //! bulk scenarios only, where the relay is what is measured. The idle-tunnel scenario starts
 //! a fresh instance of each path per repetition, so memory freed by earlier scenarios cannot
-//! hide the cost of a tunnel.
+//! hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone, follow.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::allowlist;
 use crate::load::{self, Tally, Window};
+use crate::mtls::{self, MtlsSection};
 use crate::peers::{self, Env, Kind, Started, Subject};
 
 /// How long and how often to measure.
@@ -186,7 +187,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut nanos: Vec<u64>) -> Option<Percentiles> {
+    pub(crate) fn of(mut nanos: Vec<u64>) -> Option<Percentiles> {
         if nanos.is_empty() {
             return None;
         }
@@ -215,6 +216,33 @@ pub struct Sample {
     pub switches_per_op: Option<f64>,
     pub errors: u64,
     pub connects: u64,
+}
+
+impl Sample {
+    /// A run's figures: `value` in the scenario's unit, and the path's CPU and context
+    /// switches per operation (`ops` of them), CPU in seconds × `scale` per operation.
+    pub(crate) fn of_run(
+        value: f64,
+        ops: f64,
+        scale: f64,
+        tally: Tally,
+        usage: Option<Usage>,
+        window: &Window,
+        latency: bool,
+    ) -> Sample {
+        let cpu_seconds = usage.as_ref().map(|u| u.cpu_seconds);
+        Sample {
+            value,
+            latency: latency
+                .then(|| Percentiles::of(tally.latencies_ns))
+                .flatten(),
+            cpu_cores: cpu_seconds.map(|s| s / window.seconds()),
+            cpu_per_op: cpu_seconds.filter(|_| ops > 0.0).map(|s| s / ops * scale),
+            switches_per_op: usage.filter(|_| ops > 0.0).map(|u| u.switches as f64 / ops),
+            errors: tally.errors,
+            connects: tally.connects,
+        }
+    }
 }
 
 /// The idle-tunnel memory of one fresh instance.
@@ -257,6 +285,8 @@ pub struct Outcome {
     pub skipped: Vec<(Kind, String)>,
     pub scenarios: Vec<(Scenario, PerPath<Sample>)>,
     pub memory: PerPath<MemorySample>,
+    /// The mTLS origination scenarios; `None` when egressd was not measured.
+    pub mtls: Option<MtlsSection>,
     pub allowlist: allowlist::Timings,
 }
 
@@ -343,6 +373,12 @@ pub async fn run(
         }
     }
 
+    let mtls = if kinds.contains(&Kind::Egressd) {
+        Some(mtls::run(&settings, env).await?)
+    } else {
+        None
+    };
+
     eprintln!(
         "allowlist: timing lookups and a reload with {} entries",
         settings.allowlist_entries
@@ -360,6 +396,7 @@ pub async fn run(
         skipped,
         scenarios,
         memory,
+        mtls,
         allowlist,
     })
 }
@@ -397,7 +434,6 @@ async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Se
         Some(handle) => handle.await.ok().flatten(),
         None => None,
     };
-    let cpu_seconds = usage.as_ref().map(|u| u.cpu_seconds);
     let seconds = window.seconds();
     let (value, ops) = match scenario {
         Scenario::Bulk1 | Scenario::Bulk4 => (
@@ -412,29 +448,19 @@ async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Se
     } else {
         1e6
     };
-    Sample {
-        value,
-        latency: scenario
-            .has_latency()
-            .then(|| Percentiles::of(tally.latencies_ns))
-            .flatten(),
-        cpu_cores: cpu_seconds.map(|s| s / seconds),
-        cpu_per_op: cpu_seconds.filter(|_| ops > 0.0).map(|s| s / ops * scale),
-        switches_per_op: usage.filter(|_| ops > 0.0).map(|u| u.switches as f64 / ops),
-        errors: tally.errors,
-        connects: tally.connects,
-    }
+    let latency = scenario.has_latency();
+    Sample::of_run(value, ops, scale, tally, usage, &window, latency)
 }
 
 /// What a process spent inside a window.
-struct Usage {
+pub(crate) struct Usage {
     cpu_seconds: f64,
     /// Context switches, voluntary and involuntary, over all its threads.
     switches: u64,
 }
 
 /// What `pid` spends inside `window`.
-async fn usage_during(pid: u32, window: Window) -> Option<Usage> {
+pub(crate) async fn usage_during(pid: u32, window: Window) -> Option<Usage> {
     tokio::time::sleep_until(window.from).await;
     let cpu = peers::cpu_seconds(pid).ok()?;
     let switches = peers::Switches::of(pid).ok()?;

@@ -1,14 +1,19 @@
 //! The origin every path ends at: a keep-alive HTTP/1.1 server with a fixed small response,
-//! and a TCP service whose first byte from the client picks what it does.
+//! and a TCP service whose first byte from the client picks what it does. The mTLS scenarios
+//! have their own upstream process serving the same HTTP over TLS that requires a client
+//! certificate ([`serve_tls`]).
 //!
 //! The upstream always closes first (after `Connection: close`, after an echo), so TIME_WAIT
 //! lands on the listening side and repeated runs do not use up the client's ephemeral ports.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::http1::{head_len, Head};
 
@@ -55,9 +60,68 @@ impl UpstreamAddrs {
     }
 }
 
+/// Where the mTLS upstream listens: one listener per way of answering.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsUpstreamAddrs {
+    /// Keep-alive, sessions resumable.
+    pub keep_alive: SocketAddr,
+    /// `Connection: close` on every response, sessions resumable.
+    pub close: SocketAddr,
+    /// `Connection: close` on every response, no session resumption.
+    pub close_full: SocketAddr,
+}
+
+impl TlsUpstreamAddrs {
+    /// The one-line form the mTLS upstream process prints on stdout.
+    pub fn to_line(self) -> String {
+        format!(
+            "keep_alive={} close={} close_full={}",
+            self.keep_alive, self.close, self.close_full
+        )
+    }
+
+    pub fn from_line(line: &str) -> anyhow::Result<TlsUpstreamAddrs> {
+        let mut addrs = [None; 3];
+        for part in line.split_whitespace() {
+            let slot = match part.split_once('=') {
+                Some(("keep_alive", addr)) => (0, addr),
+                Some(("close", addr)) => (1, addr),
+                Some(("close_full", addr)) => (2, addr),
+                _ => continue,
+            };
+            addrs[slot.0] = Some(slot.1.parse()?);
+        }
+        match addrs {
+            [Some(keep_alive), Some(close), Some(close_full)] => Ok(TlsUpstreamAddrs {
+                keep_alive,
+                close,
+                close_full,
+            }),
+            _ => anyhow::bail!(
+                "mtls upstream printed {line:?}, expected \"keep_alive=ADDR close=ADDR close_full=ADDR\""
+            ),
+        }
+    }
+}
+
 /// Serves both listeners until the task is dropped.
 pub async fn serve(http: TcpListener, tcp: TcpListener) {
-    tokio::join!(accept_loop(http, serve_http), accept_loop(tcp, serve_tcp));
+    tokio::join!(
+        accept_loop(http, |stream| serve_http(stream, false)),
+        accept_loop(tcp, serve_tcp)
+    );
+}
+
+/// Serves HTTP over TLS with `config` (which decides on client certificates and
+/// resumption); with `close`, every response carries `Connection: close` and the connection
+/// ends after it, so each request needs a new TLS connection.
+pub async fn serve_tls(listener: TcpListener, config: Arc<ServerConfig>, close: bool) {
+    let acceptor = TlsAcceptor::from(config);
+    accept_loop(listener, move |stream| {
+        let accept = acceptor.accept(stream);
+        async move { serve_http(accept.await?, close).await }
+    })
+    .await
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, handler: F)
@@ -87,7 +151,11 @@ fn response(close: bool) -> Vec<u8> {
     out
 }
 
-async fn serve_http(mut stream: TcpStream) -> io::Result<()> {
+/// Answers requests until the client closes; with `always_close`, only the first.
+async fn serve_http<S>(mut stream: S, always_close: bool) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let keep_alive = response(false);
     let closing = response(true);
     let mut buf = Vec::with_capacity(4096);
@@ -100,7 +168,7 @@ async fn serve_http(mut stream: TcpStream) -> io::Result<()> {
                 break;
             }
             buf.drain(..len + body);
-            if head.close {
+            if head.close || always_close {
                 stream.write_all(&closing).await?;
                 return stream.shutdown().await;
             }
