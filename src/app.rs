@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::admin::{serve_admin, Admin};
 use crate::control::config::{Config, ProxySettings};
+use crate::control::edit::AllowlistEditor;
 use crate::control::reload::{self, Reloader, Trigger};
 use crate::control::rotate::Rotator;
+use crate::control::trace::Auditor;
 use crate::egress::resolve::DnsResolver;
 use crate::egress::revoke::Registry;
 use crate::egress::tls::{HandshakeHook, MtlsTable};
@@ -166,6 +168,16 @@ impl App {
             rotator,
             scheduler,
             token: settings.admin_token.clone(),
+            editor: Arc::new(AllowlistEditor::new(
+                config.path.clone(),
+                settings.admin_allowlist_edit,
+            )),
+            auditor: Auditor {
+                resolver: resolver.clone(),
+                own_addrs: own_addrs.clone(),
+                options,
+            },
+            loopback: settings.admin_listen.ip().is_loopback(),
         });
         Ok(App {
             settings,

@@ -7,7 +7,7 @@ use http::Uri;
 
 use super::config::Config;
 use crate::policy::host::Host;
-use crate::policy::{Denial, Protocol, Target, TargetError};
+use crate::policy::{Denial, Policy, Protocol, Target, TargetError};
 use crate::util::time::unix_ms;
 
 /// What `explain` decided.
@@ -27,6 +27,13 @@ pub enum Explanation {
 impl Explanation {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Explanation::Allowed { .. })
+    }
+
+    pub fn denial(&self) -> Option<&Denial> {
+        match self {
+            Explanation::Allowed { .. } => None,
+            Explanation::Denied { denial, .. } => Some(denial),
+        }
     }
 }
 
@@ -53,6 +60,11 @@ impl fmt::Display for Explanation {
 /// `https://` URL. Names in `[dns] overrides` are checked against the private ranges too; other
 /// names are not resolved.
 pub fn explain(config: &Config, input: &str, now: SystemTime) -> Explanation {
+    explain_policy(&config.policy, input, now)
+}
+
+/// [`explain`] against a policy (the one in force, for the admin API).
+pub fn explain_policy(policy: &Policy, input: &str, now: SystemTime) -> Explanation {
     let (target, protocol) = match parse(input) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -62,7 +74,6 @@ pub fn explain(config: &Config, input: &str, now: SystemTime) -> Explanation {
             }
         }
     };
-    let policy = &config.policy;
     let denied = |denial| Explanation::Denied {
         target: target.to_string(),
         denial,
@@ -85,7 +96,7 @@ pub fn explain(config: &Config, input: &str, now: SystemTime) -> Explanation {
     }
 }
 
-fn parse(input: &str) -> Result<(Target, Protocol), TargetError> {
+pub fn parse(input: &str) -> Result<(Target, Protocol), TargetError> {
     if input.contains("://") {
         let ascii = to_ascii_url(input);
         let uri: Uri = ascii

@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod edit;
 pub mod explain;
 pub mod reload;
 pub mod rotate;
+pub mod trace;

@@ -46,6 +46,8 @@ pub enum Trigger {
     Sighup,
     /// `POST /v1/reload`.
     Admin,
+    /// An allowlist edit through the admin API (the console).
+    AdminEdit,
     /// The retry of a reload refused for unwritable activation state.
     Retry,
 }
@@ -56,6 +58,7 @@ impl Trigger {
             Trigger::Watch => "watch",
             Trigger::Sighup => "SIGHUP",
             Trigger::Admin => "admin",
+            Trigger::AdminEdit => "admin-edit",
             Trigger::Retry => "retry",
         }
     }
@@ -66,6 +69,8 @@ impl Trigger {
 pub struct Status {
     pub generation: u64,
     pub loaded_at: SystemTime,
+    /// How long an entry added now waits before it allows anything.
+    pub activation_delay: Duration,
     /// The last failed reload, until a good one clears it.
     pub last_error: Option<(String, SystemTime)>,
 }
@@ -140,6 +145,7 @@ impl Reloader {
             status: Mutex::new(Status {
                 generation: 1,
                 loaded_at: SystemTime::now(),
+                activation_delay: config.proxy.activation_delay,
                 last_error: None,
             }),
             on_swap,
@@ -157,6 +163,11 @@ impl Reloader {
     pub fn snapshot(&self) -> (Arc<Policy>, Status) {
         let status = self.status.lock().expect("status lock");
         (self.policy.load_full(), status.clone())
+    }
+
+    /// The watched config file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     pub fn status(&self) -> Status {
@@ -235,6 +246,7 @@ impl Reloader {
             let old = self.policy.swap(policy.clone());
             status.generation += 1;
             status.loaded_at = now;
+            status.activation_delay = new_delay;
             status.last_error = None;
             (old, status.generation)
         };

@@ -9,6 +9,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// so two writers or a crash's leftover never share one), fsync, rename over `file`, fsync
 /// of the directory. Creates the directory if needed. A failed write removes its temp file.
 pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(file, bytes, None)
+}
+
+/// Replaces an existing `file` atomically as [`write_atomically`] does, giving the new file
+/// the old one's permission bits (and, where allowed, its owner), as an editor would.
+pub fn replace_keeping_mode(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let meta = std::fs::metadata(file)?;
+    write_with(file, bytes, Some(meta))
+}
+
+fn write_with(file: &Path, bytes: &[u8], like: Option<std::fs::Metadata>) -> std::io::Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().expect("a state file has a directory");
     std::fs::create_dir_all(dir)?;
@@ -20,6 +31,12 @@ pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
+        if let Some(meta) = &like {
+            use std::os::unix::fs::MetadataExt;
+            f.set_permissions(meta.permissions())?;
+            // Only root may give a file away; otherwise the file stays ours, as with an editor.
+            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, file)

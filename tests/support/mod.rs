@@ -270,7 +270,7 @@ impl Egressd {
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         self.admin_request(&format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
         ))
         .await
     }
@@ -278,7 +278,7 @@ impl Egressd {
     /// Sends `method path` with a JSON body to the admin listener; returns status and body.
     pub async fn admin_json(&self, method: &str, path: &str, json: &str) -> (u16, String) {
         self.admin_request(&format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
             json.len()
         ))
         .await
@@ -286,7 +286,7 @@ impl Egressd {
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_request(&format!(
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         ))
         .await
     }

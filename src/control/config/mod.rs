@@ -50,6 +50,8 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<AdminToken>,
+    /// Whether the admin API (the console) may edit `allowlist.domains` in the config file.
+    pub admin_allowlist_edit: bool,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     /// Slowloris guard: the whole request head must arrive within this time.
@@ -84,6 +86,7 @@ impl Config {
             admin_listen,
             // Not read on reload at all (an unreadable token file must not block one).
             admin_token: _,
+            admin_allowlist_edit,
             connect_timeout,
             idle_timeout,
             header_read_timeout,
@@ -102,6 +105,10 @@ impl Config {
         vec![
             ("proxy.listen", format!("{listen}")),
             ("proxy.admin_listen", format!("{admin_listen}")),
+            (
+                "proxy.admin_allowlist_edit",
+                format!("{admin_allowlist_edit}"),
+            ),
             ("proxy.connect_timeout", format!("{connect_timeout:?}")),
             ("proxy.idle_timeout", format!("{idle_timeout:?}")),
             (

@@ -43,6 +43,7 @@ pub struct RawProxy {
     pub listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub admin_token_file: Option<Spanned<String>>,
+    pub admin_allowlist_edit: Option<bool>,
     pub connect_ports: Option<Vec<Spanned<i64>>>,
     pub http_ports: Option<Vec<Spanned<i64>>>,
     pub allow_private_cidrs: Vec<Spanned<String>>,

@@ -79,6 +79,11 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         listen: listen?,
         admin_listen: admin_listen?,
         admin_token,
+        // The console edits the config file only for operators on the machine itself unless
+        // told otherwise: a remote admin port is more often a scrape target than a console.
+        admin_allowlist_edit: raw
+            .admin_allowlist_edit
+            .unwrap_or_else(|| admin_listen.is_some_and(|a| a.ip().is_loopback())),
         connect_timeout: p.duration(
             &raw.connect_timeout,
             "proxy.connect_timeout",

@@ -1,0 +1,246 @@
+//! The redirect audit: follows a URL's redirect chain the way `curl -L` would and says, for
+//! every hop, what the allowlist decides, then which entries to add so the whole chain works.
+//!
+//! Each hop is fetched through the egress client, with the resolver, private-range checks and
+//! port rules in force; only the allowlist is set aside, for that one hop's host, because
+//! finding out what it would have to allow is the point. A hop whose verdict is a denial no
+//! entry can fix (a private address, a port) ends the audit.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::{Method, Request, StatusCode, Uri};
+use serde::Serialize;
+
+use super::explain::{explain_policy, parse};
+use crate::egress::resolve::Resolve;
+use crate::egress::{EgressClient, EgressOptions};
+use crate::policy::allowlist::{Allowlist, Pattern};
+use crate::policy::host::Host;
+use crate::policy::{DenyReason, Policy};
+
+/// Redirects followed at most, as `curl -L --max-redirs 10`.
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Dials hops for audits.
+pub struct Auditor {
+    pub resolver: Arc<dyn Resolve>,
+    /// egressd's own listeners, which no hop may reach.
+    pub own_addrs: Vec<std::net::SocketAddr>,
+    pub options: EgressOptions,
+}
+
+/// One request of the chain.
+#[derive(Debug, Serialize)]
+pub struct Hop {
+    pub url: String,
+    pub allowed: bool,
+    /// The denial code when not allowed.
+    pub code: Option<&'static str>,
+    /// The verdict in words, as `egressd explain` says it.
+    pub verdict: String,
+    pub status: Option<u16>,
+    /// The resolved `Location` of a redirect.
+    pub location: Option<String>,
+    /// Why the hop could not be fetched.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub hops: Vec<Hop>,
+    /// Entries that would let the whole chain through, in chain order.
+    pub add: Vec<String>,
+    /// Every hop is allowed now (entries pending activation count as not yet).
+    pub allowed: bool,
+    /// Why the audit stopped before the end of the chain, if it did.
+    pub stopped: Option<String>,
+}
+
+impl Auditor {
+    pub async fn trace(&self, policy: &Policy, url: &str) -> Report {
+        let mut report = Report {
+            hops: vec![],
+            add: vec![],
+            allowed: true,
+            stopped: None,
+        };
+        let mut current = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let explanation = explain_policy(policy, &current, SystemTime::now());
+            let code = explanation.denial().map(|d| d.reason);
+            let mut hop = Hop {
+                url: current.clone(),
+                allowed: explanation.is_allowed(),
+                code: code.map(|c| c.code()),
+                verdict: explanation.to_string(),
+                status: None,
+                location: None,
+                error: None,
+            };
+            report.allowed &= hop.allowed;
+            match code {
+                None | Some(DenyReason::PendingActivation) => {}
+                Some(DenyReason::NotAllowlisted) => {
+                    if let Some(entry) = entry_for(&current) {
+                        if !report.add.contains(&entry) {
+                            report.add.push(entry);
+                        }
+                    }
+                }
+                Some(other) => {
+                    report.stopped = Some(format!(
+                        "{}: no allowlist entry can fix this hop",
+                        other.code()
+                    ));
+                    report.hops.push(hop);
+                    return report;
+                }
+            }
+            let fetched = self.fetch(policy, &current).await;
+            let next = match fetched {
+                Ok((status, location)) => {
+                    hop.status = Some(status.as_u16());
+                    let next = location
+                        .filter(|_| status.is_redirection())
+                        .map(|l| resolve_location(&current, &l));
+                    hop.location = next.clone();
+                    next
+                }
+                Err(err) => {
+                    hop.error = Some(err.clone());
+                    report.stopped = Some(err);
+                    None
+                }
+            };
+            report.hops.push(hop);
+            match next {
+                Some(next) => current = next,
+                None => return report,
+            }
+        }
+        report.stopped = Some(format!("more than {MAX_REDIRECTS} redirects"));
+        report
+    }
+
+    /// HEAD `url` (GET when the server answers 405) with only its own host allowlisted; the
+    /// status and `Location`.
+    async fn fetch(
+        &self,
+        policy: &Policy,
+        url: &str,
+    ) -> Result<(StatusCode, Option<String>), String> {
+        let (target, protocol) = parse(url).map_err(|e| e.to_string())?;
+        let mut audit = policy.clone();
+        let pattern = match &target.host {
+            Host::Domain(name) => Pattern::Exact(name.clone()),
+            Host::Ip(ip) => Pattern::Ip(*ip),
+        };
+        audit.allowlist = Allowlist::new([pattern]);
+        let client = EgressClient::new(
+            Arc::new(ArcSwap::from_pointee(audit)),
+            self.resolver.clone(),
+            self.own_addrs.clone(),
+            self.options,
+        );
+        let permit = client
+            .decide(&target, protocol)
+            .map_err(|d| d.to_string())?;
+        let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+        for method in [Method::HEAD, Method::GET] {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .header(http::header::USER_AGENT, "egressd-trace")
+                .body(crate::util::body::empty())
+                .map_err(|e| e.to_string())?;
+            let response = client
+                .send(&permit, request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if method == Method::HEAD && response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                continue;
+            }
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Ok((response.status(), location));
+        }
+        unreachable!("GET always returns")
+    }
+}
+
+/// The exact entry that allows `url`'s host.
+fn entry_for(url: &str) -> Option<String> {
+    let (target, _) = parse(url).ok()?;
+    Some(target.host.to_string())
+}
+
+/// `location` resolved against `base` as a browser would (RFC 3986 §5.2, without dot-segment
+/// removal): absolute, scheme-relative, absolute-path or relative-path.
+pub fn resolve_location(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    if let Some(authority_and_path) = location.strip_prefix("//") {
+        return format!("{scheme}://{authority_and_path}");
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = &rest[authority_end..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{scheme}://{authority}{dir}{location}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_like_a_browser() {
+        let cases = [
+            (
+                "absolute",
+                "http://a.test/x",
+                "https://b.test/y",
+                "https://b.test/y",
+            ),
+            (
+                "scheme-relative",
+                "http://a.test/x",
+                "//b.test/y",
+                "http://b.test/y",
+            ),
+            (
+                "absolute path",
+                "http://a.test/x/y?q",
+                "/z",
+                "http://a.test/z",
+            ),
+            (
+                "relative path",
+                "http://a.test/x/y?q=/1",
+                "z",
+                "http://a.test/x/z",
+            ),
+            (
+                "relative from root",
+                "http://a.test",
+                "z",
+                "http://a.test/z",
+            ),
+        ];
+        for (name, base, location, want) in cases {
+            assert_eq!(resolve_location(base, location), want, "{name}");
+        }
+    }
+}

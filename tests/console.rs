@@ -1,0 +1,751 @@
+//! The admin console in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver) against the real binary. The browser runs with `TZ=America/New_York`, so
+//! every local time on the page must be UTC shifted by New York's offset.
+//!
+//! Screenshots of each page land in `target/tmp/console/` (the README's come from there).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use fantoccini::{Client, ClientBuilder, Locator};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// One browser at a time: two Chromiums on a 2-core CI machine make every wait slower.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver and its session; chromedriver is killed on drop.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn browser() -> Browser {
+    for path in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+        );
+    }
+    let port = closed_port();
+    let driver = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        // Chromium inherits the zone: the page's "local time" is New York's.
+        .env("TZ", "America/New_York")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("chromedriver to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let profile = tempfile::tempdir().unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            // As this machine's probe runs it: no sandbox as root, and no background
+            // networking, whose connections the closed network refuses.
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                "--window-size=1280,800",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&url)
+        .await
+        .expect("a WebDriver session");
+    // A 1280x800 viewport: the window is that plus the browser's own frame.
+    let frame = client
+        .execute("return window.outerHeight - window.innerHeight;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap_or(0) as u32;
+    client.set_window_size(1280, 800 + frame).await.unwrap();
+    Browser {
+        client,
+        driver,
+        _profile: profile,
+    }
+}
+
+impl Browser {
+    async fn open(&self, proxy: &Egressd, page: &str) {
+        let url = format!("http://127.0.0.1:{}/#{page}", proxy.admin.port());
+        self.client.goto(&url).await.unwrap();
+    }
+
+    /// Runs `script` (a function body; `arguments[0..]` are `args`) in the page.
+    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client.execute(script, args).await.unwrap()
+    }
+
+    /// The text of the first element matching `css`, or `None`.
+    async fn text(&self, css: &str) -> Option<String> {
+        let v = self
+            .js(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                vec![json!(css)],
+            )
+            .await;
+        v.as_str().map(str::to_string)
+    }
+
+    /// Waits until the element matching `css` exists and its text satisfies `pred`; panics
+    /// with the last text seen.
+    async fn wait_text(&self, css: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let text = self.text(css).await;
+            if let Some(t) = text.as_deref().filter(|t| pred(t)) {
+                return t.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {css}; it shows {text:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Types into the element as a user would (real key events).
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap();
+        e.clear().await.unwrap();
+        e.send_keys(text).await.unwrap();
+    }
+
+    /// Key presses into the element, after what it holds.
+    async fn press(&self, css: &str, keys: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap();
+        e.send_keys(keys).await.unwrap();
+    }
+
+    async fn enabled(&self, css: &str) -> bool {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .is_enabled()
+            .await
+            .unwrap()
+    }
+
+    /// Saves a screenshot as a test artifact and returns its path.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        let png = self.client.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+
+    /// Ends the session; dropping the browser then stops chromedriver.
+    async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+/// `shown` is `utc` in New York: `YYYY-MM-DD HH:MM EST` (UTC-5) or `... EDT` (UTC-4).
+fn assert_new_york(shown: &str, utc: &str) {
+    let utc = chrono::DateTime::parse_from_rfc3339(utc).unwrap();
+    let (offset, zone) = if shown.ends_with(" EST") {
+        (5, "EST")
+    } else {
+        (4, "EDT")
+    };
+    let local = utc.naive_utc() - chrono::Duration::hours(offset);
+    assert_eq!(
+        shown,
+        format!("{} {zone}", local.format("%Y-%m-%d %H:%M")),
+        "{utc} in New York"
+    );
+}
+
+/// Every `<time>` matching `css`: (text, data-utc).
+async fn times(b: &Browser, css: &str) -> Vec<(String, String)> {
+    let v = b
+        .js(
+            "return [...document.querySelectorAll(arguments[0])].map(t => [t.textContent, t.dataset.utc]);",
+            vec![json!(css)],
+        )
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_string(),
+                pair[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sets a textarea's value from script (8000 characters of key events would take long) and
+/// fires `input` as typing would.
+async fn set_value(b: &Browser, css: &str, value: &str) {
+    b.js(
+        "const e = document.querySelector(arguments[0]); e.value = arguments[1]; e.dispatchEvent(new Event('input'));",
+        vec![json!(css), json!(value)],
+    )
+    .await;
+}
+
+fn functions_table(port: u16) -> String {
+    format!(
+        "[[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
+         [[functions]]\nname = \"old-report\"\nstate = \"undeployed\"\nurl = \"http://fn.test:{port}/old\"\n"
+    )
+}
+
+#[tokio::test]
+async fn the_schedules_page_creates_runs_and_deletes_in_local_time() {
+    let _one = ONE_BROWSER.lock().await;
+    let function = origin().await;
+    let proxy = egressd()
+        .allow_local("fn.test")
+        .ports(&[443], &[function.port()])
+        .table(&functions_table(function.port()))
+        .start();
+    let b = browser().await;
+    b.open(&proxy, "schedules").await;
+    b.wait_text("#schedule-count", |t| t == "0 of 10 schedules")
+        .await;
+
+    // Every form control has a label.
+    let unlabelled = b
+        .js(
+            "return [...document.querySelectorAll('input, select, textarea')].filter(e => e.labels.length === 0).map(e => e.id);",
+            vec![],
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "inputs without a label");
+
+    // The drop-down offers productive functions only.
+    b.click("#create-toggle").await;
+    b.wait_text("#functions-hint", |t| {
+        t.contains("1 undeployed function is not listed")
+    })
+    .await;
+    let options = b
+        .js(
+            "return [...document.querySelectorAll('#f-function option')].map(o => o.value);",
+            vec![],
+        )
+        .await;
+    assert_eq!(options, json!(["refresh-token"]));
+
+    // An invalid expression: the error names the field, examples are offered.
+    b.type_into("#f-cron", "61 * * * *").await;
+    let error = b.wait_text("#err-cron", |t| !t.is_empty()).await;
+    assert!(error.starts_with("minute field \"61\""), "{error}");
+    let examples = b
+        .js(
+            "return [...document.querySelectorAll('#cron-examples button')].map(b => b.textContent);",
+            vec![],
+        )
+        .await;
+    assert!(
+        examples.as_array().unwrap().contains(&json!("*/5 * * * *")),
+        "{examples}"
+    );
+    b.screenshot("schedules-cron-error").await;
+
+    // Picking an example shows the next five runs in New York time.
+    b.click("#cron-examples button[title='every 5 minutes']")
+        .await;
+    eventually("five upcoming runs", || async {
+        (times(&b, "#cron-next time").await.len() == 5).then_some(())
+    })
+    .await;
+    assert_eq!(b.text("#err-cron").await.as_deref(), Some(""));
+    for (shown, utc) in times(&b, "#cron-next time").await {
+        assert!(utc.ends_with(":00Z"), "{utc}");
+        assert_new_york(&shown, &utc);
+    }
+
+    // The payload counter counts characters, not bytes: 8000 '€' (24000 bytes) fit, 8001 not.
+    set_value(&b, "#f-payload", &"€".repeat(7999)).await;
+    b.press("#f-payload", "€").await;
+    b.wait_text("#payload-count", |t| t == "8000 / 8000 characters")
+        .await;
+    assert!(b.enabled("#create-submit").await);
+    b.press("#f-payload", "€").await;
+    b.wait_text("#payload-count", |t| t == "8001 / 8000 characters")
+        .await;
+    assert_eq!(
+        b.text("#err-payload").await.as_deref(),
+        Some("1 character over the limit of 8000")
+    );
+    assert!(!b.enabled("#create-submit").await, "Create is disabled");
+    set_value(&b, "#f-payload", "{\"job\": \"nightly\"}").await;
+    b.wait_text("#payload-count", |t| t == "18 / 8000 characters")
+        .await;
+    b.screenshot("schedules-form").await;
+
+    // Create: the schedule is in the table, with its next run in local time.
+    b.click("#create-submit").await;
+    b.wait_text("#schedule-count", |t| t == "1 of 10 schedules")
+        .await;
+    let row = "#schedules-table tr[data-function='refresh-token']";
+    assert_eq!(
+        b.text(&format!("{row} td.mono")).await.as_deref(),
+        Some("*/5 * * * *")
+    );
+    let next = times(&b, &format!("{row} td.next-run time")).await;
+    assert_eq!(next.len(), 1);
+    assert_new_york(&next[0].0, &next[0].1);
+    let stored = proxy.admin_get("/v1/schedules").await.1;
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored[0]["payload"], "{\"job\": \"nightly\"}");
+
+    // Run now: the function answers 200, STATE says SUCCESS, the last run is local too.
+    b.click(&format!("{row} button.secondary")).await;
+    b.wait_text(&format!("{row} span.state"), |t| t == "SUCCESS")
+        .await;
+    let last = times(&b, &format!("{row} td.last-run time")).await;
+    assert_new_york(&last[0].0, &last[0].1);
+    assert!(
+        b.text(row).await.unwrap().contains("200"),
+        "last status 200"
+    );
+    b.screenshot("schedules").await;
+
+    // Delete asks once more, then the row goes.
+    b.click(&format!("{row} button.danger")).await;
+    b.wait_text(&format!("{row} button.danger"), |t| t == "Confirm delete")
+        .await;
+    b.click(&format!("{row} button.danger")).await;
+    b.wait_text("#schedule-count", |t| t == "0 of 10 schedules")
+        .await;
+
+    // An error from the API shows next to its field: the function was undeployed after the
+    // form listed it.
+    b.click("#create-toggle").await;
+    eventually("the form to list the function", || async {
+        let options = b
+            .js(
+                "return document.querySelectorAll('#f-function option').length;",
+                vec![],
+            )
+            .await;
+        (options == json!(1)).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let generation = proxy.generation().await;
+    std::fs::write(
+        &proxy.config_path,
+        text.replacen("state = \"productive\"", "state = \"undeployed\"", 1),
+    )
+    .unwrap();
+    proxy.wait_generation_above(generation).await;
+    b.type_into("#f-cron", "0 * * * *").await;
+    b.click("#create-submit").await;
+    let error = b.wait_text("#err-function", |t| !t.is_empty()).await;
+    assert!(error.contains("not deployed as productive"), "{error}");
+    b.close().await;
+}
+
+/// A TCP server that holds each connection open until the peer closes it.
+async fn holding_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_allowlist_tab_adds_pending_entries_and_a_removal_cuts_the_tunnel() {
+    let _one = ONE_BROWSER.lock().await;
+    let server = holding_server().await;
+    let proxy = egressd()
+        .proxy("activation_delay = \"5s\"")
+        .allow_local("keep.test")
+        .dns("new.test", "127.0.0.1")
+        .ports(&[server.port()], &[])
+        .table("# a comment the console's edits keep")
+        .start();
+    let b = browser().await;
+    b.open(&proxy, "allowlist").await;
+    b.wait_text(
+        "#allowlist-table tr[data-entry='keep.test'] span.state",
+        |t| t == "active",
+    )
+    .await;
+    assert_eq!(
+        b.text("#readonly-notice").await.as_deref(),
+        Some(""),
+        "editable on loopback"
+    );
+
+    // Entries are checked as typed, with the fix or the pitfall.
+    b.type_into("#a-domain", "*.*.new.test").await;
+    let error = b.wait_text("#err-domain", |t| !t.is_empty()).await;
+    assert_eq!(
+        error,
+        "only one leading wildcard is allowed; use \"*.new.test\""
+    );
+    b.type_into("#a-domain", "new.test").await;
+    let check = b
+        .wait_text("#add-check", |t| {
+            t.starts_with("Will add new.test (exact).")
+        })
+        .await;
+    assert!(check.contains("\"www.new.test\""), "{check}");
+
+    // Enter adds it (keyboard only): pending with a countdown, in the file, then active.
+    b.press("#a-domain", "\n").await;
+    let state = "#allowlist-table tr[data-entry='new.test'] span.state";
+    let pending = b
+        .wait_text(state, |t| t.starts_with("pending, active in 0:0"))
+        .await;
+    let seconds: u32 = pending.rsplit(':').next().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&seconds), "{pending}");
+    b.screenshot("allowlist").await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert!(
+        text.contains("domains = [\"keep.test\", \"new.test\"]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# a comment the console's edits keep"),
+        "{text}"
+    );
+    // Denied until active, as for a hand edit.
+    let authority = format!("new.test:{}", server.port());
+    let early = raw_exchange(
+        proxy.proxy,
+        format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        early.starts_with("HTTP/1.1 403 pending-activation"),
+        "{early}"
+    );
+    b.wait_text(state, |t| t == "active").await;
+
+    // A live tunnel to it, then the bin icon: removed at once, the tunnel is cut.
+    let mut tunnel = open_tunnel(proxy.proxy, &authority).await;
+    let bin = "#allowlist-table tr[data-entry='new.test'] button.danger";
+    let label = b
+        .js(
+            "return document.querySelector(arguments[0]).getAttribute('aria-label');",
+            vec![json!(bin)],
+        )
+        .await;
+    assert_eq!(label, json!("Remove new.test"));
+    b.click(bin).await;
+    b.wait_text(bin, |t| t == "Remove?").await;
+    b.click(bin).await;
+    eventually("the row to go", || async {
+        b.text("#allowlist-table tr[data-entry='new.test']")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, tunnel.read(&mut buf))
+        .await
+        .expect("the tunnel is cut, not left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert!(text.contains("domains = [\"keep.test\"]\n"), "{text}");
+
+    // Narrow window: the page itself does not scroll sideways.
+    b.client.set_window_size(420, 800).await.unwrap();
+    let overflow = b
+        .js(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await;
+    assert!(overflow.as_i64().unwrap() <= 0, "overflow {overflow}");
+    b.screenshot("allowlist-narrow").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
+    let _one = ONE_BROWSER.lock().await;
+    struct Case {
+        name: &'static str,
+        setting: Option<&'static str>,
+        make_file_read_only: bool,
+        notice: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "file not writable (as a ConfigMap mount)",
+            setting: None,
+            make_file_read_only: true,
+            notice: "is read-only",
+        },
+        Case {
+            name: "admin_allowlist_edit = false",
+            setting: Some("admin_allowlist_edit = false"),
+            make_file_read_only: false,
+            notice: "editing is off",
+        },
+    ];
+    let b = browser().await;
+    for case in cases {
+        let mut builder = egressd().allow_local("keep.test");
+        if let Some(line) = case.setting {
+            builder = builder.proxy(line);
+        }
+        let proxy = builder.start();
+        if case.make_file_read_only {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&proxy.config_path, std::fs::Permissions::from_mode(0o444))
+                .unwrap();
+        }
+        b.open(&proxy, "allowlist").await;
+        let notice = b
+            .wait_text("#readonly-notice", |t| t.starts_with("Read-only: "))
+            .await;
+        assert!(notice.contains(case.notice), "{}: {notice}", case.name);
+        assert!(!b.enabled("#add-button").await, "{}", case.name);
+        assert!(!b.enabled("#a-domain").await, "{}", case.name);
+        let bins = b
+            .js(
+                "return document.querySelectorAll('#allowlist-table button').length;",
+                vec![],
+            )
+            .await;
+        assert_eq!(bins, json!(0), "{}: no bin icons", case.name);
+        // The API refuses too, with the same reason.
+        let (status, body) = proxy
+            .admin_json("POST", "/v1/allowlist", "{\"domain\": \"x.test\"}")
+            .await;
+        assert_eq!(status, 403, "{}: {body}", case.name);
+        if case.make_file_read_only {
+            b.screenshot("allowlist-read-only").await;
+        }
+    }
+    b.close().await;
+}
+
+/// An origin that redirects `/start` → `http://b.test:PORT/next` → `/final` (relative).
+async fn redirecting_origin() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                    let response = match req.uri().path() {
+                        "/start" => Response::builder()
+                            .status(302)
+                            .header("location", format!("http://b.test:{port}/next")),
+                        "/next" => Response::builder().status(301).header("location", "/final"),
+                        _ => Response::builder().status(200),
+                    };
+                    Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn check_a_url_shows_the_decision_and_the_redirect_chain_to_allow() {
+    let _one = ONE_BROWSER.lock().await;
+    let port = redirecting_origin().await;
+    let proxy = egressd()
+        .allow_local("a.test")
+        .dns("b.test", "127.0.0.1")
+        .ports(&[443], &[port])
+        .start();
+    let b = browser().await;
+    b.open(&proxy, "check").await;
+    b.type_into("#c-url", &format!("http://a.test:{port}/start\n"))
+        .await;
+    let verdict = b.wait_text("#check-verdict", |t| !t.is_empty()).await;
+    assert!(verdict.starts_with("allowed: HTTP to a.test:"), "{verdict}");
+    b.wait_text("#trace-add", |t| !t.is_empty()).await;
+    let hops = b
+        .js(
+            "return [...document.querySelectorAll('#trace-hops li')].map(li => [li.querySelector('code').textContent, li.dataset.allowed]);",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        hops,
+        json!([
+            [format!("http://a.test:{port}/start"), "true"],
+            [format!("http://b.test:{port}/next"), "false"],
+            [format!("http://b.test:{port}/final"), "false"],
+        ])
+    );
+    let add = b
+        .js(
+            "return [...document.querySelectorAll('#trace-add code')].map(c => c.textContent);",
+            vec![],
+        )
+        .await;
+    assert_eq!(add, json!(["b.test"]));
+    b.screenshot("check-url").await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn with_a_token_the_console_asks_once_and_sends_it() {
+    let _one = ONE_BROWSER.lock().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let proxy = egressd()
+        .proxy(&format!(
+            "admin_token_file = {:?}",
+            token_file.display().to_string()
+        ))
+        .allow_local("keep.test")
+        .start();
+    let b = browser().await;
+    b.open(&proxy, "allowlist").await;
+    eventually("the token prompt", || async {
+        let hidden = b
+            .js(
+                "return document.getElementById('token-form').hidden;",
+                vec![],
+            )
+            .await;
+        (hidden == json!(false)).then_some(())
+    })
+    .await;
+    b.type_into("#token-input", "s3cret-token\n").await;
+    b.type_into("#a-domain", "tok.test\n").await;
+    b.wait_text(
+        "#allowlist-table tr[data-entry='tok.test'] span.state",
+        |t| t.starts_with("pending"),
+    )
+    .await;
+    let stored = b
+        .js(
+            "return [sessionStorage.length, localStorage.length, document.cookie];",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        stored,
+        json!([1, 0, ""]),
+        "only this tab's session keeps it"
+    );
+    b.close().await;
+}
+
+/// The API underneath, without a browser: what a hostile page could try.
+#[tokio::test]
+async fn the_admin_api_refuses_cross_site_requests() {
+    let proxy = egressd().allow_local("keep.test").start();
+    struct Case {
+        name: &'static str,
+        request: String,
+        status: u16,
+    }
+    let body = "{\"domain\": \"x.test\"}";
+    let cases = [
+        Case {
+            name: "a form post (text/plain) cannot carry JSON",
+            request: format!("POST /v1/allowlist HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+            status: 415,
+        },
+        Case {
+            name: "another origin",
+            request: format!("POST /v1/allowlist HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+            status: 403,
+        },
+        Case {
+            name: "a rebound name on the loopback listener",
+            request: "GET /v1/schedules HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n".into(),
+            status: 403,
+        },
+        Case {
+            name: "health answers any Host",
+            request: "GET /healthz HTTP/1.1\r\nHost: egressd-admin\r\nConnection: close\r\n\r\n".into(),
+            status: 200,
+        },
+        Case {
+            name: "the console page",
+            request: "GET / HTTP/1.1\r\nHost: localhost:9901\r\nConnection: close\r\n\r\n".into(),
+            status: 200,
+        },
+    ];
+    for case in cases {
+        let raw = raw_exchange(proxy.admin, case.request.as_bytes()).await;
+        assert_eq!(status(&raw), case.status, "{}: {raw}", case.name);
+    }
+    let page = raw_exchange(
+        proxy.admin,
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let csp = header(&page, "content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        !page.contains("http://") || !page.contains("<script src=\"http"),
+        "no CDN"
+    );
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert!(!text.contains("x.test"), "nothing was written: {text}");
+}
