@@ -39,6 +39,13 @@ enum Command {
         config: PathBuf,
         target: String,
     },
+    /// Follow a URL's redirect chain (as curl -L) and show each hop's verdict and the
+    /// entries to add; exit 0 when the whole chain is allowed.
+    Trace {
+        #[arg(long, short)]
+        config: PathBuf,
+        url: String,
+    },
     /// Manage scheduled invocations through a running egressd's admin API.
     Schedules {
         /// The admin listener, e.g. http://127.0.0.1:9901.
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
         Command::Run { config } => cli::run(&config, cli.log_format),
         Command::Check { config } => cli::check(&config),
         Command::Explain { config, target } => cli::explain(&config, &target),
+        Command::Trace { config, url } => cli::trace(&config, &url),
         Command::Schedules {
             admin,
             token_file,

@@ -10,13 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use bytes::Bytes;
 use fantoccini::{Client, ClientBuilder, Locator};
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use support::*;
 use tokio::io::AsyncReadExt;
@@ -579,32 +573,6 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
         }
     }
     b.close().await;
-}
-
-/// An origin that redirects `/start` → `http://b.test:PORT/next` → `/final` (relative).
-async fn redirecting_origin() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                    let response = match req.uri().path() {
-                        "/start" => Response::builder()
-                            .status(302)
-                            .header("location", format!("http://b.test:{port}/next")),
-                        "/next" => Response::builder().status(301).header("location", "/final"),
-                        _ => Response::builder().status(200),
-                    };
-                    Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test]

@@ -10,11 +10,23 @@ use crate::util::time::unix_ms;
 
 /// Exit 0 when allowed, 1 when denied.
 pub fn explain(path: &Path, target: &str) -> ExitCode {
-    let Some(mut config) = load_or_report(path) else {
+    let Some(config) = load_live(path) else {
         return ExitCode::FAILURE;
     };
+    let explanation = crate::control::explain::explain(&config, target, SystemTime::now());
+    println!("{explanation}");
+    if explanation.is_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The config at `path` with the activation times of a live instance's state dir, so that
+/// new patterns show as pending until their time, as egressd itself would decide.
+pub(super) fn load_live(path: &Path) -> Option<crate::control::config::Config> {
+    let mut config = load_or_report(path)?;
     let now = SystemTime::now();
-    // Against a live instance's state dir, new patterns show as pending until their time.
     match ActivationBook::peek(&config.proxy.state_dir) {
         Ok(Some(book)) => {
             let unknown = unix_ms(now) + config.proxy.activation_delay.as_millis() as u64;
@@ -29,11 +41,5 @@ pub fn explain(path: &Path, target: &str) -> ExitCode {
             }
         }
     }
-    let explanation = crate::control::explain::explain(&config, target, now);
-    println!("{explanation}");
-    if explanation.is_allowed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Some(config)
 }

@@ -15,12 +15,14 @@ mod cron;
 mod explain;
 mod run;
 mod schedules;
+mod trace;
 
 pub use check::check;
 pub use cron::cron;
 pub use explain::explain;
 pub use run::{run, LogFormat};
 pub use schedules::{schedules, Action};
+pub use trace::trace;
 
 use std::path::Path;
 

@@ -3,11 +3,10 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use http::Uri;
-
 use super::config::Config;
 use crate::policy::host::Host;
-use crate::policy::{Denial, Policy, Protocol, Target, TargetError};
+use crate::policy::url::target_of;
+use crate::policy::{Denial, Policy, Protocol, Target};
 use crate::util::time::unix_ms;
 
 /// What `explain` decided.
@@ -65,7 +64,7 @@ pub fn explain(config: &Config, input: &str, now: SystemTime) -> Explanation {
 
 /// [`explain`] against a policy (the one in force, for the admin API).
 pub fn explain_policy(policy: &Policy, input: &str, now: SystemTime) -> Explanation {
-    let (target, protocol) = match parse(input) {
+    let (target, protocol) = match target_of(input) {
         Ok(parsed) => parsed,
         Err(err) => {
             return Explanation::Denied {
@@ -94,48 +93,6 @@ pub fn explain_policy(policy: &Policy, input: &str, now: SystemTime) -> Explanat
         target,
         protocol,
     }
-}
-
-pub fn parse(input: &str) -> Result<(Target, Protocol), TargetError> {
-    if input.contains("://") {
-        let ascii = to_ascii_url(input);
-        let uri: Uri = ascii
-            .parse()
-            .map_err(|_| TargetError::BadPort(input.to_string()))?;
-        let (protocol, default_port) = match uri.scheme_str() {
-            Some("http") => (Protocol::Http, 80),
-            _ => (Protocol::Connect, 443),
-        };
-        let authority = uri.authority().ok_or(TargetError::MissingPort)?;
-        let target = Target::parse_authority_or(authority.as_str(), default_port)?;
-        return Ok((target, protocol));
-    }
-    let target = Target::parse_authority_or(&host_to_ascii(input), 443)?;
-    Ok((target, Protocol::Connect))
-}
-
-/// IDNs typed on the command line are compared in punycode, as clients send them.
-fn host_to_ascii(input: &str) -> String {
-    if input.is_ascii() {
-        return input.to_string();
-    }
-    let (host, port) = match input.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
-        _ => (input, None),
-    };
-    let host = idna::domain_to_ascii(host).unwrap_or_else(|_| host.to_string());
-    match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
-    }
-}
-
-fn to_ascii_url(input: &str) -> String {
-    let Some((scheme, rest)) = input.split_once("://") else {
-        return input.to_string();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    format!("{scheme}://{}{}", host_to_ascii(&rest[..end]), &rest[end..])
 }
 
 #[cfg(test)]

@@ -13,12 +13,14 @@ use arc_swap::ArcSwap;
 use http::{Method, Request, StatusCode, Uri};
 use serde::Serialize;
 
-use super::explain::{explain_policy, parse};
+use super::explain::explain_policy;
 use crate::egress::resolve::Resolve;
 use crate::egress::{EgressClient, EgressOptions};
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
+use crate::policy::url::{resolve_location, target_of};
 use crate::policy::{DenyReason, Policy};
+use crate::util::time::format_utc;
 
 /// Redirects followed at most, as `curl -L --max-redirs 10`.
 pub const MAX_REDIRECTS: usize = 10;
@@ -38,8 +40,11 @@ pub struct Hop {
     pub allowed: bool,
     /// The denial code when not allowed.
     pub code: Option<&'static str>,
-    /// The verdict in words, as `egressd explain` says it.
+    /// `allowed (rule "*.example.com", line 12)`, `denied: not-allowlisted` or
+    /// `pending-activation until 2026-11-29T10:05:00Z`.
     pub verdict: String,
+    /// The decision in words, as `egressd explain` says it, with the fix.
+    pub detail: String,
     pub status: Option<u16>,
     /// The resolved `Location` of a redirect.
     pub location: Option<String>,
@@ -74,7 +79,8 @@ impl Auditor {
                 url: current.clone(),
                 allowed: explanation.is_allowed(),
                 code: code.map(|c| c.code()),
-                verdict: explanation.to_string(),
+                verdict: verdict(policy, &current, code),
+                detail: explanation.to_string(),
                 status: None,
                 location: None,
                 error: None,
@@ -131,7 +137,7 @@ impl Auditor {
         policy: &Policy,
         url: &str,
     ) -> Result<(StatusCode, Option<String>), String> {
-        let (target, protocol) = parse(url).map_err(|e| e.to_string())?;
+        let (target, protocol) = target_of(url).map_err(|e| e.to_string())?;
         let mut audit = policy.clone();
         let pattern = match &target.host {
             Host::Domain(name) => Pattern::Exact(name.clone()),
@@ -175,72 +181,29 @@ impl Auditor {
 
 /// The exact entry that allows `url`'s host.
 fn entry_for(url: &str) -> Option<String> {
-    let (target, _) = parse(url).ok()?;
+    let (target, _) = target_of(url).ok()?;
     Some(target.host.to_string())
 }
 
-/// `location` resolved against `base` as a browser would (RFC 3986 §5.2, without dot-segment
-/// removal): absolute, scheme-relative, absolute-path or relative-path.
-pub fn resolve_location(base: &str, location: &str) -> String {
-    if location.contains("://") {
-        return location.to_string();
-    }
-    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
-    if let Some(authority_and_path) = location.strip_prefix("//") {
-        return format!("{scheme}://{authority_and_path}");
-    }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    if location.starts_with('/') {
-        return format!("{scheme}://{authority}{location}");
-    }
-    let path = &rest[authority_end..];
-    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
-    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
-    let dir = if dir.is_empty() { "/" } else { dir };
-    format!("{scheme}://{authority}{dir}{location}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_resolve_like_a_browser() {
-        let cases = [
-            (
-                "absolute",
-                "http://a.test/x",
-                "https://b.test/y",
-                "https://b.test/y",
-            ),
-            (
-                "scheme-relative",
-                "http://a.test/x",
-                "//b.test/y",
-                "http://b.test/y",
-            ),
-            (
-                "absolute path",
-                "http://a.test/x/y?q",
-                "/z",
-                "http://a.test/z",
-            ),
-            (
-                "relative path",
-                "http://a.test/x/y?q=/1",
-                "z",
-                "http://a.test/x/z",
-            ),
-            (
-                "relative from root",
-                "http://a.test",
-                "z",
-                "http://a.test/z",
-            ),
-        ];
-        for (name, base, location, want) in cases {
-            assert_eq!(resolve_location(base, location), want, "{name}");
+/// The one-line verdict of a hop: the rule that allows it, the time a pending entry becomes
+/// active, or the denial code.
+fn verdict(policy: &Policy, url: &str, denied: Option<DenyReason>) -> String {
+    let rule = target_of(url)
+        .ok()
+        .and_then(|(target, _)| policy.allowlist.find(&target.host));
+    match (denied, rule) {
+        (None, Some(id)) => {
+            let pattern = policy.allowlist.pattern(id);
+            match policy.allowlist.line(id) {
+                Some(line) => format!("allowed (rule \"{pattern}\", line {line})"),
+                None => format!("allowed (rule \"{pattern}\")"),
+            }
         }
+        (None, None) => "allowed".into(),
+        (Some(DenyReason::PendingActivation), Some(id)) => format!(
+            "pending-activation until {}",
+            format_utc(policy.allowlist.active_at(id))
+        ),
+        (Some(reason), _) => format!("denied: {}", reason.code()),
     }
 }

@@ -86,6 +86,8 @@ pub struct AccessRecord {
     status: u16,
     relayed: Arc<Relayed>,
     tunnel_end: Option<TunnelEnd>,
+    /// A redirect the allowlist would deny: its URL, the denial and the fix.
+    redirect: Option<Box<str>>,
 }
 
 /// Bytes carried by one exchange, shared with the body wrappers that count them.
@@ -117,6 +119,7 @@ impl AccessRecord {
             status: 0,
             relayed: Arc::default(),
             tunnel_end: None,
+            redirect: None,
         }
     }
 
@@ -128,6 +131,16 @@ impl AccessRecord {
     /// The permit the decision gave.
     pub fn set_permit(&mut self, permit: &Permit) {
         self.permit = Some(permit.clone());
+    }
+
+    /// Notes a redirect the allowlist would deny (see `forward`).
+    pub fn set_redirect(&mut self, note: Option<Box<str>>) {
+        self.redirect = note;
+    }
+
+    /// The request's URL as the decision saw it (`http://host[:port]/path`).
+    pub fn logged_url(&self) -> String {
+        self.logged_target()
     }
 
     /// The counters for the request body on its way up.
@@ -299,6 +312,7 @@ impl Drop for AccessRecord {
             bytes_down = down,
             duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             tunnel_end = self.tunnel_end.map(TunnelEnd::as_str).unwrap_or(""),
+            redirect_denied = self.redirect.as_deref().unwrap_or(""),
         );
     }
 }

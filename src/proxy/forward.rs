@@ -16,8 +16,11 @@ use super::headers::{self, MaxForwards};
 use super::request::{forward_target, Refusal};
 use super::server::ClientConn;
 use super::Proxy;
+use crate::egress::Permit;
+use crate::policy::url::{resolve_location, target_of};
 use crate::policy::Protocol;
 use crate::util::body::{empty, full, BoxError, HttpBody};
+use crate::util::time::now_ms;
 
 impl Proxy {
     pub(super) async fn forward(
@@ -62,6 +65,9 @@ impl Proxy {
         match self.egress.send(&permit, upstream_req).await {
             Ok(response) => {
                 record.allowed(response.status());
+                if response.status().is_redirection() {
+                    record.set_redirect(denied_redirect(&permit, &record, &response));
+                }
                 downstream_response(response, record, self.idle_timeout)
             }
             Err(err) => record.send_error(&err),
@@ -147,4 +153,25 @@ fn answer_max_forwards(parts: &http::request::Parts) -> Response<HttpBody> {
     };
     headers::add_via(response.headers_mut());
     response
+}
+
+/// When `response` redirects to a URL the allowlist would deny, what the access log says of
+/// it: the URL, the denial and the entry to add. The client would hit that denial next.
+fn denied_redirect<B>(
+    permit: &Permit,
+    record: &AccessRecord,
+    response: &Response<B>,
+) -> Option<Box<str>> {
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    let next = resolve_location(&record.logged_url(), location);
+    let (target, protocol) = target_of(&next).ok()?;
+    let denial = permit.policy().decide(&target, protocol, now_ms()).err()?;
+    Some(
+        format!(
+            "{next} would be denied ({}): {}",
+            denial.reason.code(),
+            denial.message
+        )
+        .into(),
+    )
 }

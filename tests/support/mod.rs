@@ -513,6 +513,42 @@ async fn origin_route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, h
     Ok(response)
 }
 
+/// An origin for redirect audits, on one port for every name:
+/// `/start` → 302 `http://b.test:PORT/next` → 301 `/final` (relative) → 200;
+/// `/to-internal` → 302 `http://internal.test:PORT/`; `/loop` → 302 `/loop`;
+/// `/no-head` answers HEAD with 405 and GET with a 302 to `/final`.
+pub async fn redirecting_origin() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    let redirect = |status: u16, to: String| {
+                        Response::builder().status(status).header("location", to)
+                    };
+                    let response = match (req.method().as_str(), req.uri().path()) {
+                        (_, "/start") => redirect(302, format!("http://b.test:{port}/next")),
+                        (_, "/next") => redirect(301, "/final".into()),
+                        (_, "/to-internal") => {
+                            redirect(302, format!("http://internal.test:{port}/"))
+                        }
+                        (_, "/loop") => redirect(302, "/loop".into()),
+                        ("HEAD", "/no-head") => Response::builder().status(405),
+                        (_, "/no-head") => redirect(302, "final".into()),
+                        _ => Response::builder().status(200),
+                    };
+                    Ok::<_, hyper::Error>(response.body(Full::new(Bytes::new())).unwrap())
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
 /// A TCP server that echoes until EOF, then closes: shows half-close passing through.
 pub async fn echo_server() -> SocketAddr {
     serve(|mut stream| async move {

@@ -464,7 +464,7 @@ function renderTrace(t) {
   const hops = el("ol", { class: "hops", id: "trace-hops" }, t.hops.map((h) =>
     el("li", { "data-allowed": String(h.allowed) },
       el("code", {}, h.url), " — ",
-      el("span", { class: h.allowed ? "ok" : "bad" }, h.verdict),
+      el("span", { class: h.allowed ? "ok" : "bad", title: h.verdict }, h.detail),
       h.status ? ` — HTTP ${h.status}` : "",
       h.location ? el("span", {}, " → ", el("code", {}, h.location)) : "",
       h.error ? el("span", { class: "bad" }, ` — ${h.error}`) : "")));
