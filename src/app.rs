@@ -91,13 +91,16 @@ impl App {
                     EgressClient::new(policy.clone(), resolver.clone(), own_addrs.clone(), options)
                         .with_handshake_hook(on_handshake.clone()),
                 );
-                let proxy = Arc::new(Proxy::new(
-                    egress,
-                    metrics.clone(),
-                    registry.clone(),
-                    settings.idle_timeout,
-                    settings.tunnel_relay,
-                ));
+                let proxy = Arc::new(
+                    Proxy::new(
+                        egress,
+                        metrics.clone(),
+                        registry.clone(),
+                        settings.idle_timeout,
+                        settings.tunnel_relay,
+                    )
+                    .with_sni(settings.connect_sni, settings.header_read_timeout),
+                );
                 Worker { listener, proxy }
             })
             .collect();

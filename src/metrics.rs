@@ -72,6 +72,8 @@ pub struct Metrics {
     registry: Registry,
     /// Requests and tunnels by protocol, decision and reason.
     requests: Family<Labels<3>, Counter>,
+    /// Tunnels closed after `200` because their first flight failed a check (SNI).
+    tunnels_refused: Family<Labels<1>, Counter>,
     /// Failures reaching an upstream after the policy allowed it, by kind.
     upstream_errors: Family<Labels<1>, Counter>,
     pub active_tunnels: Gauge,
@@ -119,6 +121,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("egressd");
         let requests: Family<Labels<3>, Counter> = Family::default();
         let upstream_errors = Family::default();
+        let tunnels_refused: Family<Labels<1>, Counter> = Family::default();
         let active_tunnels = Gauge::default();
         let active_connections = Gauge::default();
         let rejected_connections = Counter::default();
@@ -194,6 +197,11 @@ impl Metrics {
             active_connections.clone(),
         );
         registry.register(
+            "tunnels_refused",
+            "CONNECT tunnels closed after 200 because their first bytes failed a check, by reason (sni-not-allowlisted, sni-mismatch, sni-unreadable)",
+            tunnels_refused.clone(),
+        );
+        registry.register(
             "rejected_connections",
             "Client connections refused over max_connections",
             rejected_connections.clone(),
@@ -235,6 +243,7 @@ impl Metrics {
             hot,
             registry,
             requests,
+            tunnels_refused,
             upstream_errors,
             active_tunnels,
             active_connections,
@@ -291,6 +300,13 @@ impl Metrics {
                 ("decision", outcome.decision()),
                 ("reason", outcome.reason()),
             ])
+            .inc();
+    }
+
+    /// Counts a tunnel closed before its relay because its first flight failed a check.
+    pub fn tunnel_refused(&self, reason: DenyReason) {
+        self.tunnels_refused
+            .get_or_create(&[("reason", reason.code())])
             .inc();
     }
 

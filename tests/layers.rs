@@ -14,7 +14,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("schedule", &["egress", "metrics", "policy", "util"]),
     (
         "control",
-        &["egress", "metrics", "policy", "schedule", "util"],
+        &["egress", "metrics", "policy", "proxy", "schedule", "util"],
     ),
 ];
 

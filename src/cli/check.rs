@@ -21,14 +21,14 @@ pub fn check(path: &Path) -> ExitCode {
             Pattern::Ip(_) => ip += 1,
         }
     }
-    println!("{}: OK", path.display());
-    println!(
+    say!("{}: OK", path.display());
+    say!(
         "  proxy      {} (CONNECT ports {:?}, HTTP ports {:?})",
         p.listen,
         policy.connect_ports.ports(),
         policy.http_ports.ports()
     );
-    println!(
+    say!(
         "  admin      {} ({})",
         p.admin_listen,
         if p.admin_token.is_some() {
@@ -37,7 +37,7 @@ pub fn check(path: &Path) -> ExitCode {
             "no token"
         }
     );
-    println!(
+    say!(
         "  allowlist  {} entries: {exact} exact, {wildcard} wildcard, {ip} IP",
         policy.allowlist.len()
     );
@@ -47,7 +47,7 @@ pub fn check(path: &Path) -> ExitCode {
         .iter()
         .map(|n| n.to_string())
         .collect();
-    println!(
+    say!(
         "  private    denied{}",
         if nets.is_empty() {
             String::new()
@@ -60,22 +60,24 @@ pub fn check(path: &Path) -> ExitCode {
     } else {
         format!("servers {:?}", config.dns.servers)
     };
-    println!(
+    say!(
         "  dns        {} override(s), {servers}",
         config.policy.dns_overrides.len()
     );
-    println!(
+    say!(
         "  timeouts   connect {:?}, idle {:?}, header read {:?}",
-        p.connect_timeout, p.idle_timeout, p.header_read_timeout
+        p.connect_timeout,
+        p.idle_timeout,
+        p.header_read_timeout
     );
-    println!(
+    say!(
         "  reload     new entries active after {:?}; state in {}",
         p.activation_delay,
         p.state_dir.display()
     );
     for entry in config.mtls.entries() {
         let cert = &entry.identity.certificate;
-        println!(
+        say!(
             "  mtls       {} -> port {} as \"{}\" (until {}){}",
             entry.spec.pattern,
             entry.spec.port,
@@ -89,10 +91,10 @@ pub fn check(path: &Path) -> ExitCode {
         );
     }
     if policy.allowlist.is_empty() {
-        println!("  note: the allowlist is empty, so every request will be denied");
+        say!("  note: the allowlist is empty, so every request will be denied");
     }
     for warning in &config.warnings {
-        println!("warning: {warning}");
+        say!("warning: {warning}");
     }
     ExitCode::SUCCESS
 }

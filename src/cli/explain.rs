@@ -14,7 +14,7 @@ pub fn explain(path: &Path, target: &str) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let explanation = crate::control::explain::explain(&config, target, SystemTime::now());
-    println!("{explanation}");
+    say!("{explanation}");
     if explanation.is_allowed() {
         ExitCode::SUCCESS
     } else {

@@ -141,6 +141,12 @@ pub enum DenyReason {
     /// A CONNECT to a host egressd originates mTLS for: the tunnel could not carry the
     /// client certificate.
     MtlsOriginationRequired,
+    /// A tunnel's TLS ClientHello names a host the policy does not allow.
+    SniNotAllowlisted,
+    /// A tunnel's TLS ClientHello names another host than the CONNECT (`connect_sni = "match"`).
+    SniMismatch,
+    /// A tunnel's first bytes start a TLS handshake egressd cannot read, so cannot check.
+    SniUnreadable,
 }
 
 impl DenyReason {
@@ -153,6 +159,9 @@ impl DenyReason {
             DenyReason::PendingActivation => "pending-activation",
             DenyReason::TunnelHostMismatch => "tunnel-host-mismatch",
             DenyReason::MtlsOriginationRequired => "mtls-origination-required",
+            DenyReason::SniNotAllowlisted => "sni-not-allowlisted",
+            DenyReason::SniMismatch => "sni-mismatch",
+            DenyReason::SniUnreadable => "sni-unreadable",
         }
     }
 }

@@ -160,6 +160,14 @@ impl AccessRecord {
         self.settle(Outcome::Allowed, status);
     }
 
+    /// The tunnel was closed before its relay started: its first flight failed a check. Its
+    /// line says denied with the check's reason; the `200` it got is kept as the status.
+    pub fn first_flight_refused(&mut self, denial: &Denial, end: TunnelEnd) {
+        self.outcome = Outcome::Denied(denial.reason);
+        self.metrics.tunnel_refused(denial.reason);
+        self.tunnel_end = Some(end);
+    }
+
     pub fn tunnel_closed(&mut self, stats: TunnelStats, revoked: bool) {
         self.relayed.up.store(stats.up, Ordering::Relaxed);
         self.relayed.down.store(stats.down, Ordering::Relaxed);

@@ -15,9 +15,12 @@ use tokio::net::TcpStream;
 use super::access::AccessRecord;
 use super::request::{check_tunnel_request, connect_target, Refusal};
 use super::server::ClientConn;
+use super::sni::{read_first_flight, FlightError, SniCheck};
 use super::Proxy;
 use crate::egress::revoke::Peer;
+use crate::egress::tunnel::TunnelEnd;
 use crate::egress::{http_uri, tunnel, EgressClient, Permit};
+use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Protocol, Target};
 use crate::util::body::{empty, HttpBody};
 
@@ -91,8 +94,9 @@ impl Proxy {
         let metrics = self.metrics.clone();
         let idle = self.idle_timeout;
         let relay = self.relay;
+        let proxy = self.clone();
         let peer = Peer {
-            target,
+            target: target.clone(),
             protocol: Protocol::Connect,
             addr: Some(addr),
         };
@@ -111,12 +115,24 @@ impl Proxy {
             // A plain TCP client (the usual case) gets the buffer-free socket relay.
             let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    let client = parts.io.into_inner();
+                    let mut client = parts.io.into_inner();
+                    let early = match proxy
+                        .check_first_flight(&mut client, parts.read_buf, &upstream, &target, &cancel)
+                        .await
+                    {
+                        Ok(early) => early,
+                        Err((denial, end)) => {
+                            metrics.active_tunnels.dec();
+                            tracing::warn!(target = %target, reason = denial.reason.code(), "tunnel closed before any byte went upstream: {}", denial.message);
+                            record.first_flight_refused(&denial, end);
+                            return;
+                        }
+                    };
                     // Boxed: the task then holds only the branch it runs, not the larger
                     // of the two relay futures.
                     Box::pin(tunnel::relay_tcp(
                         client,
-                        parts.read_buf,
+                        early,
                         upstream,
                         relay,
                         idle,
@@ -140,6 +156,105 @@ impl Proxy {
             record.tunnel_closed(stats, registration.live.was_revoked());
         });
         Response::new(empty())
+    }
+
+    /// Reads a byte tunnel's first flight and checks the SNI of its TLS ClientHello, if it
+    /// starts with one; returns the bytes read, to go upstream first. On refusal, the denial
+    /// and how the tunnel ended; nothing has gone upstream.
+    async fn check_first_flight(
+        &self,
+        client: &mut TcpStream,
+        early: bytes::Bytes,
+        upstream: &TcpStream,
+        target: &Target,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<bytes::Bytes, (Denial, TunnelEnd)> {
+        if self.sni == SniCheck::Off {
+            return Ok(early);
+        }
+        let flight = read_first_flight(
+            client,
+            early,
+            upstream,
+            self.idle_timeout,
+            self.hello_timeout,
+            cancel,
+        )
+        .await;
+        let unreadable = |why: String| Denial::new(DenyReason::SniUnreadable, why);
+        let flight = match flight {
+            Ok(flight) => flight,
+            Err(FlightError::Malformed(why)) => {
+                return Err((
+                    unreadable(format!("the tunnel's first bytes start a TLS handshake egressd cannot read ({why}), so its host name cannot be checked")),
+                    TunnelEnd::Closed,
+                ))
+            }
+            Err(FlightError::Timeout) => {
+                return Err((
+                    unreadable(format!("the TLS ClientHello did not arrive whole within {:?}", self.hello_timeout)),
+                    TunnelEnd::Idle,
+                ))
+            }
+            Err(FlightError::Idle) => {
+                return Err((
+                    Denial::new(DenyReason::SniUnreadable, "no bytes either way".to_string()),
+                    TunnelEnd::Idle,
+                ))
+            }
+            Err(FlightError::Closed) => {
+                return Err((
+                    unreadable("the client closed before its ClientHello ended".into()),
+                    TunnelEnd::Closed,
+                ))
+            }
+        };
+        if let Some(sni) = &flight.sni {
+            self.check_sni(target, sni)?;
+        }
+        Ok(flight.early)
+    }
+
+    /// Whether `sni` may be asked for in a tunnel to `target`.
+    fn check_sni(&self, target: &Target, sni: &str) -> Result<(), (Denial, TunnelEnd)> {
+        let named = match Host::parse(sni) {
+            Ok(host) => host,
+            Err(err) => {
+                return Err((
+                    Denial::new(
+                        DenyReason::SniUnreadable,
+                        format!(
+                            "the TLS ClientHello names {sni:?}, which is not a host name: {err}"
+                        ),
+                    ),
+                    TunnelEnd::Closed,
+                ))
+            }
+        };
+        if named == target.host {
+            return Ok(());
+        }
+        let refused = |reason, message| Err((Denial::new(reason, message), TunnelEnd::Closed));
+        match self.sni {
+            SniCheck::Off => Ok(()),
+            SniCheck::Match => refused(
+                DenyReason::SniMismatch,
+                format!("the TLS ClientHello names \"{named}\" but the tunnel is to \"{}\"; proxy.connect_sni = \"match\" requires the same host", target.host),
+            ),
+            SniCheck::Allowlisted => {
+                let asked = Target {
+                    host: named.clone(),
+                    port: target.port,
+                };
+                match self.egress.decide(&asked, Protocol::Connect) {
+                    Ok(_) => Ok(()),
+                    Err(denial) => refused(
+                        DenyReason::SniNotAllowlisted,
+                        format!("the TLS ClientHello names \"{named}\", which is not allowed ({}): {}", denial.reason.code(), denial.message),
+                    ),
+                }
+            }
+        }
     }
 
     /// Serves a CONNECT to an `http_ports` port as HTTP: each request inside the tunnel is

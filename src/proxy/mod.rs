@@ -13,6 +13,7 @@ mod forward;
 pub mod headers;
 pub mod request;
 pub mod server;
+pub mod sni;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::util::body::HttpBody;
 use crate::util::time::now_ms;
 use access::AccessRecord;
 use server::ClientConn;
+use sni::SniCheck;
 
 /// Shared state of the proxy listener.
 pub struct Proxy {
@@ -48,6 +50,10 @@ pub struct Proxy {
     pub hard_stop: CancellationToken,
     /// Open tunnels and connections, re-checked after every reload.
     pub registry: Arc<Registry>,
+    /// Whether a tunnel's TLS ClientHello must name an allowed host.
+    pub sni: SniCheck,
+    /// A ClientHello begun must arrive whole within this time.
+    pub hello_timeout: Duration,
 }
 
 impl Proxy {
@@ -66,7 +72,16 @@ impl Proxy {
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             registry,
+            sni: SniCheck::default(),
+            hello_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// Sets how tunnels check the SNI of a TLS ClientHello, and how long a hello may take.
+    pub fn with_sni(mut self, sni: SniCheck, hello_timeout: Duration) -> Self {
+        self.sni = sni;
+        self.hello_timeout = hello_timeout;
+        self
     }
 
     /// Entry point for every request on a client connection.

@@ -25,6 +25,7 @@ use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
+use crate::proxy::sni::SniCheck;
 use crate::schedule::function::Functions;
 
 /// A validated configuration.
@@ -69,6 +70,8 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// How CONNECT tunnels move bytes: splice(2) (default) or a user-space copy.
     pub tunnel_relay: RelayKind,
+    /// Whether a tunnel's TLS ClientHello must name an allowed host (`connect_sni`).
+    pub connect_sni: SniCheck,
     /// Proxy worker threads, each with its own listener (`SO_REUSEPORT`), runtime and
     /// upstream pool, so a request never changes threads.
     pub workers: usize,
@@ -98,6 +101,7 @@ impl Config {
             max_request_head_bytes,
             max_connections,
             tunnel_relay,
+            connect_sni,
             workers,
             schedule_timeout,
         } = &self.proxy;
@@ -127,6 +131,7 @@ impl Config {
             ),
             ("proxy.max_connections", format!("{max_connections}")),
             ("proxy.tunnel_relay", tunnel_relay.as_str().to_string()),
+            ("proxy.connect_sni", connect_sni.as_str().to_string()),
             ("proxy.workers", format!("{workers}")),
             ("proxy.schedule_timeout", format!("{schedule_timeout:?}")),
             ("dns.servers", format!("{servers:?}")),

@@ -17,6 +17,7 @@ use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
+use crate::proxy::sni::SniCheck;
 use crate::schedule::function::{self as function, Function, Functions};
 
 /// Whether parsing reads secret files.
@@ -127,6 +128,7 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         ),
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
         tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
+        connect_sni: connect_sni(&raw.connect_sni, p),
         workers: p.positive(&raw.workers, "proxy.workers", 1, default_workers()),
         schedule_timeout: p.duration(
             &raw.schedule_timeout,
@@ -264,6 +266,26 @@ fn tunnel_relay(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> RelayK
                 "expected \"splice\" (zero-copy, the default) or \"copy\"",
             );
             RelayKind::default()
+        }
+    }
+}
+
+fn connect_sni(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> SniCheck {
+    let Some(value) = raw else {
+        return SniCheck::default();
+    };
+    match value.get_ref().as_str() {
+        "allowlisted" => SniCheck::Allowlisted,
+        "match" => SniCheck::Match,
+        "off" => SniCheck::Off,
+        other => {
+            p.at(
+                value,
+                "proxy.connect_sni",
+                Some(other.to_string()),
+                "expected \"allowlisted\" (a tunnel's TLS SNI must be allowed too, the default), \"match\" (it must name the CONNECT host) or \"off\"",
+            );
+            SniCheck::default()
         }
     }
 }
