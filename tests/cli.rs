@@ -61,6 +61,38 @@ fn check_accepts_the_shipped_example() {
 }
 
 #[test]
+fn check_accepts_the_container_example() {
+    // config/docker.toml names the image's paths; the token file and the state dir move to
+    // a temp dir, the rest is checked as shipped.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "test-token\n").unwrap();
+    let text = std::fs::read_to_string("config/docker.toml").unwrap();
+    assert!(text.contains("\"/etc/egressd/admin.token\""), "{text}");
+    assert!(text.contains("\"/var/lib/egressd\""), "{text}");
+    let text = text
+        .replace("/etc/egressd/admin.token", token.to_str().unwrap())
+        .replace(
+            "/var/lib/egressd",
+            dir.path().join("state").to_str().unwrap(),
+        );
+    let path = dir.path().join("docker.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = egressd("check", &path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("proxy      0.0.0.0:3128"), "{stdout}");
+    assert!(
+        stdout.contains("admin      0.0.0.0:9901 (bearer token required)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_lists_every_invalid_pattern_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let entries = [
