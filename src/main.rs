@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use egressd::cli::{self, LogFormat};
 
@@ -68,6 +69,23 @@ enum Command {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Exit 0 when a running egressd's /healthz answers ok (for container health checks).
+    Health {
+        /// The admin listener, e.g. http://127.0.0.1:9901.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Give up (exit 1) after this long, e.g. 3s.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print a shell completion script, e.g. `egressd completions bash`.
+    Completions { shell: cli::Shell },
+    /// Print the man page, or write one page per command into a directory.
+    Man {
+        /// Write egressd.1, egressd-run.1, ... into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,5 +140,8 @@ fn main() -> ExitCode {
             count,
             after,
         } => cli::cron(&expression, count, after.as_deref()),
+        Command::Health { admin, timeout } => cli::health(&admin, timeout),
+        Command::Completions { shell } => cli::completions(Cli::command(), shell),
+        Command::Man { dir } => cli::man(Cli::command(), dir.as_deref()),
     }
 }

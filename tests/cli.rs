@@ -1,4 +1,7 @@
-//! `egressd check`, `egressd explain` and `egressd cron` through the real binary.
+//! The commands through the real binary: `check`, `explain`, `cron`, `health`, `completions`
+//! and `man`.
+
+mod support;
 
 use std::path::Path;
 
@@ -32,6 +35,15 @@ fn egressd(command: &str, config: &Path, args: &[&str]) -> std::process::Output 
         .unwrap()
 }
 
+/// Runs `egressd <args>` to the end.
+fn egressd_args(args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("egressd")
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_accepts_the_shipped_example() {
     let out = egressd("check", Path::new("config/egressd.toml"), &[]);
@@ -45,6 +57,38 @@ fn check_accepts_the_shipped_example() {
     assert!(
         text.contains("3 entries: 1 exact, 1 wildcard, 1 IP"),
         "{text}"
+    );
+}
+
+#[test]
+fn check_accepts_the_container_example() {
+    // config/docker.toml names the image's paths; the token file and the state dir move to
+    // a temp dir, the rest is checked as shipped.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "test-token\n").unwrap();
+    let text = std::fs::read_to_string("config/docker.toml").unwrap();
+    assert!(text.contains("\"/etc/egressd/admin.token\""), "{text}");
+    assert!(text.contains("\"/var/lib/egressd\""), "{text}");
+    let text = text
+        .replace("/etc/egressd/admin.token", token.to_str().unwrap())
+        .replace(
+            "/var/lib/egressd",
+            dir.path().join("state").to_str().unwrap(),
+        );
+    let path = dir.path().join("docker.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = egressd("check", &path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("proxy      0.0.0.0:3128"), "{stdout}");
+    assert!(
+        stdout.contains("admin      0.0.0.0:9901 (bearer token required)"),
+        "{stdout}"
     );
 }
 
@@ -200,11 +244,7 @@ fn cron_prints_the_next_runs_in_utc_and_local_time() {
 
 #[test]
 fn cron_explains_an_invalid_expression_with_examples() {
-    let out = Command::cargo_bin("egressd")
-        .unwrap()
-        .args(["cron", "61 * * * *"])
-        .output()
-        .unwrap();
+    let out = egressd_args(&["cron", "61 * * * *"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("minute field \"61\""), "{err}");
@@ -212,4 +252,70 @@ fn cron_explains_an_invalid_expression_with_examples() {
         err.contains("`30 2 * * MON-FRI` (weekdays at 02:30 UTC)"),
         "{err}"
     );
+}
+
+#[test]
+fn health_exits_0_when_healthz_says_ok_and_1_when_unreachable() {
+    let proxy = support::egressd().allow("www.example.com").start();
+    let out = egressd_args(&["health", "--admin", &format!("http://{}", proxy.admin)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok\n");
+
+    let closed = format!("http://127.0.0.1:{}", support::closed_port());
+    let out = egressd_args(&["health", "--admin", &closed, "--timeout", "2s"]);
+    // Docker reads 1 as unhealthy (and reserves 2).
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot reach the admin listener"), "{err}");
+}
+
+#[test]
+fn bash_completions_name_every_command() {
+    let out = egressd_args(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("complete -F _egressd"), "{script}");
+    for command in [
+        "run",
+        "check",
+        "explain",
+        "schedules",
+        "cron",
+        "health",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            script.contains(&format!("egressd,{command})")),
+            "{command} missing"
+        );
+    }
+}
+
+#[test]
+fn man_prints_a_roff_page_and_writes_one_per_command() {
+    let out = egressd_args(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8(out.stdout).unwrap();
+    // clap_mangen first defines the apostrophe string (`.ie`/`.el`), then the title.
+    let first = page
+        .lines()
+        .find(|line| !line.starts_with(".ie") && !line.starts_with(".el"));
+    assert!(
+        first.is_some_and(|line| line.starts_with(".TH egressd 1")),
+        "{page}"
+    );
+    assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = egressd_args(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let run = std::fs::read_to_string(dir.path().join("egressd-run.1")).unwrap();
+    assert!(run.contains(".TH egressd-run 1"), "{run}");
+    assert!(run.contains("config"), "{run}");
 }

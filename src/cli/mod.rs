@@ -10,16 +10,21 @@ macro_rules! say {
     }};
 }
 
+mod admin_api;
 mod check;
+mod completions;
 mod cron;
 mod explain;
+mod health;
 mod run;
 mod schedules;
 mod trace;
 
 pub use check::check;
+pub use completions::{completions, man, Shell};
 pub use cron::cron;
 pub use explain::explain;
+pub use health::health;
 pub use run::{run, LogFormat};
 pub use schedules::{schedules, Action};
 pub use trace::trace;

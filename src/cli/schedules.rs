@@ -4,12 +4,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use chrono::{DateTime, Local, Utc};
-use http::{Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::Method;
+
+use super::admin_api::call;
 
 /// What to do.
 pub enum Action {
@@ -84,38 +82,6 @@ pub fn schedules(admin: &str, token_file: Option<&Path>, action: Action) -> Exit
         None => print_schedule(&value),
     }
     ExitCode::SUCCESS
-}
-
-async fn call(
-    admin: &str,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: String,
-) -> anyhow::Result<(u16, String)> {
-    let base: http::Uri = admin.parse()?;
-    let authority = base
-        .authority()
-        .ok_or_else(|| anyhow::anyhow!("--admin needs host:port, e.g. http://127.0.0.1:9901"))?
-        .clone();
-    let stream = TcpStream::connect(authority.as_str()).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", authority.as_str())
-        .header("content-type", "application/json");
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body)))?)
-        .await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `2026-11-28T10:05:00Z (05:05 local)`, or `-`.
