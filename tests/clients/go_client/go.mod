@@ -1,0 +1,3 @@
+module egressd.test/go_client
+
+go 1.19
