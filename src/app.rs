@@ -35,6 +35,7 @@ use crate::egress::{EgressClient, EgressOptions};
 use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
+use crate::proxy::headers::Via;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
 use crate::schedule::function::Functions;
@@ -99,7 +100,8 @@ impl App {
                         settings.idle_timeout,
                         settings.tunnel_relay,
                     )
-                    .with_sni(settings.connect_sni, settings.header_read_timeout),
+                    .with_sni(settings.connect_sni, settings.header_read_timeout)
+                    .with_via(Via::new(&settings.via_name)),
                 );
                 Worker { listener, proxy }
             })

@@ -256,3 +256,43 @@ async fn curl_proxytunnel_reaches_an_http_port() {
         "forwarded, not relayed: {body}"
     );
 }
+
+#[tokio::test]
+async fn a_response_still_streaming_at_the_end_of_the_grace_period_is_cut() {
+    // An upstream that sends a chunk a second and never ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                while stream.write_all(b"1\r\nx\r\n").await.is_ok() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
+        }
+    });
+    let mut proxy = http_proxy("api.test", port)
+        .proxy("shutdown_grace = \"1s\"")
+        .start();
+    let url = format!("http://api.test:{port}/stream");
+    let proxy_url = proxy.proxy_url();
+    let stream = tokio::spawn(async move { curl(&["-x", &proxy_url, &url], &[]).await });
+    eventually("the response to be streaming", || async {
+        (proxy.metric("egressd_active_connections").await == 1.0).then_some(())
+    })
+    .await;
+    proxy.signal("TERM");
+    // The grace period passes, the stream is cut, egressd exits cleanly.
+    assert_eq!(proxy.wait_exit().await, Some(0));
+    let (code, body, _) = stream.await.unwrap();
+    assert_eq!(code, 18, "curl saw the transfer cut short: {body:?}");
+    assert!(body.starts_with('x'), "{body:?}");
+    assert!(proxy
+        .log_lines()
+        .iter()
+        .any(|l| l["message"] == "grace period over; cutting what is left"));
+}

@@ -55,7 +55,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     let p = origin.port();
     let request = format!(
         "GET http://api.test:{p}/hop HTTP/1.1\r\nHost: api.test:{p}\r\nConnection: close, X-Client-Hop\r\nX-Client-Hop: 1\r\n\
-         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 300\r\nTE: trailers\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 300\r\nTE: gzip\r\n\
          Upgrade: websocket\r\nX-End-To-End: yes\r\n\r\n"
     );
     let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
@@ -443,4 +443,70 @@ async fn an_upstream_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
         .await;
     assert_eq!(line["status"], 200);
     assert_eq!(line["bytes_down"], 15);
+}
+
+/// An upstream that answers every request with a chunked body and a trailer field, and
+/// reports the request head it saw in the body.
+async fn trailer_upstream() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await.to_ascii_lowercase();
+                let te = if head.contains("te: trailers") {
+                    "asked"
+                } else {
+                    "not-asked"
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n{:x}\r\n{te}\r\n0\r\nx-checksum: abc123\r\n\r\n",
+                    te.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn trailers_reach_a_client_that_accepts_them() {
+    let port = trailer_upstream().await;
+    let proxy = http_proxy("api.test", port).start();
+    let request = format!(
+        "GET http://api.test:{port}/ HTTP/1.1\r\nHost: api.test:{port}\r\nTE: trailers\r\nConnection: TE, close\r\n\r\n"
+    );
+    let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert_eq!(header(head, "trailer"), Some("x-checksum"), "{head}");
+    assert!(
+        body.contains("asked\r\n"),
+        "egressd asked the upstream for trailers: {body}"
+    );
+    assert!(
+        body.ends_with("0\r\nx-checksum: abc123\r\n\r\n"),
+        "the trailer follows the last chunk: {body:?}"
+    );
+}
+
+#[tokio::test]
+async fn chained_instances_are_told_apart_by_their_via_pseudonym() {
+    let origin = origin().await;
+    let p = origin.port();
+    let proxy = api_proxy(&origin).via_name("gw-1").start();
+    let send = |via: &str| {
+        format!("GET http://api.test:{p}/echo HTTP/1.1\r\nHost: api.test:{p}\r\nVia: {via}\r\nConnection: close\r\n\r\n")
+    };
+    // Through a sidecar egressd first: not a loop.
+    let response = raw_exchange(proxy.proxy, send("1.1 sidecar-7").as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = body(&response).to_ascii_lowercase();
+    assert!(seen.contains("via: 1.1 sidecar-7"), "{seen}");
+    assert!(seen.contains("via: 1.1 gw-1"), "{seen}");
+    assert!(response.contains("via: 1.1 gw-1\r\n"), "{response}");
+    // Through this very instance already: a loop.
+    let response = raw_exchange(proxy.proxy, send("1.1 sidecar-7, 1.1 gw-1").as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 508 loop:"), "{response}");
 }

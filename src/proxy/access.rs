@@ -20,7 +20,6 @@ use http::{Method, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 
-use super::headers;
 use crate::egress::tunnel::{TunnelEnd, TunnelStats};
 use crate::egress::{authority_text, EgressError, ErrorKind, Permit, SendError};
 use crate::metrics::{Metrics, Outcome};
@@ -60,9 +59,9 @@ fn made_up(
     let phrase = reason_phrase(header.1, phrase_detail);
     let mut response = text_response(status, text + "\n");
     response.extensions_mut().insert(phrase);
-    let headers = response.headers_mut();
-    headers.insert(header.0, HeaderValue::from_static(header.1));
-    headers::add_via(headers);
+    response
+        .headers_mut()
+        .insert(header.0, HeaderValue::from_static(header.1));
     response
 }
 

@@ -282,7 +282,10 @@ impl Proxy {
             let proxy = self.clone();
             let conn = conn.clone();
             let target = target.clone();
-            async move { Ok::<_, Infallible>(proxy.forward_in_tunnel(conn, &target, req).await) }
+            async move {
+                let response = proxy.forward_in_tunnel(conn, &target, req).await;
+                Ok::<_, Infallible>(proxy.with_our_via(response, false))
+            }
         });
         let served = http1::Builder::new()
             .timer(TokioTimer::new())

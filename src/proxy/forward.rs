@@ -29,7 +29,7 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Response<HttpBody> {
         let mut record = self.record(Protocol::Http, &conn, &req);
-        if headers::has_our_via(req.headers()) {
+        if self.via.is_ours(req.headers()) {
             return record.loop_detected();
         }
         let target = match forward_target(&req) {
@@ -61,7 +61,7 @@ impl Proxy {
                     .insert(header::MAX_FORWARDS, HeaderValue::from(n));
             }
         }
-        let upstream_req = upstream_request(parts, body, record.relayed());
+        let upstream_req = upstream_request(parts, body, record.relayed(), &self.via);
         match self.egress.send(&permit, upstream_req).await {
             Ok(response) => {
                 record.allowed(response.status());
@@ -82,12 +82,17 @@ fn upstream_request(
     mut parts: http::request::Parts,
     body: Incoming,
     relayed: Arc<Relayed>,
+    via: &headers::Via,
 ) -> Request<HttpBody> {
+    let trailers = headers::wants_trailers(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
+    if trailers {
+        headers::ask_for_trailers(&mut parts.headers);
+    }
     // egressd answers `Expect: 100-continue` itself: hyper sends the 100 when the body is
     // first read, which happens only after the upstream connection is up.
     parts.headers.remove(header::EXPECT);
-    headers::add_via(&mut parts.headers);
+    via.add(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
     let body = body
         .map_frame(move |frame| {
@@ -113,14 +118,13 @@ fn downstream_response(
     let (mut parts, body) = response.into_parts();
     parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_via(&mut parts.headers);
     let body = LoggedBody::new(body.map_err(BoxError::from).boxed(), record, idle);
     Response::from_parts(parts, body.boxed())
 }
 
 /// Answers an OPTIONS or TRACE whose `Max-Forwards` reached zero at this hop.
 fn answer_max_forwards(parts: &http::request::Parts) -> Response<HttpBody> {
-    let mut response = if parts.method == Method::TRACE {
+    let response = if parts.method == Method::TRACE {
         let mut echo = format!("{} {} {:?}\r\n", parts.method, parts.uri, parts.version);
         for (name, value) in &parts.headers {
             // Credentials are not reflected (cross-site tracing).
@@ -151,7 +155,6 @@ fn answer_max_forwards(parts: &http::request::Parts) -> Response<HttpBody> {
         );
         r
     };
-    headers::add_via(response.headers_mut());
     response
 }
 

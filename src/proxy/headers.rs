@@ -3,18 +3,64 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Our `Via` entry (`1.1 egressd`).
-pub const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 egressd");
+/// This instance's `Via` entry, `1.1 <pseudonym>` (RFC 9110 §7.6.3). The pseudonym is
+/// `proxy.via_name` (default: the host name), so that two egressd instances in a chain — a
+/// pod-local sidecar in front of the shared gateway — do not take each other for a loop.
+#[derive(Clone, Debug)]
+pub struct Via {
+    name: Box<str>,
+    value: HeaderValue,
+}
 
-/// Headers that describe one connection and never cross the proxy.
-const HOP_BY_HOP: [HeaderName; 8] = [
+impl Via {
+    /// `name` must be a token (checked by the config).
+    pub fn new(name: &str) -> Via {
+        Via {
+            name: name.into(),
+            value: HeaderValue::from_str(&format!("1.1 {name}"))
+                .expect("a token is a header value"),
+        }
+    }
+
+    /// Appends this hop to `Via`.
+    pub fn add(&self, headers: &mut HeaderMap) {
+        headers.append(header::VIA, self.value.clone());
+    }
+
+    /// Whether `Via` already names this instance: the request is looping through it.
+    pub fn is_ours(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|hop| hop.split_whitespace().nth(1) == Some(&*self.name))
+    }
+}
+
+impl Default for Via {
+    fn default() -> Self {
+        Via::new("egressd")
+    }
+}
+
+/// Whether `name` can be a `Via` pseudonym: an RFC 9110 token of at most 64 bytes.
+pub fn is_pseudonym(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Headers that describe one connection and never cross the proxy. `Trailer` is not one: it
+/// announces the trailer fields of the message, which egressd forwards.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
 
@@ -47,19 +93,28 @@ fn is_protected(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST
 }
 
-/// Appends our hop to `Via`.
-pub fn add_via(headers: &mut HeaderMap) {
-    headers.append(header::VIA, VIA_VALUE);
-}
-
-/// Whether a `Via` header already names egressd (a request looping through us).
-pub fn has_our_via(headers: &HeaderMap) -> bool {
+/// Whether the client accepts trailer fields (`TE: trailers`). `TE` itself is hop-by-hop;
+/// egressd forwards trailers, so it asks the upstream for them on the client's behalf.
+pub fn wants_trailers(headers: &HeaderMap) -> bool {
     headers
-        .get_all(header::VIA)
+        .get_all(header::TE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|hop| hop.split_whitespace().nth(1) == Some("egressd"))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// Asks the next hop for trailers: `TE: trailers`, with the `TE` connection option RFC 9110
+/// §10.1.4 requires beside it.
+pub fn ask_for_trailers(headers: &mut HeaderMap) {
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
 }
 
 /// What `Max-Forwards` asks of an OPTIONS or TRACE request.
@@ -116,7 +171,6 @@ mod tests {
             ("proxy-authorization", "Basic abc"),
             ("proxy-connection", "keep-alive"),
             ("te", "trailers"),
-            ("trailer", "x"),
             ("upgrade", "websocket"),
             ("content-length", "3"),
             ("host", "example.com"),
@@ -126,16 +180,39 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-length", "host", "x-kept"]);
+        let mut h = map(&[("trailer", "x-checksum")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key("trailer"), "Trailer is end to end");
     }
 
     #[test]
-    fn our_via_is_recognised() {
-        assert!(has_our_via(&map(&[("via", "1.0 fred, 1.1 egressd")])));
-        assert!(!has_our_via(&map(&[(
-            "via",
-            "1.1 squid, 1.1 egressd-lookalike"
-        )])));
-        assert!(!has_our_via(&map(&[])));
+    fn our_via_is_recognised_by_our_pseudonym_only() {
+        let via = Via::new("gw-7f9c");
+        assert!(via.is_ours(&map(&[("via", "1.0 fred, 1.1 gw-7f9c")])));
+        assert!(!via.is_ours(&map(&[("via", "1.1 sidecar-1, 1.1 egressd")])));
+        assert!(!via.is_ours(&map(&[("via", "1.1 gw-7f9c-lookalike")])));
+        assert!(!via.is_ours(&map(&[])));
+        let mut h = HeaderMap::new();
+        via.add(&mut h);
+        assert_eq!(h["via"], "1.1 gw-7f9c");
+    }
+
+    #[test]
+    fn pseudonyms_are_tokens() {
+        for ok in ["egressd", "gw-7f9c.pod", "a_b~c"] {
+            assert!(is_pseudonym(ok), "{ok}");
+        }
+        for bad in ["", "two words", "a,b", "x\u{e9}", &"x".repeat(65)] {
+            assert!(!is_pseudonym(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn te_trailers_is_recognised() {
+        assert!(wants_trailers(&map(&[("te", "gzip, trailers")])));
+        assert!(wants_trailers(&map(&[("te", "Trailers;q=1")])));
+        assert!(!wants_trailers(&map(&[("te", "gzip")])));
+        assert!(!wants_trailers(&map(&[])));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct Proxy {
     pub sni: SniCheck,
     /// A ClientHello begun must arrive whole within this time.
     pub hello_timeout: Duration,
+    /// This instance's `Via` entry, added to every response and forwarded request.
+    pub via: headers::Via,
 }
 
 impl Proxy {
@@ -74,7 +76,23 @@ impl Proxy {
             registry,
             sni: SniCheck::default(),
             hello_timeout: Duration::from_secs(10),
+            via: headers::Via::default(),
         }
+    }
+
+    /// Sets the `Via` pseudonym (`proxy.via_name`).
+    pub fn with_via(mut self, via: headers::Via) -> Self {
+        self.via = via;
+        self
+    }
+
+    /// Adds this hop's `Via` to a response egressd sends the client, except the `200` that
+    /// opens a byte tunnel (nothing follows it but the tunnel).
+    fn with_our_via(&self, mut response: Response<HttpBody>, connect: bool) -> Response<HttpBody> {
+        if !(connect && response.status().is_success()) {
+            self.via.add(response.headers_mut());
+        }
+        response
     }
 
     /// Sets how tunnels check the SNI of a TLS ClientHello, and how long a hello may take.
@@ -90,12 +108,13 @@ impl Proxy {
         conn: ClientConn,
         req: Request<Incoming>,
     ) -> Result<Response<HttpBody>, Infallible> {
-        let response = if req.method() == Method::CONNECT {
-            self.connect(conn, req).await
+        let connect = req.method() == Method::CONNECT;
+        let response = if connect {
+            self.clone().connect(conn, req).await
         } else {
             self.forward(conn, req).await
         };
-        Ok(response)
+        Ok(self.with_our_via(response, connect))
     }
 
     /// The access record of a request on `conn`.

@@ -97,10 +97,12 @@ pub async fn serve_proxy(
         let _ = stream.set_nodelay(true);
         let proxy_for_conn = proxy.clone();
         let shutdown = shutdown.clone();
+        // A child of the hard stop: when the grace period is over, a keep-alive connection
+        // still streaming a response is cut like a tunnel, not left to the runtime's end.
         let registration =
             proxy
                 .registry
-                .register(LiveKind::Connection, None, CancellationToken::new());
+                .register(LiveKind::Connection, None, proxy.hard_stop.child_token());
         let conn = ClientConn {
             addr: client,
             _slot: Arc::new(permit),

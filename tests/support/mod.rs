@@ -68,7 +68,11 @@ pub const RELAYS: [&str; 2] = ["splice", "copy"];
 
 pub fn egressd() -> EgressdBuilder {
     EgressdBuilder {
-        proxy_lines: vec!["allow_private_cidrs = [\"127.0.0.0/8\"]".into()],
+        // A fixed Via pseudonym: responses then read `via: 1.1 egressd` whatever the host.
+        proxy_lines: vec![
+            "allow_private_cidrs = [\"127.0.0.0/8\"]".into(),
+            "via_name = \"egressd\"".into(),
+        ],
         overrides: Vec::new(),
         dns_lines: Vec::new(),
         tables: Vec::new(),
@@ -88,6 +92,12 @@ impl EgressdBuilder {
         self.proxy_lines
             .retain(|l| !l.starts_with("allow_private_cidrs"));
         self
+    }
+
+    /// Replaces the fixed `via_name`.
+    pub fn via_name(mut self, name: &str) -> Self {
+        self.proxy_lines.retain(|l| !l.starts_with("via_name"));
+        self.proxy(&format!("via_name = \"{name}\""))
     }
 
     pub fn dns(mut self, name: &str, ip: &str) -> Self {

@@ -72,6 +72,8 @@ pub struct ProxySettings {
     pub tunnel_relay: RelayKind,
     /// Whether a tunnel's TLS ClientHello must name an allowed host (`connect_sni`).
     pub connect_sni: SniCheck,
+    /// This instance's `Via` pseudonym, for loop detection (`via_name`, default: host name).
+    pub via_name: String,
     /// Proxy worker threads, each with its own listener (`SO_REUSEPORT`), runtime and
     /// upstream pool, so a request never changes threads.
     pub workers: usize,
@@ -102,6 +104,7 @@ impl Config {
             max_connections,
             tunnel_relay,
             connect_sni,
+            via_name,
             workers,
             schedule_timeout,
         } = &self.proxy;
@@ -132,6 +135,7 @@ impl Config {
             ("proxy.max_connections", format!("{max_connections}")),
             ("proxy.tunnel_relay", tunnel_relay.as_str().to_string()),
             ("proxy.connect_sni", connect_sni.as_str().to_string()),
+            ("proxy.via_name", via_name.clone()),
             ("proxy.workers", format!("{workers}")),
             ("proxy.schedule_timeout", format!("{schedule_timeout:?}")),
             ("dns.servers", format!("{servers:?}")),

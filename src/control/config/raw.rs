@@ -58,6 +58,7 @@ pub struct RawProxy {
     pub max_connections: Option<Spanned<i64>>,
     pub tunnel_relay: Option<Spanned<String>>,
     pub connect_sni: Option<Spanned<String>>,
+    pub via_name: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub schedule_timeout: Option<Spanned<String>>,
 }

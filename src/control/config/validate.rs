@@ -17,6 +17,7 @@ use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
+use crate::proxy::headers::is_pseudonym;
 use crate::proxy::sni::SniCheck;
 use crate::schedule::function::{self as function, Function, Functions};
 
@@ -129,6 +130,7 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
         tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
         connect_sni: connect_sni(&raw.connect_sni, p),
+        via_name: via_name(&raw.via_name, p),
         workers: p.positive(&raw.workers, "proxy.workers", 1, default_workers()),
         schedule_timeout: p.duration(
             &raw.schedule_timeout,
@@ -288,6 +290,26 @@ fn connect_sni(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> SniChec
             SniCheck::default()
         }
     }
+}
+
+/// The `Via` pseudonym: as configured, else the host name, else "egressd".
+fn via_name(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> String {
+    if let Some(value) = raw {
+        if !is_pseudonym(value.get_ref()) {
+            p.at(
+                value,
+                "proxy.via_name",
+                Some(value.get_ref().clone()),
+                "expected a token of at most 64 characters (letters, digits and -._~!#$%&'*+^`|), e.g. \"egressd-gw-1\"",
+            );
+        }
+        return value.get_ref().clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| is_pseudonym(h))
+        .unwrap_or_else(|| "egressd".into())
 }
 
 /// One proxy worker per CPU the process may use.
