@@ -3,8 +3,8 @@
 //! An entry is an exact host, an exact IP literal, or `*.` followed by a domain of at least two
 //! labels. A wildcard matches subdomains at any depth and never the apex. Entries are parsed
 //! into [`Pattern`], which cannot hold an invalid value; [`Allowlist`] indexes them as a hash of
-//! exact names plus a hash of wildcard suffixes, so a lookup costs one hash probe per label of
-//! the target instead of a scan over the entries.
+//! exact names plus a hash of wildcard suffixes, so a lookup costs one hash probe for the name and
+//! one per suffix length some wildcard has, instead of a scan over the entries.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -324,7 +324,13 @@ impl Allowlist {
         };
         let active = match host {
             Host::Ip(ip) => self.ips.get(ip).and_then(|slot| consider(*slot)),
-            Host::Domain(name) => self.matching_domain_rules(name).find_map(&mut consider),
+            // Most specific first: the exact entry, then wildcards from the longest suffix to
+            // the shortest.
+            Host::Domain(name) => self
+                .exact
+                .get(&**name)
+                .and_then(|slot| consider(*slot))
+                .or_else(|| self.matching_wildcards(name).find_map(&mut consider)),
         };
         match (active, pending) {
             (Some(id), _) => Lookup::Active(id),
@@ -333,24 +339,14 @@ impl Allowlist {
         }
     }
 
-    /// Rules matching `name`, most specific first: the exact entry, then wildcards from the
-    /// longest suffix to the shortest. One hash probe per label.
-    fn matching_domain_rules<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Slot> + 'a {
-        let exact = self.exact.get(name).copied();
-        let mut rest = name;
-        let mut labels = label_count(name);
-        let wildcards = std::iter::from_fn(move || loop {
-            let (_, suffix) = rest.split_once('.')?;
-            rest = suffix;
-            labels -= 1;
-            // Probe only suffix lengths some wildcard has: each probe is a likely cache miss.
-            if self.wildcard_depths & (1 << labels) != 0 {
-                if let Some(slot) = self.wildcard.get(suffix) {
-                    return Some(*slot);
-                }
-            }
-        });
-        exact.into_iter().chain(wildcards)
+    /// Wildcard rules matching `name`, longest suffix first.
+    fn matching_wildcards<'a>(&'a self, name: &'a str) -> WildcardMatches<'a> {
+        WildcardMatches {
+            list: self,
+            name,
+            depths: self.wildcard_depths,
+            at: None,
+        }
     }
 
     /// Explains why `host` is not allowed and what entry to add. Points out the classic
@@ -379,6 +375,89 @@ impl Allowlist {
                 "\"{name}\" is not on the allowlist; add \"{name}\" (or \"*.{parent}\" for every subdomain of {parent})"
             ),
             _ => format!("\"{name}\" is not on the allowlist; add \"{name}\""),
+        }
+    }
+}
+
+/// The wildcard rules matching a name, longest suffix first. Lazy, so an exact hit never walks
+/// the name. The first call walks the label boundaries from the right, no further than the
+/// deepest wildcard; after that, only suffixes whose label count some wildcard has are hashed
+/// and probed (each probe is a likely cache miss), and no suffix is copied.
+struct WildcardMatches<'a> {
+    list: &'a Allowlist,
+    name: &'a str,
+    /// Label counts still to probe (bit n: the suffix of n labels), highest first.
+    depths: u128,
+    /// The suffix the walk stands on: where it starts in `name`, and its label count.
+    at: Option<(usize, u32)>,
+}
+
+impl Iterator for WildcardMatches<'_> {
+    type Item = Slot;
+
+    fn next(&mut self) -> Option<Slot> {
+        let bytes = self.name.as_bytes();
+        let (mut start, mut labels) = match self.at {
+            Some(at) => at,
+            None => {
+                // The longest proper suffix (never the name itself: no apex match) that is no
+                // deeper than the deepest wildcard.
+                let deepest = 127u32.checked_sub(self.depths.leading_zeros())?;
+                let mut at = None;
+                let mut labels = 0;
+                dots_from_right(bytes, |dot| {
+                    labels += 1;
+                    at = Some((dot + 1, labels));
+                    labels < deepest
+                });
+                let Some((start, labels)) = at else {
+                    self.depths = 0;
+                    return None;
+                };
+                self.depths &= u128::MAX >> (127 - labels);
+                (start, labels)
+            }
+        };
+        while self.depths != 0 {
+            let target = 127 - self.depths.leading_zeros();
+            self.depths &= !(1 << target);
+            while labels > target {
+                // `labels > 1`, so there is a dot ahead.
+                start += bytes[start..].iter().position(|b| *b == b'.')? + 1;
+                labels -= 1;
+            }
+            self.at = Some((start, labels));
+            if let Some(slot) = self.list.wildcard.get(&self.name[start..]) {
+                return Some(*slot);
+            }
+        }
+        None
+    }
+}
+
+/// Calls `found` with the position of each dot in `bytes`, right to left, until it returns
+/// false. Eight bytes at a time, as this walk is on every lookup that reaches the wildcards.
+fn dots_from_right(bytes: &[u8], mut found: impl FnMut(usize) -> bool) {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let mut end = bytes.len();
+    while end >= 8 {
+        let word = u64::from_le_bytes(bytes[end - 8..end].try_into().expect("8 bytes"));
+        let x = word ^ u64::from_le_bytes([b'.'; 8]);
+        // The high bit of each byte of `x` that is zero, that is of each dot. Exact: unlike
+        // the shorter `(x - 0x01..) & !x & 0x80..`, no borrow crosses into the next byte.
+        let mut dots = !(((x & LOW7) + LOW7) | x | LOW7);
+        while dots != 0 {
+            let byte = (63 - dots.leading_zeros() as usize) / 8;
+            if !found(end - 8 + byte) {
+                return;
+            }
+            dots &= !(0x80 << (8 * byte));
+        }
+        end -= 8;
+    }
+    for i in (0..end).rev() {
+        if bytes[i] == b'.' && !found(i) {
+            return;
         }
     }
 }
@@ -631,6 +710,121 @@ mod tests {
             l.lookup(&Host::parse("x.third.net").unwrap(), 0),
             Lookup::NoMatch
         );
+    }
+
+    /// The most specific entry matching `target` by brute force over [`Pattern::matches`]:
+    /// the exact entry, else the wildcard with the longest suffix.
+    fn most_specific(entries: &[&str], target: &Host) -> Option<RuleId> {
+        let patterns: Vec<Pattern> = entries.iter().map(|e| Pattern::parse(e).unwrap()).collect();
+        let rank = |p: &Pattern| match p {
+            Pattern::Wildcard(suffix) => suffix.len(),
+            _ => usize::MAX,
+        };
+        (0..patterns.len())
+            .filter(|&i| patterns[i].matches(target))
+            .max_by_key(|&i| (rank(&patterns[i]), std::cmp::Reverse(i)))
+            .map(|i| i as RuleId)
+    }
+
+    #[test]
+    fn wildcards_at_several_depths_match_most_specific_first() {
+        let entries = [
+            "*.example.org",
+            "*.b.example.org",
+            "*.c.b.example.org",
+            "d.c.b.example.org",
+            "*.e.d.c.b.example.org",
+            "*.x.y",
+            "*.x.y.z",
+            "other.net",
+        ];
+        let l = list(&entries);
+        for target in [
+            "a.example.org",
+            "b.example.org",
+            "z.b.example.org",
+            "c.b.example.org",
+            "d.c.b.example.org",
+            "z.d.c.b.example.org",
+            "e.d.c.b.example.org",
+            "f.e.d.c.b.example.org",
+            "g.f.e.d.c.b.example.org",
+            "example.org",
+            "org",
+            "a.badexample.org",
+            "b.x.y",
+            "x.y",
+            "a.x.y.z",
+            "a.b.x.y",
+            "other.net",
+            "a.other.net",
+            "a",
+        ] {
+            let host = Host::parse(target).unwrap();
+            assert_eq!(l.find(&host), most_specific(&entries, &host), "{target}");
+        }
+    }
+
+    #[test]
+    fn pending_wildcards_fall_back_to_shorter_suffixes() {
+        let mut l = list(&["*.a.example.org", "*.example.org", "*.x.a.example.org"]);
+        let host = Host::parse("w.x.a.example.org").unwrap();
+        assert_eq!(l.lookup(&host, 0), Lookup::Active(2));
+        l.set_active_at(2, 5_000);
+        l.set_active_at(0, 3_000);
+        assert_eq!(l.lookup(&host, 0), Lookup::Active(1));
+        l.set_active_at(1, 4_000);
+        assert_eq!(
+            l.lookup(&host, 0),
+            Lookup::Pending(0),
+            "the earliest of the pending wildcards"
+        );
+        assert_eq!(l.lookup(&host, 3_000), Lookup::Active(0));
+    }
+
+    #[test]
+    fn deepest_names_and_wildcards() {
+        // 127 labels, 253 bytes: the longest name there is.
+        let deepest = vec!["a"; 127].join(".");
+        let suffix_126 = &deepest[2..];
+        let l = list(&[&format!("*.{suffix_126}"), "*.a.a"]);
+        assert_eq!(l.find(&Host::parse(&deepest).unwrap()), Some(0));
+        assert_eq!(l.find(&Host::parse(suffix_126).unwrap()), Some(1));
+        assert_eq!(l.find(&Host::parse("a.a").unwrap()), None);
+    }
+
+    #[test]
+    fn dots_are_found_right_to_left() {
+        for name in [
+            "",
+            ".",
+            "a",
+            "a.b",
+            "abcdefg.h",
+            "abcdefgh.ijklmnop.q",
+            "x.abcdefgh",
+            ".......",
+            "........",
+            ".........",
+            "a.b.c.d.e.f.g.h.i.j.k",
+            "x1.web.tenant99999.apps.example.net",
+        ] {
+            let expected: Vec<usize> = name.rmatch_indices('.').map(|(i, _)| i).collect();
+            let mut found = Vec::new();
+            dots_from_right(name.as_bytes(), |i| {
+                found.push(i);
+                true
+            });
+            assert_eq!(found, expected, "{name:?}");
+            for stop in 0..expected.len() {
+                let mut found = Vec::new();
+                dots_from_right(name.as_bytes(), |i| {
+                    found.push(i);
+                    found.len() <= stop
+                });
+                assert_eq!(found, expected[..=stop], "{name:?} stopping after {stop}");
+            }
+        }
     }
 
     #[test]
