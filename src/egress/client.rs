@@ -34,6 +34,7 @@ use crate::policy::allowlist::RuleId;
 use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Policy, PolicyHandle, Protocol, Target};
 use crate::util::body::HttpBody;
+use crate::util::body::RequestBodyIdle;
 use crate::util::time::now_ms;
 
 /// Settings of the egress client, fixed for the life of the process.
@@ -86,6 +87,9 @@ pub enum SendError {
     /// No response head within `response_header_timeout`.
     #[error("no response within {0:?} (proxy.response_header_timeout)")]
     Timeout(Duration),
+    /// The client's request body stalled (see [`crate::util::body::IdleRequestBody`]).
+    #[error("the client sent no request body bytes for {0:?} (proxy.idle_timeout)")]
+    ClientIdle(Duration),
 }
 
 impl SendError {
@@ -95,6 +99,7 @@ impl SendError {
             SendError::Egress(err) => err.kind(),
             SendError::Upstream(_) => Some(ErrorKind::Upstream),
             SendError::Timeout(_) => Some(ErrorKind::UpstreamTimeout),
+            SendError::ClientIdle(_) => Some(ErrorKind::ClientTimeout),
         }
     }
 }
@@ -293,6 +298,9 @@ fn send_error(err: &hyper_util::client::legacy::Error, target: &Target) -> SendE
     while let Some(e) = current {
         if let Some(egress) = e.downcast_ref::<EgressError>() {
             return SendError::Egress(egress.clone_for_report());
+        }
+        if let Some(RequestBodyIdle(idle)) = e.downcast_ref::<RequestBodyIdle>() {
+            return SendError::ClientIdle(*idle);
         }
         current = e.source();
     }

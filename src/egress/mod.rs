@@ -42,6 +42,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// Originating TLS to the upstream failed (mTLS).
     Tls,
+    /// The client stopped sending its request body for the idle timeout.
+    ClientTimeout,
 }
 
 impl ErrorKind {
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Upstream => "upstream",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
             ErrorKind::Tls => "tls",
+            ErrorKind::ClientTimeout => "client-timeout",
         }
     }
 }

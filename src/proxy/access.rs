@@ -251,6 +251,9 @@ impl AccessRecord {
         let text = match err {
             SendError::Egress(err) => return self.egress_error(err),
             SendError::Upstream(detail) => format!("egressd: the upstream failed: {detail}"),
+            SendError::ClientIdle(waited) => format!(
+                "egressd: the request body stopped for {waited:?} (proxy.idle_timeout); request abandoned"
+            ),
             SendError::Timeout(waited) => format!(
                 "egressd: {} sent no response within {waited:?} (proxy.response_header_timeout)",
                 self.raw_target
@@ -260,6 +263,7 @@ impl AccessRecord {
         self.metrics.upstream_error(kind);
         let status = match kind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_GATEWAY,
         };
         self.fail(kind, status, text)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use super::access::{AccessRecord, LoggedBody, Relayed};
 use super::headers::{self, MaxForwards};
@@ -19,7 +19,7 @@ use super::Proxy;
 use crate::egress::Permit;
 use crate::policy::url::{resolve_location, target_of};
 use crate::policy::Protocol;
-use crate::util::body::{empty, full, BoxError, HttpBody};
+use crate::util::body::{empty, full, BoxError, HttpBody, IdleRequestBody};
 use crate::util::time::now_ms;
 
 impl Proxy {
@@ -61,7 +61,8 @@ impl Proxy {
                     .insert(header::MAX_FORWARDS, HeaderValue::from(n));
             }
         }
-        let upstream_req = upstream_request(parts, body, record.relayed(), &self.via);
+        let upstream_req =
+            upstream_request(parts, body, record.relayed(), &self.via, self.idle_timeout);
         match self.egress.send(&permit, upstream_req).await {
             Ok(response) => {
                 record.allowed(response.status());
@@ -83,6 +84,7 @@ fn upstream_request(
     body: Incoming,
     relayed: Arc<Relayed>,
     via: &headers::Via,
+    idle: Duration,
 ) -> Request<HttpBody> {
     let trailers = headers::wants_trailers(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -103,6 +105,12 @@ fn upstream_request(
         })
         .map_err(BoxError::from)
         .boxed();
+    // A body still to come may stall: cut it after `idle` rather than hold the upstream.
+    let body = if body.is_end_stream() {
+        body
+    } else {
+        IdleRequestBody::new(body, idle).boxed()
+    };
     Request::from_parts(parts, body)
 }
 

@@ -32,3 +32,64 @@ pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Htt
     );
     response
 }
+
+/// A request body from a client that stopped sending for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct RequestBodyIdle(pub std::time::Duration);
+
+/// A request body that ends with [`RequestBodyIdle`] when the client goes quiet for `idle`
+/// mid-body: a slow upload cannot hold an upstream connection (and a client slot) forever.
+pub struct IdleRequestBody {
+    inner: HttpBody,
+    idle: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleRequestBody {
+    pub fn new(inner: HttpBody, idle: std::time::Duration) -> Self {
+        IdleRequestBody {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl hyper::body::Body for IdleRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyIdle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
