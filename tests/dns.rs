@@ -26,7 +26,7 @@ fn answer_for(name: &str, flips: &AtomicU32) -> Option<(u8, Vec<Ipv4Addr>)> {
         // in turn.
         "flip.test" => {
             let n = flips.fetch_add(1, Ordering::Relaxed);
-            let ip = if n % 2 == 0 {
+            let ip = if n.is_multiple_of(2) {
                 Ipv4Addr::LOCALHOST
             } else {
                 Ipv4Addr::new(10, 9, 9, 9)
