@@ -94,7 +94,7 @@ async fn client_loop(proxy: SocketAddr, port: u16, tally: Arc<Tally>, stop: toki
     let mut n = 0u64;
     while tokio::time::Instant::now() < stop {
         n += 1;
-        let denied = n % 4 == 0;
+        let denied = n.is_multiple_of(4);
         let host = if denied { "denied.test" } else { "api.test" };
         let request =
             format!("GET http://{host}:{port}/echo HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
