@@ -23,6 +23,7 @@ use crate::egress::{http_uri, tunnel, EgressClient, Permit};
 use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Protocol, Target};
 use crate::util::body::{empty, HttpBody};
+use crate::util::deadline::WriteDeadline;
 
 /// How a granted CONNECT is served.
 enum Tunnel {
@@ -113,9 +114,10 @@ impl Proxy {
             };
             metrics.active_tunnels.inc();
             // A plain TCP client (the usual case) gets the buffer-free socket relay.
-            let stats = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            let stats = match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
                 Ok(parts) => {
-                    let mut client = parts.io.into_inner();
+                    // The relay has its own idle timeout; it takes the bare socket.
+                    let mut client = parts.io.into_inner().into_inner();
                     let early = match proxy
                         .check_first_flight(&mut client, parts.read_buf, &upstream, &target, &cancel)
                         .await

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Proxy;
 use crate::egress::revoke::{LiveKind, Registration};
+use crate::util::deadline::WriteDeadline;
 use crate::util::listener::accept;
 
 /// Limits applied to client connections.
@@ -37,6 +38,8 @@ pub struct ConnLimits {
 struct HeadLimits {
     read_timeout: Duration,
     max_bytes: usize,
+    /// A write to the client that makes no progress for this long ends the connection.
+    write_timeout: Duration,
 }
 
 /// Binds `count` listeners to `addr` with `SO_REUSEPORT`, one per worker: the kernel spreads
@@ -87,6 +90,7 @@ pub async fn serve_proxy(
     let head = HeadLimits {
         read_timeout: limits.header_read_timeout,
         max_bytes: limits.max_head_bytes,
+        write_timeout: proxy.idle_timeout,
     };
     while let Some((stream, client)) = accept(&listener, &shutdown, "proxy").await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -131,7 +135,11 @@ async fn serve_connection(
         .header_read_timeout(head.read_timeout)
         .max_buf_size(head.max_bytes)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+        // A client that stops reading is cut after the idle timeout, not held forever.
+        .serve_connection(
+            TokioIo::new(WriteDeadline::new(stream, head.write_timeout)),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -3,6 +3,7 @@
 //! Nothing here imports from a layer.
 
 pub mod body;
+pub mod deadline;
 pub mod fsio;
 pub mod listener;
 pub mod time;
