@@ -6,6 +6,10 @@
 //! cannot decide one target and reach another — through a pool whose connector resolves,
 //! checks every address and pins the one it dials. [`EgressClient::dial`] does the same for a
 //! CONNECT tunnel.
+//!
+//! A response head whose framing is ambiguous (both `Content-Length` and
+//! `Transfer-Encoding`) or that switches protocols unasked is an upstream error, and its
+//! connection is poisoned so the pool never hands it out again.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -225,13 +229,24 @@ impl EgressClient {
                 .map(|entry| entry.spec.port),
         };
         aim(&mut request, &permit.target, tls_port);
+        let asked_upgrade = request.headers().contains_key(header::UPGRADE);
+        let connection = capture_connection(&mut request);
         let pool = self.pool.load_full();
         let timeout = self.options.response_header_timeout;
-        match tokio::time::timeout(timeout, pool.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(send_error(&err, &permit.target)),
-            Err(_) => Err(SendError::Timeout(timeout)),
+        let response = match tokio::time::timeout(timeout, pool.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Err(send_error(&err, &permit.target)),
+            Err(_) => return Err(SendError::Timeout(timeout)),
+        };
+        if let Some(why) = misframed(&response, asked_upgrade) {
+            // The connection may hold the rest of a message framed the other way: it must
+            // not carry another request.
+            if let Some(connected) = connection.connection_metadata().as_ref() {
+                connected.poison();
+            }
+            return Err(SendError::Upstream(why.into()));
         }
+        Ok(response)
     }
 
     /// Drops pooled upstream connections; new requests dial afresh under the current policy.
@@ -285,6 +300,25 @@ fn aim(request: &mut Request<HttpBody>, target: &Target, tls_port: Option<u16>) 
     request.headers_mut().insert(header::HOST, host);
 }
 
+/// Why a response head cannot be relayed, when it cannot: both `Content-Length` and
+/// `Transfer-Encoding` (RFC 9112 section 6.3: which one a recipient believes is how responses
+/// are smuggled; hyper would pick chunked, egressd refuses to pick), or a `101` to a request
+/// that asked for no upgrade (what follows it is not HTTP).
+fn misframed<B>(response: &Response<B>, asked_upgrade: bool) -> Option<&'static str> {
+    let headers = response.headers();
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Some(
+            "its response has both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)",
+        );
+    }
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+        return Some("it switched protocols (101) for a request that asked for no upgrade");
+    }
+    None
+}
+
 fn send_error(err: &hyper_util::client::legacy::Error, target: &Target) -> SendError {
     // The upstream may refuse our certificate only after the handshake (TLS 1.3): the alert
     // then surfaces in the exchange.
@@ -310,6 +344,14 @@ fn send_error(err: &hyper_util::client::legacy::Error, target: &Target) -> SendE
     SendError::Upstream(detail)
 }
 
+/// The most an upstream's response head may take (hyper's read buffer: its default, spelt
+/// out so the limit is visible): a larger head is a `502 upstream`, its connection closed.
+/// Body reads use the same buffer, so lowering it would also shrink their chunks.
+const MAX_RESPONSE_HEAD_BYTES: usize = 8192 + 4096 * 100;
+
+/// The most header fields an upstream's response may have (hyper's default, spelt out).
+const MAX_RESPONSE_HEADERS: usize = 100;
+
 fn pool(
     dialer: &Arc<Dialer>,
     policy: &PolicyHandle,
@@ -322,6 +364,8 @@ fn pool(
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(64)
         .set_host(false)
+        .http1_max_buf_size(MAX_RESPONSE_HEAD_BYTES)
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
         .build(Connector {
             dialer: dialer.clone(),
             policy: policy.clone(),

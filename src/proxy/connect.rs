@@ -292,7 +292,8 @@ impl Proxy {
         let served = http1::Builder::new()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .serve_connection(upgraded, service);
+            .serve_connection(upgraded, service)
+            .with_upgrades();
         tokio::select! {
             result = served => {
                 if let Err(err) = result {

@@ -1,6 +1,11 @@
 //! Forwarding plain HTTP: an absolute-form request (or one inside an HTTP tunnel) is parsed,
 //! decided, rewritten for the upstream and sent through the egress client; the response comes
 //! back with egressd's own version and framing, hop-by-hop headers removed.
+//!
+//! A WebSocket handshake (`Connection: upgrade` + `Upgrade: websocket`) keeps its upgrade
+//! headers on the way up; if the upstream answers `101`, the two upgraded connections are
+//! spliced like a CONNECT tunnel (counted, logged, revocable). No byte is tunneled before
+//! that `101`. Any other upgrade (`h2c`) is stripped and the request served as HTTP/1.1.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,13 +15,16 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use super::access::{AccessRecord, LoggedBody, Relayed};
 use super::headers::{self, MaxForwards};
 use super::request::{forward_target, Refusal};
 use super::server::ClientConn;
 use super::Proxy;
-use crate::egress::Permit;
+use crate::egress::revoke::Peer;
+use crate::egress::{tunnel, Permit, SendError};
 use crate::policy::url::{resolve_location, target_of};
 use crate::policy::Protocol;
 use crate::util::body::{empty, full, BoxError, HttpBody, IdleRequestBody};
@@ -61,9 +69,28 @@ impl Proxy {
                     .insert(header::MAX_FORWARDS, HeaderValue::from(n));
             }
         }
-        let upstream_req =
-            upstream_request(parts, body, record.relayed(), &self.via, self.idle_timeout);
+        // Taken before the request is rewritten, so the client's side of an upgrade stays here.
+        let client_upgrade = headers::is_websocket_upgrade(&parts.headers)
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
+        let upstream_req = upstream_request(
+            parts,
+            body,
+            record.relayed(),
+            &self.via,
+            self.idle_timeout,
+            client_upgrade.is_some(),
+        );
         match self.egress.send(&permit, upstream_req).await {
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                match client_upgrade {
+                    Some(client) => self.splice_upgrade(conn, permit, record, client, response),
+                    // The egress client lets a 101 through only to a request that asked.
+                    None => record.send_error(&SendError::Upstream(
+                        "it switched protocols (101) unasked".into(),
+                    )),
+                }
+            }
             Ok(response) => {
                 record.allowed(response.status());
                 if response.status().is_redirection() {
@@ -76,7 +103,8 @@ impl Proxy {
     }
 }
 
-/// Rewrites the client's request for the upstream: hop-by-hop headers removed, `Via` added,
+/// Rewrites the client's request for the upstream: hop-by-hop headers removed (but for a
+/// WebSocket handshake's `Connection: upgrade` and `Upgrade: websocket`), `Via` added,
 /// HTTP/1.1 whatever the client spoke (RFC 9110 §6.2), the body counted as it goes up. The
 /// egress client points it at the permit's target.
 fn upstream_request(
@@ -85,11 +113,15 @@ fn upstream_request(
     relayed: Arc<Relayed>,
     via: &headers::Via,
     idle: Duration,
+    websocket: bool,
 ) -> Request<HttpBody> {
     let trailers = headers::wants_trailers(&parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
     if trailers {
         headers::ask_for_trailers(&mut parts.headers);
+    }
+    if websocket {
+        headers::set_websocket_upgrade(&mut parts.headers);
     }
     // egressd answers `Expect: 100-continue` itself: hyper sends the 100 when the body is
     // first read, which happens only after the upstream connection is up.
@@ -128,6 +160,54 @@ fn downstream_response(
     headers::strip_hop_by_hop(&mut parts.headers);
     let body = LoggedBody::new(body.map_err(BoxError::from).boxed(), record, idle);
     Response::from_parts(parts, body.boxed())
+}
+
+impl Proxy {
+    /// The upstream accepted a WebSocket handshake: relays its `101` to the client, then
+    /// splices the two upgraded connections like a CONNECT tunnel — counted in
+    /// `active_tunnels`, logged when it ends, cut on revocation and at the hard stop.
+    fn splice_upgrade(
+        &self,
+        conn: ClientConn,
+        permit: Permit,
+        mut record: AccessRecord,
+        client: OnUpgrade,
+        mut response: Response<Incoming>,
+    ) -> Response<HttpBody> {
+        record.allowed(StatusCode::SWITCHING_PROTOCOLS);
+        let upstream = hyper::upgrade::on(&mut response);
+        let peer = Peer {
+            target: permit.target().clone(),
+            protocol: Protocol::Http,
+            addr: None,
+        };
+        let registration = self.register(&permit, peer, self.hard_stop.child_token());
+        drop(permit);
+        let cancel = registration.live.cancelled().clone();
+        let metrics = self.metrics.clone();
+        let idle = self.idle_timeout;
+        self.tasks.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(err) => {
+                    tracing::debug!(error = %err, "a WebSocket upgrade ended before it opened");
+                    return;
+                }
+            };
+            metrics.active_tunnels.inc();
+            let stats =
+                tunnel::relay(TokioIo::new(client), TokioIo::new(upstream), idle, cancel).await;
+            metrics.active_tunnels.dec();
+            drop(conn);
+            record.tunnel_closed(stats, registration.live.was_revoked());
+        });
+        let (mut parts, _) = response.into_parts();
+        parts.version = http::Version::HTTP_11;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_websocket_upgrade(&mut parts.headers);
+        // Via is added with every response in Proxy::handle.
+        Response::from_parts(parts, empty())
+    }
 }
 
 /// Answers an OPTIONS or TRACE whose `Max-Forwards` reached zero at this hop.

@@ -93,6 +93,29 @@ fn is_protected(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST
 }
 
+/// Whether a request asks to upgrade to WebSocket: `Upgrade: websocket` alone (any other
+/// protocol, `h2c` included, is not carried) and `upgrade` among the `Connection` tokens.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let websocket = matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"websocket")
+    );
+    websocket
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Puts back the two hop-by-hop headers of a WebSocket handshake, after stripping.
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
 /// Whether the client accepts trailer fields (`TE: trailers`). `TE` itself is hop-by-hop;
 /// egressd forwards trailers, so it asks the upstream for them on the client's behalf.
 pub fn wants_trailers(headers: &HeaderMap) -> bool {
@@ -114,7 +137,7 @@ pub fn wants_trailers(headers: &HeaderMap) -> bool {
 /// §10.1.4 requires beside it.
 pub fn ask_for_trailers(headers: &mut HeaderMap) {
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+    headers.append(header::CONNECTION, HeaderValue::from_static("te"));
 }
 
 /// What `Max-Forwards` asks of an OPTIONS or TRACE request.
@@ -183,6 +206,55 @@ mod tests {
         let mut h = map(&[("trailer", "x-checksum")]);
         strip_hop_by_hop(&mut h);
         assert!(h.contains_key("trailer"), "Trailer is end to end");
+    }
+
+    /// (name, request headers, carried to the upstream?)
+    type UpgradeCase = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+    #[test]
+    fn only_websocket_upgrades_are_carried() {
+        let cases: &[UpgradeCase] = &[
+            (
+                "websocket",
+                &[("connection", "Upgrade"), ("upgrade", "websocket")],
+                true,
+            ),
+            (
+                "case and other tokens",
+                &[
+                    ("connection", "keep-alive, UPGRADE"),
+                    ("upgrade", "WebSocket"),
+                ],
+                true,
+            ),
+            (
+                "h2c",
+                &[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", "h2c"),
+                ],
+                false,
+            ),
+            (
+                "websocket among others",
+                &[("connection", "upgrade"), ("upgrade", "h2c, websocket")],
+                false,
+            ),
+            (
+                "two Upgrade headers",
+                &[
+                    ("connection", "upgrade"),
+                    ("upgrade", "websocket"),
+                    ("upgrade", "websocket"),
+                ],
+                false,
+            ),
+            ("no Connection: upgrade", &[("upgrade", "websocket")], false),
+            ("no Upgrade", &[("connection", "upgrade")], false),
+        ];
+        for (name, headers, carried) in cases {
+            assert_eq!(is_websocket_upgrade(&map(headers)), *carried, "{name}");
+        }
     }
 
     #[test]
