@@ -459,7 +459,8 @@ proptest! {
             letters[start..].join(".")
         };
         let fits = |n: usize| name_of(n).len() <= 253;
-        prop_assume!(fits(depth));
+        // "ab" labels make some depths too long for DNS: take the deepest that fits.
+        let depth = (1..=depth).rev().find(|d| fits(*d)).unwrap();
         let mut patterns = Vec::new();
         for d in wildcard_depths.into_iter().filter(|d| fits(*d)) {
             patterns.push((Pattern::parse(&format!("*.{}", name_of(d))).unwrap(), 0));
