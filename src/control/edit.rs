@@ -254,6 +254,12 @@ pub fn remove_entry(text: &str, pattern: &Pattern) -> Result<String, EditError> 
         None => removed_prefix.clone(),
     };
     let multiline = removed_prefix.contains('\n');
+    // Without a trailing comma, the last entry's suffix holds the line break before `]`.
+    let removed_suffix = array
+        .get(index)
+        .and_then(|v| v.decor().suffix())
+        .map(raw)
+        .unwrap_or_default();
     array.remove(index);
     // The removed entry's end-of-line comment is the start of what follows it.
     let after_removed = |s: &str| match s.find('\n') {
@@ -265,7 +271,7 @@ pub fn remove_entry(text: &str, pattern: &Pattern) -> Result<String, EditError> 
         next.decor_mut()
             .set_prefix(format!("{keep}{}", after_removed(&prefix)));
     } else if multiline {
-        let trailing = raw(array.trailing());
+        let trailing = format!("{removed_suffix}{}", raw(array.trailing()));
         array.set_trailing(format!("{keep}{}", after_removed(&trailing)));
     }
     Ok(doc.to_string())
@@ -479,6 +485,20 @@ mod tests {
             let got = remove_entry(&case.before, &p(case.entry)).unwrap();
             assert_eq!(got, case.after, "{}", case.name);
         }
+    }
+
+    /// Found by `tests/properties.rs`: the line break before `]` sat in the removed entry's
+    /// suffix, so the previous entry's comment swallowed the `]` and the file no longer parsed.
+    #[test]
+    fn removing_the_last_entry_without_a_trailing_comma_keeps_the_bracket_on_its_line() {
+        let before = "[allowlist]\ndomains = [\n  \"a.test\",  # a\n  \"b.test\"\n]\n";
+        let after = remove_entry(before, &p("b.test")).unwrap();
+        assert_eq!(after, "[allowlist]\ndomains = [\n  \"a.test\"  # a\n]\n");
+        let plain = "[allowlist]\ndomains = [\n  \"a.test\",\n  \"b.test\"\n]\n";
+        assert_eq!(
+            remove_entry(plain, &p("b.test")).unwrap(),
+            "[allowlist]\ndomains = [\n  \"a.test\"\n]\n"
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ fn parse_wildcard(suffix: &str) -> Result<Pattern, PatternError> {
     if !name.contains('.') {
         return Err(PatternError::WildcardTooBroad(name));
     }
-    if let Ok(Host::Ip(_)) = Host::parse(&name) {
+    // A suffix ending in a number is an IP literal, canonical or not (`*.a.443`): no name
+    // under it is a valid host, so the entry could never match.
+    if let Ok(Host::Ip(_)) | Err(HostError::NonCanonicalIp(_)) = Host::parse(&name) {
         return Err(HostError::NonCanonicalIp(format!("*.{suffix}")).into());
     }
     Ok(Pattern::Wildcard(name.into_boxed_str()))
@@ -479,6 +481,22 @@ fn try_insert<K: std::hash::Hash + Eq>(map: &mut Index<K>, key: K, id: RuleId) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `tests/properties.rs`: `*.a.443` was accepted, though every name under it
+    /// ends in a number and is refused as a host, so the entry could never match.
+    #[test]
+    fn wildcard_over_a_number_is_refused() {
+        for entry in ["*.a.443", "*.example.0x7f", "*.1.2.3.4"] {
+            assert!(
+                matches!(
+                    Pattern::parse(entry),
+                    Err(PatternError::Host(HostError::NonCanonicalIp(_)))
+                ),
+                "{entry}: {:?}",
+                Pattern::parse(entry)
+            );
+        }
+    }
 
     fn list(entries: &[&str]) -> Allowlist {
         Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))

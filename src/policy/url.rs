@@ -49,9 +49,16 @@ fn to_ascii_url(input: &str) -> String {
     format!("{scheme}://{}{}", host_to_ascii(&rest[..end]), &rest[end..])
 }
 
-/// `location` resolved against `base` as a browser would (RFC 3986 §5.2, without dot-segment
-/// removal): absolute, scheme-relative, absolute-path or relative-path.
+/// `location` resolved against `base` as a browser would: absolute, scheme-relative,
+/// absolute-path or relative-path. The WHATWG URL rules decide (the `url` crate), since they are
+/// what browsers and most HTTP clients follow: `/\\evil.test` is scheme-relative to them, and
+/// tabs and newlines inside a `Location` are dropped, so a simpler join would name the wrong
+/// next host. Text those rules refuse is joined as RFC 3986 §5.2 would, without dot-segment
+/// removal.
 pub fn resolve_location(base: &str, location: &str) -> String {
+    if let Ok(joined) = url::Url::parse(base).and_then(|base| base.join(location)) {
+        return joined.into();
+    }
     if location.contains("://") {
         return location.to_string();
     }
@@ -111,6 +118,33 @@ mod tests {
         ];
         for (name, base, location, want) in cases {
             assert_eq!(resolve_location(base, location), want, "{name}");
+        }
+    }
+
+    /// Found by `tests/properties.rs`: a browser reads a backslash as a slash and drops tabs,
+    /// so these `Location`s lead to another host, not to a path on the same one.
+    #[test]
+    fn locations_that_only_look_like_paths() {
+        let cases = [
+            ("backslash", "/\\evil.test/x", "http://evil.test/x"),
+            ("two backslashes", "\\\\evil.test", "http://evil.test/"),
+            (
+                "tab between the slashes",
+                "/\t/evil.test",
+                "http://evil.test/",
+            ),
+            (
+                "scheme without slashes",
+                "https:evil.test",
+                "https://evil.test/",
+            ),
+        ];
+        for (name, location, want) in cases {
+            assert_eq!(
+                resolve_location("http://a.test/p", location),
+                want,
+                "{name}"
+            );
         }
     }
 }
