@@ -259,22 +259,12 @@ async fn curl_proxytunnel_reaches_an_http_port() {
 
 #[tokio::test]
 async fn a_response_still_streaming_at_the_end_of_the_grace_period_is_cut() {
-    // An upstream that sends a chunk a second and never ends.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                read_head(&mut stream).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await;
-                while stream.write_all(b"1\r\nx\r\n").await.is_ok() {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            });
-        }
-    });
+    // An upstream that sends a one-byte chunk every 200 ms and never ends.
+    let port = endless_upstream(
+        b"1\r\nx\r\n".to_vec(),
+        std::time::Duration::from_millis(200),
+    )
+    .await;
     let mut proxy = http_proxy("api.test", port)
         .proxy("shutdown_grace = \"1s\"")
         .start();

@@ -7,6 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -30,7 +31,11 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Kills chromedriver's whole process group: a test that panics never ends its session,
+    /// and Chromium would outlive chromedriver.
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -46,6 +51,8 @@ async fn browser() -> Browser {
     let port = closed_port();
     let driver = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        // Its own process group, with Chromium in it, so that Drop can end both.
+        .process_group(0)
         // Chromium inherits the zone: the page's "local time" is New York's.
         .env("TZ", "America/New_York")
         .stdout(Stdio::null())

@@ -214,30 +214,13 @@ async fn slow_clients_are_cut_by_deadlines_and_others_are_unaffected() {
     settles(&proxy, baseline, "slow clients").await;
 }
 
-/// An upstream that streams zeros for as long as anyone reads.
-async fn endless_upstream() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                read_head(&mut stream).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                    .await;
-                let mut chunk = b"10000\r\n".to_vec();
-                chunk.extend(std::iter::repeat_n(0u8, 0x10000));
-                chunk.extend_from_slice(b"\r\n");
-                while stream.write_all(&chunk).await.is_ok() {}
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
-    let port = endless_upstream().await;
+    // 64 KiB chunks of zeros, as fast as they go.
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.extend(std::iter::repeat_n(0u8, 0x10000));
+    chunk.extend_from_slice(b"\r\n");
+    let port = endless_upstream(chunk, Duration::ZERO).await;
     let proxy = http_proxy("api.test", port)
         .proxy("idle_timeout = \"1s\"")
         .start();

@@ -106,6 +106,17 @@ impl Drop for TinyFs {
     }
 }
 
+/// Asks for a second schedule of `tick`; returns the status and body.
+async fn create_second_schedule(proxy: &Egressd) -> (u16, String) {
+    proxy
+        .admin_json(
+            "POST",
+            "/v1/schedules",
+            "{\"function\": \"tick\", \"cron\": \"0 4 * * *\"}",
+        )
+        .await
+}
+
 #[tokio::test]
 async fn a_full_state_dir_refuses_changes_keeps_serving_and_loses_nothing() {
     let origin = origin().await;
@@ -135,13 +146,7 @@ async fn a_full_state_dir_refuses_changes_keeps_serving_and_loses_nothing() {
 
     fs.fill();
     // A new schedule cannot be written: 503 with the reason, nothing half-written.
-    let (status, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            "{\"function\": \"tick\", \"cron\": \"0 4 * * *\"}",
-        )
-        .await;
+    let (status, body) = create_second_schedule(&proxy).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cannot write"), "{body}");
     assert_eq!(
@@ -173,12 +178,6 @@ async fn a_full_state_dir_refuses_changes_keeps_serving_and_loses_nothing() {
     let (status, list) = proxy.admin_get("/v1/schedules").await;
     assert_eq!(status, 200);
     assert!(list.contains("\"payload\": \"kept\""), "{list}");
-    let (status, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            "{\"function\": \"tick\", \"cron\": \"0 4 * * *\"}",
-        )
-        .await;
+    let (status, body) = create_second_schedule(&proxy).await;
     assert_eq!(status, 201, "{body}");
 }

@@ -559,6 +559,30 @@ pub async fn redirecting_origin() -> u16 {
     port
 }
 
+/// An upstream that answers any request with a chunked body that never ends: `chunk` (the
+/// chunk's wire form) again and again, `pause` apart, for as long as the peer reads.
+pub async fn endless_upstream(chunk: Vec<u8>, pause: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                while stream.write_all(&chunk).await.is_ok() {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// A TCP server that echoes until EOF, then closes: shows half-close passing through.
 pub async fn echo_server() -> SocketAddr {
     serve(|mut stream| async move {
