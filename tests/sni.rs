@@ -304,3 +304,52 @@ async fn an_upstream_that_speaks_first_is_not_held_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn removing_the_sni_host_cuts_the_tunnel_like_removing_its_connect_host() {
+    let (upstream, received) = recording_upstream(None).await;
+    let port = upstream.port();
+    let proxy = egressd()
+        .allow_local("front.test")
+        .allow_local("named.test")
+        .allow_local("other.test")
+        .ports(&[port], &[])
+        .start();
+    // Two tunnels to the same front: one names named.test, the other its own host. Each is
+    // opened once the one before reached the upstream, so `received` holds them in order.
+    let mut tunnels = Vec::new();
+    for (n, sni) in ["named.test", "front.test"].into_iter().enumerate() {
+        let mut tunnel = open_tunnel(proxy.proxy, &format!("front.test:{port}")).await;
+        let hello = client_hello(sni, 0);
+        tunnel.write_all(&hello).await.unwrap();
+        eventually("the hello to reach the upstream", || async {
+            (received.lock().unwrap().get(n) == Some(&hello)).then_some(())
+        })
+        .await;
+        tunnels.push(tunnel);
+    }
+    let [mut fronted, mut direct] = <[TcpStream; 2]>::try_from(tunnels).unwrap();
+
+    // Removing a host neither tunnel uses cuts nothing; removing the SNI host cuts the
+    // tunnel that named it, and only that one.
+    let generation = proxy.generation().await;
+    proxy.set_domains(&["front.test", "named.test"], Write::Rename);
+    proxy.wait_generation_above(generation).await;
+    proxy.set_domains(&["front.test"], Write::Rename);
+    let _ = read_to_close(&mut fronted, "the tunnel whose SNI host was removed").await;
+    let log = proxy
+        .wait_for_log(|v| v["method"] == "CONNECT" && v["tunnel_end"].is_string())
+        .await;
+    assert_eq!(log["tunnel_end"], "revoked", "{log}");
+    assert_eq!(
+        proxy.metric("egressd_revoked_total{kind=\"tunnel\"}").await,
+        1.0
+    );
+    direct.write_all(b"still open").await.unwrap();
+    eventually("the other tunnel to carry more bytes", || async {
+        received.lock().unwrap()[1]
+            .ends_with(b"still open")
+            .then_some(())
+    })
+    .await;
+}

@@ -40,6 +40,9 @@ pub struct Peer {
     pub protocol: Protocol,
     /// The address dialled, re-checked against the private ranges (tunnels only).
     pub addr: Option<SocketAddr>,
+    /// The host a tunnel's TLS ClientHello named, when it is not the CONNECT host: the
+    /// tunnel lives only while both are allowed.
+    pub sni: Option<Target>,
 }
 
 /// One tunnel or client connection.
@@ -65,7 +68,16 @@ impl Live {
             target: target.clone(),
             protocol,
             addr: None,
+            sni: None,
         });
+    }
+
+    /// Records the host a tunnel's ClientHello named, so a reload that removes it cuts the
+    /// tunnel as if its CONNECT host were removed.
+    pub fn set_sni(&self, named: Target) {
+        if let Some(peer) = self.peer.lock().expect("peer lock").as_mut() {
+            peer.sni = Some(named);
+        }
     }
 
     pub fn cancelled(&self) -> &CancellationToken {
@@ -89,6 +101,10 @@ fn revoke_if_denied(
         return false;
     };
     let denied = policy.decide(&peer.target, peer.protocol, now_ms).is_err()
+        || peer
+            .sni
+            .as_ref()
+            .is_some_and(|named| policy.decide(named, peer.protocol, now_ms).is_err())
         || peer
             .addr
             .is_some_and(|a| policy.check_address(a.ip()).is_err());

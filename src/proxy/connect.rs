@@ -17,7 +17,7 @@ use super::request::{check_tunnel_request, connect_target, Refusal};
 use super::server::ClientConn;
 use super::sni::{read_first_flight, FlightError, SniCheck};
 use super::Proxy;
-use crate::egress::revoke::Peer;
+use crate::egress::revoke::{Live, Peer};
 use crate::egress::tunnel::TunnelEnd;
 use crate::egress::{http_uri, tunnel, EgressClient, Permit};
 use crate::policy::host::Host;
@@ -100,6 +100,7 @@ impl Proxy {
             target: target.clone(),
             protocol: Protocol::Connect,
             addr: Some(addr),
+            sni: None,
         };
         let registration = self.register(&permit, peer, self.hard_stop.child_token());
         drop(permit);
@@ -119,7 +120,7 @@ impl Proxy {
                     // The relay has its own idle timeout; it takes the bare socket.
                     let mut client = parts.io.into_inner().into_inner();
                     let early = match proxy
-                        .check_first_flight(&mut client, parts.read_buf, &upstream, &target, &cancel)
+                        .check_first_flight(&mut client, parts.read_buf, &upstream, &target, &registration.live)
                         .await
                     {
                         Ok(early) => early,
@@ -169,7 +170,7 @@ impl Proxy {
         early: bytes::Bytes,
         upstream: &TcpStream,
         target: &Target,
-        cancel: &tokio_util::sync::CancellationToken,
+        live: &Live,
     ) -> Result<bytes::Bytes, (Denial, TunnelEnd)> {
         if self.sni == SniCheck::Off {
             return Ok(early);
@@ -180,7 +181,7 @@ impl Proxy {
             upstream,
             self.idle_timeout,
             self.hello_timeout,
-            cancel,
+            live.cancelled(),
         )
         .await;
         let unreadable = |why: String| Denial::new(DenyReason::SniUnreadable, why);
@@ -212,13 +213,19 @@ impl Proxy {
             }
         };
         if let Some(sni) = &flight.sni {
-            self.check_sni(target, sni)?;
+            self.check_sni(target, sni, live)?;
         }
         Ok(flight.early)
     }
 
-    /// Whether `sni` may be asked for in a tunnel to `target`.
-    fn check_sni(&self, target: &Target, sni: &str) -> Result<(), (Denial, TunnelEnd)> {
+    /// Whether `sni` may be asked for in a tunnel to `target`. An allowed other host is
+    /// recorded on the tunnel's registration, so removing it later cuts the tunnel.
+    fn check_sni(
+        &self,
+        target: &Target,
+        sni: &str,
+        live: &Live,
+    ) -> Result<(), (Denial, TunnelEnd)> {
         let named = match Host::parse(sni) {
             Ok(host) => host,
             Err(err) => {
@@ -248,6 +255,9 @@ impl Proxy {
                     host: named.clone(),
                     port: target.port,
                 };
+                // Recorded before the decision: a reload between the two then sees the
+                // host and cuts the tunnel, rather than missing it.
+                live.set_sni(asked.clone());
                 match self.egress.decide(&asked, Protocol::Connect) {
                     Ok(_) => Ok(()),
                     Err(denial) => refused(

@@ -180,6 +180,7 @@ impl Proxy {
             target: permit.target().clone(),
             protocol: Protocol::Http,
             addr: None,
+            sni: None,
         };
         let registration = self.register(&permit, peer, self.hard_stop.child_token());
         drop(permit);
