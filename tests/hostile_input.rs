@@ -265,6 +265,35 @@ async fn parser_differentials_reach_the_host_egressd_checked_or_nothing() {
             }
         }
     }
+    // hyper answers an unparsable head itself, with a bare 400; each still has its
+    // access-log line, naming hyper's reason, and is counted.
+    let unparsable = DIFFERENTIALS
+        .iter()
+        .filter(|(_, _, answer, _)| *answer == "HTTP/1.1 400 Bad Request\r\n")
+        .count();
+    let lines = eventually("a log line for every unparsable head", || async {
+        let lines: Vec<_> = proxy
+            .access_logs()
+            .into_iter()
+            .filter(|l| l["method"] == "" && l["status"] == 400)
+            .collect();
+        (lines.len() == unparsable).then_some(lines)
+    })
+    .await;
+    for line in &lines {
+        assert_eq!(line["reason"], "bad-request", "{line}");
+        assert!(
+            line["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{line}"
+        );
+    }
+    let counted = proxy
+        .metric(
+            "egressd_requests_total{protocol=\"http\",decision=\"error\",reason=\"bad-request\"}",
+        )
+        .await;
+    assert!(counted >= unparsable as f64, "{counted} < {unparsable}");
+
     // An upper-case CONNECT authority is the same host: the tunnel opens to it.
     let before = upstream.seen().len();
     let mut tunnel = open_tunnel(proxy.proxy, &format!("ALLOWED.TEST:{p}")).await;

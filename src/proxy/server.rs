@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::Proxy;
+use super::{access, Proxy};
 use crate::egress::revoke::{LiveKind, Registration};
 use crate::util::deadline::WriteDeadline;
 use crate::util::listener::accept;
@@ -129,6 +129,7 @@ async fn serve_connection(
 ) {
     let client = conn.addr;
     let revoked = conn.registration.live.cancelled().clone();
+    let metrics = proxy.metrics.clone();
     let service = service_fn(move |req| proxy.clone().handle(conn.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -152,6 +153,7 @@ async fn serve_connection(
         _ = revoked.cancelled() => return,
     };
     if let Err(err) = result {
+        access::unreadable_head(&metrics, client, &err);
         tracing::debug!(%client, error = %err, "client connection ended with an error");
     }
 }
