@@ -246,23 +246,30 @@ async fn unresponsive_upstream_is_504() {
 }
 
 #[tokio::test]
-async fn connection_limit_answers_503() {
+async fn over_the_connection_limit_new_clients_get_503_and_existing_ones_carry_on() {
+    let origin = origin().await;
+    let echo = echo_server().await;
     let proxy = egressd()
-        .allow("api.test")
-        .proxy("max_connections = 1")
+        .allow_local("api.test")
+        .ports(&[echo.port()], &[origin.port()])
+        .proxy("max_connections = 2")
         .start();
-    let _holder = TcpStream::connect(proxy.proxy).await.unwrap();
-    // Once a worker has accepted the holder it has the only permit (the workers' listeners
-    // accept in no set order, so wait for it); the next connection is turned away.
-    eventually("the holder to be accepted", || async {
-        (proxy.metric("egressd_active_connections").await == 1.0).then_some(())
+    // The two permits: a keep-alive client that has made one request, and an open tunnel.
+    let request = http_get(&format!("api.test:{}", origin.port()), "/");
+    let mut keep_alive = TcpStream::connect(proxy.proxy).await.unwrap();
+    let response = exchange(&mut keep_alive, request.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    let mut tunnel = open_tunnel(proxy.proxy, &format!("api.test:{}", echo.port())).await;
+    eventually("the tunnel to hold the second permit", || async {
+        (proxy.metric("egressd_active_tunnels").await == 1.0).then_some(())
     })
     .await;
-    let busy = eventually("a 503 while the holder is connected", || async {
-        let response = raw_exchange(proxy.proxy, b"GET http://api.test/ HTTP/1.1\r\n\r\n").await;
-        response.starts_with("HTTP/1.1 503").then_some(response)
-    })
-    .await;
+
+    let busy = raw_exchange(proxy.proxy, request.as_bytes()).await;
+    assert!(
+        busy.starts_with("HTTP/1.1 503 too-many-connections: "),
+        "{busy}"
+    );
     assert_eq!(
         header(&busy, "x-egress-error"),
         Some("too-many-connections"),
@@ -272,6 +279,21 @@ async fn connection_limit_answers_503() {
         proxy.metric("egressd_rejected_connections_total").await,
         1.0
     );
+
+    // Both holders still work.
+    let response = exchange(&mut keep_alive, request.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    tunnel.write_all(b"still here").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let echoed = read_to_close(&mut tunnel, "the tunnel").await.unwrap();
+    assert_eq!(echoed, b"echo:still here");
+    // A permit freed is a permit for the next client.
+    drop(tunnel);
+    eventually("a new client to be served once a holder left", || async {
+        let response = one_response(proxy.proxy, request.as_bytes()).await;
+        (status(&response) == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
