@@ -59,6 +59,7 @@ impl App {
     /// was parsed from: a reload of identical text is a no-op.
     pub async fn start(config: Config, config_text: String) -> anyhow::Result<App> {
         let settings = config.proxy.clone();
+        check_open_files_limit(settings.max_connections);
         let listeners = bind_workers(settings.listen, settings.workers)
             .with_context(|| format!("cannot listen on proxy.listen {}", settings.listen))?;
         let admin_listener = TcpListener::bind(settings.admin_listen)
@@ -213,6 +214,7 @@ impl App {
         mut reload_signal: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
         tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
+        tokio::spawn(trim_after_spikes(self.admin.metrics.clone()));
         tokio::spawn(self.admin.scheduler.clone().serve(shutdown.clone()));
         let reloader = self.reloader.clone();
         let rotator = self.admin.rotator.clone();
@@ -332,4 +334,38 @@ fn open_activation_book(config: &Config, policy: &mut Policy) -> anyhow::Result<
         )
     })?;
     Ok(book)
+}
+
+/// Lifts the open-files soft limit to the hard one and says when even that cannot carry
+/// `max_connections`.
+fn check_open_files_limit(max_connections: usize) {
+    let Some(raised) = crate::util::fdlimit::raise() else {
+        return;
+    };
+    if raised.now != raised.was {
+        tracing::info!(
+            from = raised.was,
+            to = raised.now,
+            "raised the open-files limit to the hard limit"
+        );
+    }
+    if let Some(warning) = crate::util::fdlimit::shortfall(max_connections, raised.now) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// Gives the heap back to the kernel once a load spike has passed (see `util::trim`).
+async fn trim_after_spikes(metrics: Arc<Metrics>) {
+    let mut policy = crate::util::trim::TrimPolicy::default();
+    let mut every = tokio::time::interval(crate::util::trim::CHECK_EVERY);
+    loop {
+        every.tick().await;
+        let live = metrics.active_connections.get() + metrics.active_tunnels.get();
+        if policy.sample(live) {
+            let released = tokio::task::spawn_blocking(crate::util::trim::release_free_memory)
+                .await
+                .unwrap_or(false);
+            tracing::info!(live, released, "load spike over: trimmed the heap");
+        }
+    }
 }

@@ -410,6 +410,141 @@ async fn kill_9_loses_no_schedule() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Sends a JSON request to the admin API; `None` when egressd is gone (no connection, or
+/// no answer).
+async fn try_admin_json(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json: &str,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    raw.starts_with("HTTP/1.1 ")
+        .then(|| (status(&raw), body(&raw).to_string()))
+}
+
+/// The ids of the schedules egressd lists.
+async fn listed_ids(proxy: &Egressd) -> std::collections::BTreeSet<String> {
+    let (status, body) = proxy.admin_get("/v1/schedules").await;
+    assert_eq!(status, 200, "{body}");
+    json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The temp files of interrupted state writes in `dir`.
+fn temp_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
+}
+
+#[tokio::test]
+async fn kill_9_inside_a_state_write_leaves_the_last_acknowledged_state() {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    const ROUNDS: usize = 8;
+    let (port, _) = function_server().await;
+    let mut proxy = scheduler_proxy(port).start();
+    let state_dir = proxy.dir().join("state");
+    // Large payloads make each write of schedules.json long (10 × 8000 characters).
+    let payload = "p".repeat(8000);
+    let create =
+        format!(r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{payload}"}}"#);
+    let mut acknowledged = listed_ids(&proxy).await;
+    let mut landed_inside = 0;
+    for round in 0..ROUNDS {
+        // SIGKILL the moment a temp file appears in the state dir: between its creation and
+        // its rename over schedules.json, the write is under way.
+        let pid = rustix::process::Pid::from_raw(proxy.child.id() as i32).unwrap();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                let temp = event
+                    .paths
+                    .iter()
+                    .any(|p| p.to_string_lossy().ends_with(".tmp"));
+                if temp && matches!(event.kind, EventKind::Create(_)) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            })
+            .unwrap();
+        watcher
+            .watch(&state_dir, RecursiveMode::NonRecursive)
+            .unwrap();
+        // Changes until the kill: creates up to the limit of 10, then a delete.
+        let mut deleting: Option<String>;
+        loop {
+            let answer = if acknowledged.len() < 10 {
+                deleting = None;
+                try_admin_json(proxy.admin, "POST", "/v1/schedules", &create).await
+            } else {
+                let id = acknowledged.iter().next().unwrap().clone();
+                deleting = Some(id.clone());
+                let answer =
+                    try_admin_json(proxy.admin, "DELETE", &format!("/v1/schedules/{id}"), "").await;
+                if matches!(answer, Some((204, _))) {
+                    acknowledged.remove(&id);
+                }
+                answer
+            };
+            match answer {
+                Some((201, body)) => {
+                    acknowledged.insert(json(&body)["id"].as_str().unwrap().to_string());
+                }
+                Some((204, _)) => {}
+                Some(other) => panic!("round {round}: {other:?}"),
+                None => break,
+            }
+        }
+        drop(watcher);
+        proxy.child.wait().unwrap();
+        let left = temp_files(&state_dir);
+        landed_inside += usize::from(!left.is_empty());
+
+        // The file parses and holds every acknowledged change, with or without the one that
+        // was being written when the kill came; the leftover is cleaned up on start.
+        proxy = proxy.restart_stopped();
+        let restored = listed_ids(&proxy).await;
+        let gained: Vec<_> = restored.difference(&acknowledged).collect();
+        let lost: Vec<_> = acknowledged.difference(&restored).collect();
+        match &deleting {
+            // A create under way: it may be there, as one more schedule.
+            None => assert!(
+                lost.is_empty() && gained.len() <= 1,
+                "round {round}: lost {lost:?}, gained {gained:?}"
+            ),
+            // A delete under way: that schedule may be gone, nothing else.
+            Some(id) => assert!(
+                gained.is_empty() && lost.iter().all(|l| *l == id),
+                "round {round}: deleting {id}, lost {lost:?}, gained {gained:?}"
+            ),
+        }
+        assert_eq!(
+            temp_files(&state_dir),
+            Vec::<String>::new(),
+            "round {round}"
+        );
+        acknowledged = restored;
+    }
+    eprintln!("{landed_inside} of {ROUNDS} kills landed inside a write");
+    // Without a kill inside a write this test would prove nothing.
+    assert!(landed_inside >= ROUNDS / 2, "{landed_inside} of {ROUNDS}");
+}
+
 #[tokio::test]
 async fn an_https_function_is_invoked_over_verified_tls() {
     // A self-signed origin: egressd verifies against the Mozilla roots, so the run fails with

@@ -81,6 +81,9 @@ impl ActivationBook {
     ) -> (Self, Opened) {
         let now_ms = unix_ms(now);
         let file = state_dir.map(|dir| dir.join(STATE_FILE));
+        if let Some(file) = &file {
+            crate::util::fsio::remove_leftovers(file);
+        }
         let (recorded, opened) = match file.as_deref().map(read_state) {
             None | Some(Ok(None)) => (None, Opened::FirstStart),
             Some(Ok(Some(stamps))) => (Some(stamps), Opened::Restored { known: 0, new: 0 }),

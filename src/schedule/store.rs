@@ -184,6 +184,7 @@ impl FileStore {
             path: file.clone(),
             message,
         };
+        crate::util::fsio::remove_leftovers(&file);
         let schedules = match std::fs::read(&file) {
             Ok(bytes) => {
                 let state: StateFile =

@@ -19,6 +19,36 @@ pub fn replace_keeping_mode(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(file, bytes, Some(meta))
 }
 
+/// Removes the temp files an interrupted [`write_atomically`] of `file` left behind (a crash
+/// or `kill -9` between creating one and renaming it). Call it when opening `file`, before
+/// this process writes it: every temp file then is a leftover. Returns how many it removed.
+pub fn remove_leftovers(file: &Path) -> usize {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return 0;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let leftover = entry.file_name();
+        let leftover = leftover.to_string_lossy();
+        if leftover.starts_with(&prefix) && leftover.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temp file an interrupted write left");
+                    removed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a temp file an interrupted write left")
+                }
+            }
+        }
+    }
+    removed
+}
+
 fn write_with(file: &Path, bytes: &[u8], like: Option<std::fs::Metadata>) -> std::io::Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().expect("a state file has a directory");
@@ -46,4 +76,35 @@ fn write_with(file: &Path, bytes: &[u8], like: Option<std::fs::Metadata>) -> std
     }
     written?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_this_file_go_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("schedules.json");
+        write_atomically(&file, b"{}").unwrap();
+        let keep = [
+            "schedules.json",
+            "activation.json",
+            ".activation.json.7.0.tmp",
+            "schedules.json.tmp",
+        ];
+        let gone = [".schedules.json.7.0.tmp", ".schedules.json.1.12.tmp"];
+        for name in keep.iter().chain(&gone) {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_leftovers(&file), gone.len());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<&str> = keep.to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
+    }
 }

@@ -4,6 +4,8 @@
 
 pub mod body;
 pub mod deadline;
+pub mod fdlimit;
 pub mod fsio;
 pub mod listener;
 pub mod time;
+pub mod trim;
