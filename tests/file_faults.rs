@@ -434,3 +434,52 @@ async fn a_read_only_state_dir_refuses_changes_keeps_serving_and_loses_nothing()
     let persisted = std::fs::read_to_string(state.join("schedules.json")).unwrap();
     assert!(persisted.contains("0 4 * * *"), "{persisted}");
 }
+
+#[tokio::test]
+async fn a_function_undeployed_while_the_state_dir_is_read_only_is_not_invoked() {
+    let origin = origin().await;
+    let proxy = api_proxy(&origin)
+        .table(&tick_function(&origin))
+        .unprivileged()
+        .start();
+    let id = create_first_schedule(&proxy).await;
+    let state = proxy.dir().join("state");
+
+    set_mode(&state, 0o555);
+    // Undeployed: the reload applies, but its schedules cannot be deleted (logged, naming
+    // the file)...
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let undeployed = text.replace("state = \"productive\"", "state = \"undeployed\"");
+    write_file(&proxy.config_path, &undeployed, Write::Rename);
+    proxy.wait_generation_above(1).await;
+    let error = format!(
+        "cannot write {}: Permission denied",
+        state.join("schedules.json").display()
+    );
+    proxy
+        .wait_for_line(|l| {
+            l["message"] == "cannot delete the schedules of an undeployed function"
+                && problem(l).starts_with(&error)
+        })
+        .await;
+    // ...and a run of the schedule left behind does not invoke the function.
+    let run = format!("/v1/schedules/{id}/run");
+    let (status, body) = proxy.admin_post(&run, None).await;
+    assert_eq!(status, 200, "{body}");
+    let runs = |outcome: &str| {
+        format!("egressd_schedule_runs_total{{schedule=\"{id}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(proxy.metric(&runs("success")).await, 0.0);
+    assert_eq!(proxy.metric(&runs("failure")).await, 1.0);
+
+    // Writable again, the run is recorded with its reason.
+    set_mode(&state, 0o755);
+    let (status, body) = proxy.admin_post(&run, None).await;
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["last_status"], "undeployed", "{view}");
+    assert_eq!(
+        view["last_reason"], "function \"tick\" is not deployed",
+        "{view}"
+    );
+}
