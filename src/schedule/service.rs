@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::cron::CronExpr;
-use super::function::Functions;
+use super::function::{DeployState, Functions};
 use super::invoke::invoke;
 use super::runner::{plan, sleep_until_next};
 use super::store::{RunRecord, RunState, Schedule, ScheduleStore, StoreError};
@@ -103,7 +103,14 @@ impl Scheduler {
     }
 
     async fn invoke(&self, schedule: &Schedule, nominal: DateTime<Utc>) -> RunRecord {
-        match self.functions().get(&schedule.function).cloned() {
+        // Only a productive function is invoked. Undeploying one deletes its schedules, but
+        // not while state_dir cannot be written: they then stay until a restart deletes
+        // them, and must not go on invoking the function meanwhile.
+        let functions = self.functions();
+        let productive = functions
+            .get(&schedule.function)
+            .filter(|f| f.state == DeployState::Productive);
+        match productive.cloned() {
             Some(function) => {
                 invoke(&self.egress, &function, schedule, nominal, self.timeout).await
             }

@@ -4,6 +4,8 @@
 //! `allow_private_cidrs = ["127.0.0.0/8"]` so loopback origins are reachable.
 #![allow(dead_code)]
 
+pub mod mtls;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,9 +33,84 @@ pub struct Egressd {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
-    dir: Option<tempfile::TempDir>,
+    /// The test's files: the config and the state dir, and whatever the test put beside them.
+    dir: PathBuf,
+    /// Removed on drop; `None` when the test keeps the directory itself.
+    tempdir: Option<tempfile::TempDir>,
     pub config_path: PathBuf,
+    /// Kept for restarts.
+    run_as: RunAs,
     logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// The user egressd runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunAs {
+    /// The test process's own user (root in CI).
+    Invoker,
+    /// nobody/nogroup when the tests run as root, so that file permissions apply to egressd;
+    /// the invoker otherwise, for whom they apply already.
+    Unprivileged,
+}
+
+/// The uid and gid of nobody/nogroup, whom [`EgressdBuilder::unprivileged`] runs egressd as.
+pub const NOBODY: u32 = 65534;
+
+/// Whether the tests run as root, for whom a chmod 000 file is as readable as any.
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").expect("procfs").uid() == 0
+}
+
+/// Sets the permission bits of `path` (`0o000`: unreadable for anyone but root).
+pub fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl RunAs {
+    /// The `egressd` command run as this user. Unprivileged under root, `dir` (the test's
+    /// files) and everything in it is given to nobody first.
+    fn command(self, dir: &std::path::Path) -> Command {
+        let mut cmd = Command::new(BIN);
+        if self == RunAs::Unprivileged && running_as_root() {
+            use std::os::unix::process::CommandExt;
+            assert_others_can_reach(std::path::Path::new(BIN));
+            assert_others_can_reach(dir);
+            chown_all(dir, NOBODY);
+            cmd.uid(NOBODY).gid(NOBODY);
+        }
+        cmd
+    }
+}
+
+/// Panics unless every directory above `path` lets other users through (as /tmp does).
+fn assert_others_can_reach(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for parent in path
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        let mode = std::fs::metadata(parent).unwrap().permissions().mode();
+        assert!(
+            mode & 0o001 != 0,
+            "egressd runs as nobody here, who cannot enter {} (mode {mode:o}): {}",
+            parent.display(),
+            path.display()
+        );
+    }
+}
+
+/// `chown -R id:id path`.
+fn chown_all(path: &std::path::Path, id: u32) {
+    std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_all(&entry.unwrap().path(), id);
+        }
+    }
 }
 
 /// Builder for an egressd config; `[proxy]` listens on free loopback ports.
@@ -44,6 +121,7 @@ pub struct EgressdBuilder {
     /// Raw TOML between `[dns]` and `[allowlist]` (e.g. `[[mtls]]` tables).
     tables: Vec<String>,
     domains: Vec<String>,
+    run_as: RunAs,
 }
 
 /// egressd allowing `api.test` (resolved to loopback) for plain HTTP on `origin`'s port; only
@@ -77,6 +155,7 @@ pub fn egressd() -> EgressdBuilder {
         dns_lines: Vec::new(),
         tables: Vec::new(),
         domains: Vec::new(),
+        run_as: RunAs::Invoker,
     }
 }
 
@@ -84,6 +163,14 @@ impl EgressdBuilder {
     /// Adds a raw `key = value` line to `[proxy]`.
     pub fn proxy(mut self, line: &str) -> Self {
         self.proxy_lines.push(line.to_string());
+        self
+    }
+
+    /// Runs egressd as nobody when the tests run as root (CI does), so that permission faults
+    /// show: root reads a chmod 000 file anyway. The test's directory is given to nobody so
+    /// that egressd can run at all. Not root, it changes nothing.
+    pub fn unprivileged(mut self) -> Self {
+        self.run_as = RunAs::Unprivileged;
         self
     }
 
@@ -173,18 +260,69 @@ impl EgressdBuilder {
         text
     }
 
-    /// Writes the config, starts the binary and waits for its listening line.
+    /// Writes the config as `dir/egressd.toml`, with the state dir `dir/state`.
+    pub fn write_config(&self, dir: &std::path::Path) -> PathBuf {
+        let config_path = dir.join("egressd.toml");
+        std::fs::write(&config_path, self.config_text(&dir.join("state"))).unwrap();
+        config_path
+    }
+
+    /// Writes the config in a new temp dir, starts the binary and waits for its listening
+    /// line.
     pub fn start(self) -> Egressd {
         let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("egressd.toml");
-        std::fs::write(&config_path, self.config_text(&dir.path().join("state"))).unwrap();
-        Egressd::spawn(dir, config_path)
+        let config_path = self.write_config(dir.path());
+        Egressd::launch(
+            dir.path().to_path_buf(),
+            Some(dir),
+            config_path,
+            self.run_as,
+        )
+    }
+
+    /// Like [`EgressdBuilder::start`], in `dir`, which holds the test's other files (e.g.
+    /// certificates) and which the test keeps.
+    pub fn start_in(self, dir: &std::path::Path) -> Egressd {
+        let config_path = self.write_config(dir);
+        Egressd::launch(dir.to_path_buf(), None, config_path, self.run_as)
+    }
+
+    /// Runs `egressd run` on `config` for a start that must fail: waits (bounded) for the exit
+    /// and returns its code and stderr.
+    pub async fn run_to_exit(&self, config: &std::path::Path) -> (Option<i32>, String) {
+        let dir = config.parent().expect("the config is in the test's dir");
+        let mut cmd = tokio::process::Command::from(self.run_as.command(dir));
+        cmd.args(["run", "--config"]).arg(config).kill_on_drop(true);
+        let out = tokio::time::timeout(PATIENCE, cmd.output())
+            .await
+            .expect("egressd to exit")
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
 impl Egressd {
+    /// Starts the binary, as the test's user, on `config_path` in `dir`.
     pub fn spawn(dir: tempfile::TempDir, config_path: PathBuf) -> Egressd {
-        let mut child = Command::new(BIN)
+        Egressd::launch(
+            dir.path().to_path_buf(),
+            Some(dir),
+            config_path,
+            RunAs::Invoker,
+        )
+    }
+
+    fn launch(
+        dir: PathBuf,
+        tempdir: Option<tempfile::TempDir>,
+        config_path: PathBuf,
+        run_as: RunAs,
+    ) -> Egressd {
+        let mut child = run_as
+            .command(&dir)
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -217,15 +355,17 @@ impl Egressd {
             proxy: addr("proxy"),
             admin: addr("admin"),
             child,
-            dir: Some(dir),
+            dir,
+            tempdir,
             config_path,
+            run_as,
             logs,
         }
     }
 
     /// The temp dir holding the config and the state dir.
     pub fn dir(&self) -> &std::path::Path {
-        self.dir.as_ref().expect("dir").path()
+        &self.dir
     }
 
     /// Stops with SIGTERM and starts again on the same config and state dir.
@@ -236,8 +376,13 @@ impl Egressd {
 
     /// Starts again after the process was stopped (see [`Egressd::terminate`]).
     pub fn restart_stopped(mut self) -> Egressd {
-        let dir = self.dir.take().expect("dir");
-        Egressd::spawn(dir, self.config_path.clone())
+        let tempdir = self.tempdir.take();
+        Egressd::launch(
+            self.dir.clone(),
+            tempdir,
+            self.config_path.clone(),
+            self.run_as,
+        )
     }
 
     /// Replaces the `domains = [...]` line of the config, writing the file the way `how` says.
