@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use egressd_bench::peers::{self, Env, Kind};
 use egressd_bench::relay::{self, RelayKind};
 use egressd_bench::report::{self, Context};
-use egressd_bench::scenarios::{self, Settings};
+use egressd_bench::scenarios::{self, Scenario, Settings};
 use egressd_bench::upstream::{self, TlsUpstreamAddrs, UpstreamAddrs};
 use egressd_bench::{chart, pki, LOOPBACK};
 use tokio::net::TcpListener;
@@ -58,6 +58,15 @@ struct RunArgs {
     /// Measured seconds per run [default: 2, or 0.3 with --quick].
     #[arg(long)]
     seconds: Option<f64>,
+    /// An extra `[proxy]` line for egressd's config (repeatable), e.g. `--egressd-proxy
+    /// 'workers = 1'`, for A/B runs with --scenario.
+    #[arg(long)]
+    egressd_proxy: Vec<String>,
+    /// Only these scenarios (comma separated: keep-alive, per-request, bulk-1, bulk-4,
+    /// new-tunnels), for A/B runs and profiling: medians with CPU and context switches per
+    /// operation are printed, and no report is written.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +219,26 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
         (None, false) => root.join("bench").join("ratios.png"),
         (None, true) => scratch.path().join("ratios.png"),
     };
+    if !args.scenario.is_empty() {
+        let chosen = selected_scenarios(&args.scenario)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async {
+            let (upstream_process, line) =
+                peers::spawn_harness_child(&std::env::current_exe()?, "upstream", &[])?;
+            let env = Env {
+                upstream: UpstreamAddrs::from_line(&line)?,
+                harness: std::env::current_exe()?,
+                egressd,
+                egressd_log: args.egressd_log.clone(),
+                egressd_proxy: args.egressd_proxy.clone(),
+            };
+            let done = scenarios::run_focused(settings, &env, &kinds, &chosen).await;
+            drop(upstream_process);
+            done
+        });
+    }
     let mut context = Context::gather(invocation());
     let harness = std::env::current_exe()?;
 
@@ -223,6 +252,7 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
             harness,
             egressd,
             egressd_log: args.egressd_log.clone(),
+            egressd_proxy: args.egressd_proxy.clone(),
         };
         let outcome = scenarios::run(settings, &env, &kinds, fd_limit).await;
         drop(upstream_process);
@@ -249,6 +279,24 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn selected_scenarios(names: &[String]) -> anyhow::Result<Vec<Scenario>> {
+    names
+        .iter()
+        .map(|name| {
+            Scenario::ALL
+                .into_iter()
+                .find(|s| s.key() == name)
+                .with_context(|| {
+                    let keys: Vec<&str> = Scenario::ALL.iter().map(|s| s.key()).collect();
+                    format!(
+                        "unknown scenario {name:?} (choose from {})",
+                        keys.join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {

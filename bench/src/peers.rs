@@ -171,6 +171,8 @@ pub struct Env {
     pub egressd: PathBuf,
     /// `RUST_LOG` for egressd.
     pub egressd_log: String,
+    /// Extra `[proxy]` lines for egressd (`--egressd-proxy`), for A/B runs.
+    pub egressd_proxy: Vec<String>,
 }
 
 /// A running path.
@@ -459,9 +461,13 @@ fn egressd_config(
     admin: SocketAddr,
     tunnel_relay: Option<&str>,
 ) -> String {
-    let relay = tunnel_relay
+    let mut relay = tunnel_relay
         .map(|r| format!("tunnel_relay = \"{r}\"\n"))
         .unwrap_or_default();
+    for line in &env.egressd_proxy {
+        relay.push_str(line);
+        relay.push('\n');
+    }
     format!(
         r#"[proxy]
 listen = "{addr}"

@@ -109,6 +109,17 @@ impl Scenario {
     }
 
     /// Short name, for progress lines and the chart.
+    /// The name `--scenario` takes.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive => "keep-alive",
+            Scenario::PerRequest => "per-request",
+            Scenario::Bulk1 => "bulk-1",
+            Scenario::Bulk4 => "bulk-4",
+            Scenario::NewTunnels => "new-tunnels",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Scenario::KeepAlive => "keep-alive req/s",
@@ -506,4 +517,51 @@ async fn idle_memory(kind: Kind, env: &Env, count: usize) -> anyhow::Result<Memo
         before_kib,
         after_kib,
     })
+}
+
+/// A quick comparison for A/B runs and profiling: only `chosen` scenarios, each path's median
+/// with its CPU and context switches per operation, printed; nothing written.
+pub async fn run_focused(
+    settings: Settings,
+    env: &Env,
+    kinds: &[Kind],
+    chosen: &[Scenario],
+) -> anyhow::Result<()> {
+    let mut subjects = Vec::new();
+    for &kind in kinds {
+        if let Some(subject) = start_checked(kind, env).await? {
+            subjects.push(subject);
+        }
+    }
+    for &scenario in chosen {
+        let subjects: Vec<&Subject> = subjects
+            .iter()
+            .filter(|s| scenario.runs_on(s.kind))
+            .collect();
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); subjects.len()];
+        for _ in 0..settings.reps {
+            for (subject, runs) in subjects.iter().zip(samples.iter_mut()) {
+                runs.push(measure(scenario, subject, env, &settings).await);
+            }
+        }
+        for (subject, runs) in subjects.iter().zip(samples) {
+            let median = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                let mut v: Vec<f64> = runs.iter().filter_map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            println!(
+                "{:<16} {:<20} {:>12.2} {:<8} p50 {:>7.0} µs  cpu/op {:>8.1}  ctxsw/op {:>6.2}  errors {}",
+                scenario.key(),
+                subject.kind.name(),
+                median(&|s| Some(s.value)),
+                scenario.unit(),
+                median(&|s| s.latency.as_ref().map(|l| l.p50)),
+                median(&|s| s.cpu_per_op),
+                median(&|s| s.switches_per_op),
+                runs.iter().map(|s| s.errors).sum::<u64>(),
+            );
+        }
+    }
+    Ok(())
 }

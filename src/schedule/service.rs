@@ -26,6 +26,10 @@ use crate::metrics::Metrics;
 /// The longest sleep between checks: new schedules wake the loop at once anyway.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// How often the schedules of an undeployed function are deleted again after the store
+/// could not be written.
+const UNDEPLOY_RETRY: Duration = Duration::from_secs(5);
+
 pub struct Scheduler {
     pub store: Arc<dyn ScheduleStore>,
     egress: Arc<EgressClient>,
@@ -67,6 +71,17 @@ impl Scheduler {
     /// that are no longer productive (undeployed or removed). Redeploying does not bring
     /// them back.
     pub fn set_functions(&self, functions: Functions) {
+        self.delete_undeployed(&functions, false);
+        self.functions.store(Arc::new(functions));
+        // The loop retries what could not be deleted, and stops planning it.
+        self.wake.notify_one();
+    }
+
+    /// Deletes the schedules of functions `functions` does not have as productive; returns
+    /// whether some are left because the store could not be written (`state_dir` read-only
+    /// or full). `retry` marks a later attempt, which logs only its success.
+    fn delete_undeployed(&self, functions: &Functions, retry: bool) -> bool {
+        let mut left = false;
         for schedule in self.store.list() {
             if functions.is_productive(&schedule.function) {
                 continue;
@@ -79,11 +94,14 @@ impl Scheduler {
                 ),
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::error!(error = %err, "cannot delete the schedules of an undeployed function")
+                    left = true;
+                    if !retry {
+                        tracing::error!(error = %err, "cannot delete the schedules of an undeployed function; retrying every {UNDEPLOY_RETRY:?}");
+                    }
                 }
             }
         }
-        self.functions.store(Arc::new(functions));
+        left
     }
 
     /// Plans the new schedule at once.
@@ -130,10 +148,18 @@ impl Scheduler {
         let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
             let now = Utc::now();
+            let functions = self.functions();
+            let mut sleep = MAX_SLEEP;
+            if self.delete_undeployed(&functions, true) {
+                sleep = UNDEPLOY_RETRY;
+            }
             let schedules = self.store.list();
             handled.retain(|id, _| schedules.iter().any(|s| &s.id == id));
-            let mut sleep = MAX_SLEEP;
             for schedule in &schedules {
+                // Left only because its deletion failed: never planned, never fired.
+                if !functions.is_productive(&schedule.function) {
+                    continue;
+                }
                 let Ok(cron) = CronExpr::parse(&schedule.cron) else {
                     continue;
                 };
