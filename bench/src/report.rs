@@ -439,6 +439,12 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>) -> String {
             t.verdict()
         );
     }
+    if targets(o).iter().any(|t| t.pass == Some(false)) {
+        let _ = writeln!(
+            md,
+            "\nWhere the time goes on the paths that miss, with the profiles and the commands that took them: [bench/PROFILE.md](bench/PROFILE.md)."
+        );
+    }
     if let Some(chart) = chart {
         let _ = writeln!(md, "\n![Ratios to direct and to the faster relay]({chart})");
     }

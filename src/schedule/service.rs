@@ -122,8 +122,8 @@ impl Scheduler {
 
     async fn invoke(&self, schedule: &Schedule, nominal: DateTime<Utc>) -> RunRecord {
         // Only a productive function is invoked. Undeploying one deletes its schedules, but
-        // not while state_dir cannot be written: they then stay until a restart deletes
-        // them, and must not go on invoking the function meanwhile.
+        // not while state_dir cannot be written: they then stay until a retry deletes them,
+        // and "run now" must not invoke the function meanwhile.
         let functions = self.functions();
         let productive = functions
             .get(&schedule.function)
