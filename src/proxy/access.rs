@@ -411,15 +411,14 @@ impl Body for LoggedBody {
     }
 }
 
-/// A connection hyper closed on an unreadable request head: a line that is not HTTP/1.x, an
-/// invalid header, a head over `max_header_bytes`, or a head still incomplete after
-/// `header_read_timeout`. hyper answers the parse errors itself, with a bare `400`, `414` or
-/// `431` (it offers no hook to add `X-Egress-Error`), and the timeout with a close; the access
-/// log and `egressd_requests_total` still see each one, with hyper's reason.
-pub fn unreadable_head(metrics: &Metrics, client: SocketAddr, err: &hyper::Error) {
-    let (kind, status) = if err.is_timeout() {
-        (ErrorKind::ClientTimeout, 0)
-    } else if err.is_parse_too_large() {
+/// A connection hyper closed on an unparsable request head: a line that is not HTTP/1.x, an
+/// invalid header, a head over `max_header_bytes`. hyper answers these itself, with a bare
+/// `400`, `414` or `431` (it offers no hook to add `X-Egress-Error`); the access log and
+/// `egressd_requests_total` still see each one, with hyper's reason. (`header_read_timeout`
+/// is left out: hyper reports it the same way for a keep-alive connection that was merely
+/// idle between requests, which is no failed request.)
+pub fn unparsable_head(metrics: &Metrics, client: SocketAddr, err: &hyper::Error) {
+    let (kind, status) = if err.is_parse_too_large() {
         (ErrorKind::BadRequest, 431)
     } else if err.is_parse() {
         (ErrorKind::BadRequest, 400)

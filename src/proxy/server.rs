@@ -153,7 +153,7 @@ async fn serve_connection(
         _ = revoked.cancelled() => return,
     };
     if let Err(err) = result {
-        access::unreadable_head(&metrics, client, &err);
+        access::unparsable_head(&metrics, client, &err);
         tracing::debug!(%client, error = %err, "client connection ended with an error");
     }
 }
