@@ -63,7 +63,7 @@ struct RunArgs {
     #[arg(long)]
     egressd_proxy: Vec<String>,
     /// Only these scenarios (comma separated: keep-alive, per-request, bulk-1, bulk-4,
-    /// new-tunnels), for A/B runs and profiling: medians with CPU and context switches per
+    /// new-tunnels, idle-tunnels), for A/B runs and profiling: medians with CPU and context switches per
     /// operation are printed, and no report is written.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
@@ -220,7 +220,14 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
         (None, true) => scratch.path().join("ratios.png"),
     };
     if !args.scenario.is_empty() {
-        let chosen = selected_scenarios(&args.scenario)?;
+        let idle = args.scenario.iter().any(|s| s == "idle-tunnels");
+        let named: Vec<String> = args
+            .scenario
+            .iter()
+            .filter(|s| *s != "idle-tunnels")
+            .cloned()
+            .collect();
+        let chosen = selected_scenarios(&named)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -234,7 +241,7 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
                 egressd_log: args.egressd_log.clone(),
                 egressd_proxy: args.egressd_proxy.clone(),
             };
-            let done = scenarios::run_focused(settings, &env, &kinds, &chosen).await;
+            let done = scenarios::run_focused(settings, &env, &kinds, &chosen, idle).await;
             drop(upstream_process);
             done
         });

@@ -526,6 +526,7 @@ pub async fn run_focused(
     env: &Env,
     kinds: &[Kind],
     chosen: &[Scenario],
+    idle_tunnels: bool,
 ) -> anyhow::Result<()> {
     let mut subjects = Vec::new();
     for &kind in kinds {
@@ -561,6 +562,21 @@ pub async fn run_focused(
                 median(&|s| s.switches_per_op),
                 runs.iter().map(|s| s.errors).sum::<u64>(),
             );
+        }
+    }
+    drop(subjects);
+    if idle_tunnels {
+        for &kind in kinds.iter().filter(|k| **k != Kind::Direct && **k != Kind::EgressdCopy) {
+            for _ in 0..settings.memory_reps {
+                let sample = idle_memory(kind, env, settings.idle_tunnels).await?;
+                println!(
+                    "idle-tunnels     {:<20} {} of {} open, {:.2} KiB each",
+                    kind.name(),
+                    sample.reached,
+                    sample.target,
+                    sample.per_tunnel_kib().unwrap_or(f64::NAN)
+                );
+            }
         }
     }
     Ok(())

@@ -119,10 +119,16 @@ impl Proxy {
                 Ok(parts) => {
                     // The relay has its own idle timeout; it takes the bare socket.
                     let mut client = parts.io.into_inner().into_inner();
-                    let early = match proxy
-                        .check_first_flight(&mut client, parts.read_buf, &upstream, &target, &registration.live)
-                        .await
-                    {
+                    // Boxed: the check's state is freed once it is done, instead of
+                    // staying in every tunnel's task for the tunnel's whole life.
+                    let check = Box::pin(proxy.check_first_flight(
+                        &mut client,
+                        parts.read_buf,
+                        &upstream,
+                        &target,
+                        &registration.live,
+                    ));
+                    let early = match check.await {
                         Ok(early) => early,
                         Err((denial, end)) => {
                             metrics.active_tunnels.dec();
