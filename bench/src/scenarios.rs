@@ -566,7 +566,10 @@ pub async fn run_focused(
     }
     drop(subjects);
     if idle_tunnels {
-        for &kind in kinds.iter().filter(|k| **k != Kind::Direct && **k != Kind::EgressdCopy) {
+        for &kind in kinds
+            .iter()
+            .filter(|k| **k != Kind::Direct && **k != Kind::EgressdCopy)
+        {
             for _ in 0..settings.memory_reps {
                 let sample = idle_memory(kind, env, settings.idle_tunnels).await?;
                 println!(
