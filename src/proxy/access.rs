@@ -6,6 +6,7 @@
 //! carries its reason three times — `X-Egress-Denied`/`X-Egress-Error`, the text body, and
 //! the reason phrase of the status line, which is all most clients show of a failed CONNECT.
 
+use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -309,21 +310,64 @@ impl Drop for AccessRecord {
             (None, Outcome::Allowed) => "",
             (None, outcome) => outcome.reason(),
         };
+        AccessLine {
+            client: self.client,
+            method: &self.method,
+            target: &self.logged_target(),
+            raw_target: &self.raw_target,
+            decision: self.outcome.decision(),
+            reason,
+            rule: &rule,
+            status: self.status,
+            bytes_up: up,
+            bytes_down: down,
+            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            tunnel_end: self.tunnel_end.map(TunnelEnd::as_str).unwrap_or(""),
+            redirect_denied: self.redirect.as_deref().unwrap_or(""),
+            detail: None,
+        }
+        .emit();
+    }
+}
+
+/// One access-log line: the one schema every request, tunnel and unparsable head is logged
+/// with.
+struct AccessLine<'a> {
+    client: SocketAddr,
+    method: &'a dyn Display,
+    target: &'a dyn Display,
+    raw_target: &'a dyn Display,
+    decision: &'static str,
+    reason: &'a str,
+    rule: &'a str,
+    status: u16,
+    bytes_up: u64,
+    bytes_down: u64,
+    duration_ms: f64,
+    tunnel_end: &'a str,
+    redirect_denied: &'a str,
+    /// Why a request head could not be parsed; left out of the line when `None`.
+    detail: Option<&'a dyn Display>,
+}
+
+impl AccessLine<'_> {
+    fn emit(&self) {
         tracing::info!(
             target: "egressd::access",
             client = %self.client,
             method = %self.method,
-            target = %self.logged_target(),
+            target = %self.target,
             raw_target = %self.raw_target,
-            decision = self.outcome.decision(),
-            reason,
-            rule,
+            decision = self.decision,
+            reason = self.reason,
+            rule = self.rule,
             status = self.status,
-            bytes_up = up,
-            bytes_down = down,
-            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            tunnel_end = self.tunnel_end.map(TunnelEnd::as_str).unwrap_or(""),
-            redirect_denied = self.redirect.as_deref().unwrap_or(""),
+            bytes_up = self.bytes_up,
+            bytes_down = self.bytes_down,
+            duration_ms = self.duration_ms,
+            tunnel_end = self.tunnel_end,
+            redirect_denied = self.redirect_denied,
+            detail = self.detail.map(tracing::field::display),
         );
     }
 }
@@ -426,23 +470,23 @@ pub fn unparsable_head(metrics: &Metrics, client: SocketAddr, err: &hyper::Error
         return;
     };
     metrics.request(Protocol::Http, Outcome::Failed(kind));
-    tracing::info!(
-        target: "egressd::access",
-        client = %client,
-        method = "",
-        target = "",
-        raw_target = "",
-        decision = "error",
-        reason = kind.as_str(),
-        rule = "",
+    AccessLine {
+        client,
+        method: &"",
+        target: &"",
+        raw_target: &"",
+        decision: Outcome::Failed(kind).decision(),
+        reason: kind.as_str(),
+        rule: "",
         status,
-        detail = %err,
-        bytes_up = 0,
-        bytes_down = 0,
-        duration_ms = 0.0,
-        tunnel_end = "",
-        redirect_denied = "",
-    );
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0.0,
+        tunnel_end: "",
+        redirect_denied: "",
+        detail: Some(err),
+    }
+    .emit();
 }
 
 #[cfg(test)]
