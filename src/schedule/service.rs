@@ -81,14 +81,19 @@ impl Scheduler {
     /// whether some are left because the store could not be written (`state_dir` read-only
     /// or full). `retry` marks a later attempt, which logs only its success.
     fn delete_undeployed(&self, functions: &Functions, retry: bool) -> bool {
+        // Each function once, however many schedules it has: one write, one error.
+        let undeployed: std::collections::BTreeSet<String> = self
+            .store
+            .list()
+            .into_iter()
+            .map(|schedule| schedule.function)
+            .filter(|function| !functions.is_productive(function))
+            .collect();
         let mut left = false;
-        for schedule in self.store.list() {
-            if functions.is_productive(&schedule.function) {
-                continue;
-            }
-            match self.store.delete_for_function(&schedule.function) {
+        for function in undeployed {
+            match self.store.delete_for_function(&function) {
                 Ok(deleted) if !deleted.is_empty() => tracing::warn!(
-                    function = %schedule.function,
+                    function = %function,
                     schedules = deleted.len(),
                     "function undeployed: its schedules are deleted"
                 ),
