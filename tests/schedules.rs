@@ -410,28 +410,6 @@ async fn kill_9_loses_no_schedule() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Sends a JSON request to the admin API; `None` when egressd is gone (no connection, or
-/// no answer).
-async fn try_admin_json(
-    admin: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    json: &str,
-) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-        json.len()
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    raw.starts_with("HTTP/1.1 ")
-        .then(|| (status(&raw), body(&raw).to_string()))
-}
-
 /// The ids of the schedules egressd lists.
 async fn listed_ids(proxy: &Egressd) -> std::collections::BTreeSet<String> {
     let (status, body) = proxy.admin_get("/v1/schedules").await;
@@ -490,12 +468,13 @@ async fn kill_9_inside_a_state_write_leaves_the_last_acknowledged_state() {
         loop {
             let answer = if acknowledged.len() < 10 {
                 deleting = None;
-                try_admin_json(proxy.admin, "POST", "/v1/schedules", &create).await
+                proxy.try_admin_json("POST", "/v1/schedules", &create).await
             } else {
                 let id = acknowledged.iter().next().unwrap().clone();
                 deleting = Some(id.clone());
-                let answer =
-                    try_admin_json(proxy.admin, "DELETE", &format!("/v1/schedules/{id}"), "").await;
+                let answer = proxy
+                    .try_admin_json("DELETE", &format!("/v1/schedules/{id}"), "")
+                    .await;
                 if matches!(answer, Some((204, _))) {
                     acknowledged.remove(&id);
                 }

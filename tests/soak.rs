@@ -124,18 +124,8 @@ async fn client_loop(proxy: SocketAddr, port: u16, tally: Arc<Tally>, stop: toki
 /// caps `tunnels` at what it allows: each tunnel costs this process two sockets, its
 /// client's and the echo server's.
 fn fit_in_open_files_limit(tunnels: u64) -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(hard),
-                maximum: Some(hard),
-            },
-        );
-    }
-    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // egressd's own start-up raise, applied to this process.
+    let soft = egressd::util::fdlimit::raise().map_or(u64::MAX, |raised| raised.now);
     let fit = soft.saturating_sub(512) / 2;
     if fit < tunnels {
         eprintln!("open-files limit {soft}: {fit} tunnels instead of {tunnels}");

@@ -432,11 +432,25 @@ impl Egressd {
 
     /// Sends `method path` with a JSON body to the admin listener; returns status and body.
     pub async fn admin_json(&self, method: &str, path: &str, json: &str) -> (u16, String) {
-        self.admin_request(&format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-            json.len()
-        ))
-        .await
+        self.admin_request(&json_request(method, path, json)).await
+    }
+
+    /// Like [`Egressd::admin_json`], for a test that may have killed egressd: `None` when
+    /// there is no connection or no answer.
+    pub async fn try_admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        json: &str,
+    ) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(self.admin).await.ok()?;
+        let request = json_request(method, path, json);
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let raw = String::from_utf8_lossy(&raw).into_owned();
+        raw.starts_with("HTTP/1.1 ")
+            .then(|| (status(&raw), body(&raw).to_string()))
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -824,6 +838,14 @@ pub async fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
 /// `GET http://{authority}{path}` in absolute form, with a matching Host header.
 pub fn http_get(authority: &str, path: &str) -> String {
     format!("GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+}
+
+/// `method path` to the admin API with a JSON body, on a connection closed after it.
+fn json_request(method: &str, path: &str, json: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    )
 }
 
 /// The status code of a raw response.
