@@ -248,7 +248,9 @@ async fn a_rotated_client_certificate_is_presented_and_a_broken_one_keeps_the_ol
     let port = mtls_upstream(&server_ca, "payments.test", &client_ca).await;
     let files = Files::new();
     write_identity(&files, &client_ca, "first", &server_ca);
-    let proxy = mtls_proxy(&files, port, "").start();
+    // One worker: each worker pools its own upstream connections, and the rotation must be
+    // seen through the very pool that holds a connection made with the old identity.
+    let proxy = mtls_proxy(&files, port, "").proxy("workers = 1").start();
     assert_eq!(client_seen(&proxy).await, "CN=first");
 
     // A valid replacement: new connections present it (the pooled one is dropped).
