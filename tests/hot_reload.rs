@@ -9,6 +9,12 @@ use tokio::net::TcpStream;
 
 /// Starts egressd with `a.test` and `b.test` mapped to an origin, allowing `domains`.
 async fn start(domains: &[&str], delay: &str) -> (Egressd, Origin) {
+    let (builder, origin) = configure(domains, delay).await;
+    (builder.start(), origin)
+}
+
+/// [`start`]'s origin and egressd configuration, before egressd starts.
+async fn configure(domains: &[&str], delay: &str) -> (EgressdBuilder, Origin) {
     let origin = origin().await;
     let mut builder = egressd()
         .dns("a.test", "127.0.0.1")
@@ -19,7 +25,7 @@ async fn start(domains: &[&str], delay: &str) -> (Egressd, Origin) {
     for d in domains {
         builder = builder.allow(d);
     }
-    (builder.start(), origin)
+    (builder, origin)
 }
 
 /// The response to a GET to `host` through the proxy, on a connection of its own.
@@ -508,23 +514,50 @@ async fn an_unreadable_token_file_does_not_block_reloads() {
 
 #[tokio::test]
 async fn closing_a_private_range_drops_pooled_upstream_connections() {
-    let (proxy, origin) = start(&["a.test"], "0s").await;
+    // One worker, so the pool the request below fills is the only one.
+    let (builder, origin) = configure(&["a.test"], "0s").await;
+    let proxy = builder.proxy("workers = 1").start();
     let p = origin.port();
     let mut client = TcpStream::connect(proxy.proxy).await.unwrap();
     let request = http_get(&format!("a.test:{p}"), "/");
     let response = exchange(&mut client, request.as_bytes()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    // The upstream connection to 127.0.0.1 is now pooled; close the loopback range.
+    eventually("the upstream connection to be pooled", || async {
+        (upstream_connections(p) == 1).then_some(())
+    })
+    .await;
+    // Close the loopback range: the pooled connection was dialled under the old rules.
     set_line(
         &proxy.config_path,
         "allow_private_cidrs",
         "allow_private_cidrs = []",
     );
     proxy.wait_generation_above(1).await;
+    eventually("the pooled upstream connection to close", || async {
+        (upstream_connections(p) == 0).then_some(())
+    })
+    .await;
     assert_eq!(
         get(&proxy, &origin, "a.test").await,
         (403, "private-destination".to_string())
     );
+}
+
+/// Established IPv4 TCP connections to loopback `port`, from `/proc/net/tcp`: with the
+/// origin on `port`, the upstream connections egressd holds to it (the test's own clients
+/// talk to the proxy, and the origin's accepted sockets have `port` as their local end).
+fn upstream_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!(":{port:04X}");
+    const ESTABLISHED: &str = "01";
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[2].ends_with(&remote) && fields[3] == ESTABLISHED
+        })
+        .count()
 }
 
 /// The reload counters, by result.
