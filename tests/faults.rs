@@ -54,40 +54,38 @@ async fn faulty_upstream(behaviour: Upstream) -> u16 {
     port
 }
 
-/// What each open file descriptor of `proxy`'s process points at (`socket:[…]`,
-/// `pipe:[…]`, a path), so a failure can say which one was left behind.
-fn open_fds(proxy: &Egressd) -> Vec<String> {
-    let dir = format!("/proc/{}/fd", proxy.child.id());
-    let mut fds: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let target = std::fs::read_link(entry.path()).ok()?;
-            Some(format!(
-                "{}->{}",
-                entry.file_name().to_string_lossy(),
-                target.display()
-            ))
-        })
-        .collect();
-    fds.sort();
-    fds
+/// What egressd still holds when it has not settled. Displayed only in the failure, which
+/// then also lists egressd's TCP and UDP sockets as `ss` shows them, to tell which fd is which.
+struct Unsettled<'a> {
+    proxy: &'a Egressd,
+    connections: f64,
+    tunnels: f64,
+    fds: usize,
+    baseline: usize,
+    new_fds: Vec<String>,
 }
 
-/// egressd's TCP and UDP sockets as `ss` lists them, to tell a failure which fd is which.
-fn egressd_sockets(proxy: &Egressd) -> String {
-    let pid = format!("pid={},", proxy.child.id());
-    std::process::Command::new("ss")
-        .args(["-tuanpe"])
-        .output()
-        .map(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|line| line.contains(&pid))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_else(|e| format!("ss: {e}"))
+impl std::fmt::Display for Unsettled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pid = format!("pid={},", self.proxy.child.id());
+        let sockets = std::process::Command::new("ss")
+            .args(["-tuanpe"])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|line| line.contains(&pid))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|e| format!("ss: {e}"));
+        write!(
+            f,
+            "{} connections, {} tunnels, {} fds against {} at the start; new since the start: \
+             {:?}; its sockets (ss):\n{sockets}",
+            self.connections, self.tunnels, self.fds, self.baseline, self.new_fds
+        )
+    }
 }
 
 /// The fds egressd holds once no client connection or tunnel is open.
@@ -98,33 +96,33 @@ async fn settled_fds(proxy: &Egressd) -> Vec<String> {
         (connections == 0.0 && tunnels == 0.0).then_some(())
     })
     .await;
-    open_fds(proxy)
+    open_fds(proxy.child.id())
 }
 
 /// Waits until egressd holds no more fds than at `baseline`, with no client connection and
 /// no tunnel open; on timeout, names the fds it still holds beyond the baseline.
 async fn settles(proxy: &Egressd, baseline: &[String], case: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    let what = format!("{case}: resources back to the start");
+    eventually_explained(&what, || async {
         let connections = proxy.metric("egressd_active_connections").await;
         let tunnels = proxy.metric("egressd_active_tunnels").await;
-        let fds = open_fds(proxy);
+        let fds = open_fds(proxy.child.id());
         if connections == 0.0 && tunnels == 0.0 && fds.len() <= baseline.len() {
-            return;
+            return Ok(());
         }
-        if tokio::time::Instant::now() >= deadline {
-            let extra: Vec<&String> = fds.iter().filter(|fd| !baseline.contains(fd)).collect();
-            let sockets = egressd_sockets(proxy);
-            panic!(
-                "{case}: resources not back to the start after {PATIENCE:?}: \
-                 {connections} connections, {tunnels} tunnels, {} fds against {} at the start; \
-                 new since the start: {extra:?}; its sockets (ss):\n{sockets}",
-                fds.len(),
-                baseline.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(Unsettled {
+            proxy,
+            connections,
+            tunnels,
+            fds: fds.len(),
+            baseline: baseline.len(),
+            new_fds: fds
+                .into_iter()
+                .filter(|fd| !baseline.contains(fd))
+                .collect(),
+        })
+    })
+    .await
 }
 
 #[tokio::test]

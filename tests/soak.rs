@@ -142,12 +142,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// One round of load; returns the tally.
 async fn round(
     proxy: &Egressd,
@@ -286,7 +280,7 @@ async fn under_load_and_reloads_nothing_fails_and_nothing_leaks() {
             (trims() > n as usize).then_some(())
         })
         .await;
-        after.push((open_fds(pid), rss_kib(pid)));
+        after.push((open_fds(pid).len(), rss_kib(pid)));
     }
     eprintln!("after each round (fds, RSS KiB): {after:?}");
     let ((fds_1, rss_1), (fds_2, rss_2)) = (after[0], after[after.len() - 1]);

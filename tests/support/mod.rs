@@ -599,17 +599,55 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    eventually_explained(what, || {
+        let probed = probe();
+        async move { probed.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`] for a probe that says, when the event has not happened yet, what it saw
+/// instead (`Err`); the panic reports the last such state.
+/// The state is formatted only for the panic, so it may be costly to describe.
+pub async fn eventually_explained<T, E, F, Fut>(what: &str, mut probe: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Some(value) = probe().await {
-            return value;
+        let seen = match probe().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            match seen.to_string().as_str() {
+                "" => panic!("timed out waiting for {what}"),
+                seen => panic!("timed out waiting for {what}; last seen: {seen}"),
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// What each open file descriptor of process `pid` points at (`socket:[…]`, `pipe:[…]`, a
+/// path), sorted, so a failure can say which one was left behind.
+pub fn open_fds(pid: u32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some(format!(
+                "{}->{}",
+                entry.file_name().to_string_lossy(),
+                target.display()
+            ))
+        })
+        .collect();
+    fds.sort();
+    fds
 }
 
 /// An HTTP origin that reports what it received: `GET /echo` answers with the request head
