@@ -173,13 +173,15 @@ const INLINE_NAME: usize = 38;
 
 impl NameKey {
     fn new(name: &str) -> NameKey {
-        match u8::try_from(name.len()) {
-            Ok(len) if name.len() <= INLINE_NAME => {
-                let mut bytes = [0; INLINE_NAME];
-                bytes[..name.len()].copy_from_slice(name.as_bytes());
-                NameKey::Inline { len, bytes }
-            }
-            _ => NameKey::Boxed(name.into()),
+        if name.len() > INLINE_NAME {
+            return NameKey::Boxed(name.into());
+        }
+        let mut bytes = [0; INLINE_NAME];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        NameKey::Inline {
+            // At most INLINE_NAME: fits.
+            len: name.len() as u8,
+            bytes,
         }
     }
 
