@@ -691,6 +691,36 @@ async fn the_admin_api_refuses_cross_site_requests() {
             status: 403,
         },
         Case {
+            name: "the same host and port under another scheme",
+            request: format!("POST /v1/allowlist HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+            status: 403,
+        },
+        Case {
+            name: "a ws: origin",
+            request: "DELETE /v1/allowlist/keep.test HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: ws://127.0.0.1\r\nConnection: close\r\n\r\n".into(),
+            status: 403,
+        },
+        Case {
+            name: "a made-up scheme",
+            request: "DELETE /v1/allowlist/keep.test HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: evil://127.0.0.1\r\nConnection: close\r\n\r\n".into(),
+            status: 403,
+        },
+        Case {
+            name: "another port",
+            request: "DELETE /v1/allowlist/keep.test HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1:8080\r\nConnection: close\r\n\r\n".into(),
+            status: 403,
+        },
+        Case {
+            name: "a sandboxed frame's null origin",
+            request: "DELETE /v1/allowlist/keep.test HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: null\r\nConnection: close\r\n\r\n".into(),
+            status: 403,
+        },
+        Case {
+            name: "the listener's own origin passes (the entry is not there: 404)",
+            request: "DELETE /v1/allowlist/nope.test HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nConnection: close\r\n\r\n".into(),
+            status: 404,
+        },
+        Case {
             name: "a rebound name on the loopback listener",
             request: "GET /v1/schedules HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n".into(),
             status: 403,
@@ -723,4 +753,160 @@ async fn the_admin_api_refuses_cross_site_requests() {
     );
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
     assert!(!text.contains("x.test"), "nothing was written: {text}");
+    assert!(text.contains("keep.test"), "nothing was removed: {text}");
+}
+
+/// Every state-changing route against every content type: a route that reads a body takes
+/// JSON only, a route without one takes no content type or JSON's, never a form's. A refused
+/// request changes nothing.
+#[tokio::test]
+async fn every_state_change_refuses_a_body_that_is_not_declared_json() {
+    let functions = "[[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:9/invoke\"\n";
+    let proxy = egressd().allow_local("keep.test").table(functions).start();
+    let schedule = r#"{"function": "refresh-token", "cron": "@daily", "payload": "p"}"#;
+    // (method, path, body); an empty body marks a route that reads none.
+    let routes = [
+        ("POST", "/v1/reload", ""),
+        ("POST", "/v1/schedules", schedule),
+        ("DELETE", "/v1/schedules/sch_nope", ""),
+        ("POST", "/v1/schedules/sch_nope/run", ""),
+        ("POST", "/v1/allowlist", r#"{"domain": "ct.test"}"#),
+        ("DELETE", "/v1/allowlist/nope.test", ""),
+        ("POST", "/v1/trace", r#"{"url": "http://nope.test/"}"#),
+    ];
+    // (Content-Type header lines, accepted on a JSON route, accepted on a route without a body)
+    let types = [
+        ("", false, true),
+        ("Content-Type: text/plain\r\n", false, false),
+        ("Content-Type: text/plain;charset=UTF-8\r\n", false, false),
+        (
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            false,
+            false,
+        ),
+        (
+            "Content-Type: multipart/form-data; boundary=x\r\n",
+            false,
+            false,
+        ),
+        ("Content-Type: application/xml\r\n", false, false),
+        ("Content-Type: text/html\r\n", false, false),
+        ("Content-Type: application/octet-stream\r\n", false, false),
+        ("Content-Type: application/jsonx\r\n", false, false),
+        (
+            "Content-Type: application/json-patch+json\r\n",
+            false,
+            false,
+        ),
+        ("Content-Type: text/json\r\n", false, false),
+        (
+            "Content-Type: application/json; charset=latin1\r\n",
+            false,
+            false,
+        ),
+        (
+            "Content-Type: application/json\r\nContent-Type: text/plain\r\n",
+            false,
+            false,
+        ),
+        ("Content-Type: application/json\r\n", true, true),
+        (
+            "Content-Type: Application/JSON; charset=utf-8\r\n",
+            true,
+            true,
+        ),
+    ];
+    let send = |method: &str, path: &str, body: &str, content_type: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let config_before = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let mut wrong = Vec::new();
+    // Refusals first, so that "changes nothing" is checked before an accepted request changes
+    // something.
+    for accepted_pass in [false, true] {
+        for (method, path, body) in routes {
+            for (content_type, json_ok, empty_ok) in types {
+                let accepted = if body.is_empty() { empty_ok } else { json_ok };
+                if accepted != accepted_pass {
+                    continue;
+                }
+                let raw = raw_exchange(
+                    proxy.admin,
+                    send(method, path, body, content_type).as_bytes(),
+                )
+                .await;
+                let refused = status(&raw) == 415;
+                if refused == accepted {
+                    wrong.push(format!(
+                        "{method} {path} with {content_type:?}: {}",
+                        raw.lines().next().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        if !accepted_pass {
+            let (_, schedules) = proxy.admin_get("/v1/schedules").await;
+            assert_eq!(
+                schedules.trim(),
+                "[]",
+                "no refused request created a schedule"
+            );
+            let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+            assert_eq!(
+                config, config_before,
+                "no refused request edited the allowlist"
+            );
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let (_, schedules) = proxy.admin_get("/v1/schedules").await;
+    let created: Value = serde_json::from_str(&schedules).unwrap();
+    assert_eq!(
+        created.as_array().unwrap().len(),
+        2,
+        "each JSON type created one: {created}"
+    );
+}
+
+/// Bodies the API takes are JSON objects; anything else is a 400 naming what was expected.
+#[tokio::test]
+async fn json_bodies_must_be_objects() {
+    let functions = "[[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:9/invoke\"\n";
+    let proxy = egressd().allow_local("keep.test").table(functions).start();
+    let cases = [
+        ("/v1/schedules", r#"["refresh-token", "0 0 1 1 *", "pl"]"#),
+        ("/v1/schedules", r#""refresh-token""#),
+        ("/v1/schedules", "42"),
+        ("/v1/schedules", "null"),
+        ("/v1/allowlist", r#"["ct.test"]"#),
+        ("/v1/trace", r#"["http://nope.test/"]"#),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = proxy.admin_json("POST", path, body).await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        let error: Value = serde_json::from_str(&answer).unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains("expected a JSON object"),
+            "{path} {body}: {message}"
+        );
+    }
+    let (_, schedules) = proxy.admin_get("/v1/schedules").await;
+    assert_eq!(schedules.trim(), "[]");
+    let (status, answer) = proxy
+        .admin_json("POST", "/v1/allowlist", r#"{"domain": "[::1]"}"#)
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer.contains(r#"write \"::1\""#),
+        "the hint gives the accepted form: {answer}"
+    );
 }

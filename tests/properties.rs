@@ -761,6 +761,14 @@ struct Layout {
     indent: &'static str,
     /// An end-of-line comment after each entry (multi-line only).
     comments: Vec<bool>,
+    /// A comment on its own line above each entry (multi-line only).
+    above: Vec<bool>,
+    /// Each entry on the previous entry's line rather than its own (multi-line only).
+    shared: Vec<bool>,
+    /// Comment lines between the last entry and `]` (multi-line only).
+    before_close: usize,
+    /// `]` on the last entry's line when nothing in between needs a line break.
+    bracket_on_last_line: bool,
     /// `allowlist = { domains = [...] }` instead of an `[allowlist]` table.
     inline_table: bool,
     /// A comment after the closing bracket.
@@ -775,36 +783,65 @@ prop_compose! {
         trailing_comma in any::<bool>(),
         indent in prop::sample::select(&["", "  ", "    ", "\t"][..]),
         comments in prop::collection::vec(any::<bool>(), 16),
+        above in prop::collection::vec(prop::bool::weighted(0.3), 16),
+        shared in prop::collection::vec(prop::bool::weighted(0.2), 16),
+        before_close in 0..3usize,
+        bracket_on_last_line in prop::bool::weighted(0.2),
         inline_table in prop::bool::weighted(0.2),
         closing_comment in any::<bool>(),
         table_after in any::<bool>(),
     ) -> Layout {
         let multiline = multiline && !inline_table;
-        Layout { multiline, trailing_comma, indent, comments, inline_table, closing_comment, table_after }
+        Layout {
+            multiline, trailing_comma, indent, comments, above, shared, before_close,
+            bracket_on_last_line, inline_table, closing_comment, table_after,
+        }
     }
+}
+
+/// The multi-line array of `quoted` entries in `layout`.
+fn render_multiline(quoted: &[String], layout: &Layout) -> String {
+    let mut a = String::from("[");
+    let shares_line = |i: usize| i > 0 && i < quoted.len() && layout.shared[i % 16];
+    let mut ends_in_comment = false;
+    for (i, q) in quoted.iter().enumerate() {
+        if shares_line(i) {
+            a.push(' ');
+        } else {
+            a.push('\n');
+            if layout.above[i % 16] {
+                a.push_str(&format!("{}# above {i}\n", layout.indent));
+            }
+            a.push_str(layout.indent);
+        }
+        a.push_str(q);
+        if i + 1 < quoted.len() || layout.trailing_comma {
+            a.push(',');
+        }
+        ends_in_comment = !shares_line(i + 1) && layout.comments[i % 16];
+        if ends_in_comment {
+            a.push_str(&format!("  # note {i}"));
+        }
+    }
+    let bracket_follows = layout.bracket_on_last_line
+        && !quoted.is_empty()
+        && !ends_in_comment
+        && layout.before_close == 0;
+    if !bracket_follows {
+        a.push('\n');
+    }
+    for k in 0..layout.before_close {
+        a.push_str(&format!("{}# before close {k}\n", layout.indent));
+    }
+    a.push(']');
+    a
 }
 
 /// A config file with `entries` (as written, any spelling) in `layout`.
 fn render(entries: &[String], layout: &Layout) -> String {
     let quoted: Vec<String> = entries.iter().map(|e| format!("\"{e}\"")).collect();
     let array = if layout.multiline {
-        let mut a = String::from("[\n");
-        for (i, q) in quoted.iter().enumerate() {
-            let last = i + 1 == quoted.len();
-            let comma = if last && !layout.trailing_comma {
-                ""
-            } else {
-                ","
-            };
-            let comment = if layout.comments[i % 16] {
-                format!("  # note {i}")
-            } else {
-                String::new()
-            };
-            a.push_str(&format!("{}{q}{comma}{comment}\n", layout.indent));
-        }
-        a.push(']');
-        a
+        render_multiline(&quoted, layout)
     } else {
         let comma = if layout.trailing_comma && !quoted.is_empty() {
             ","
@@ -831,6 +868,13 @@ fn render(entries: &[String], layout: &Layout) -> String {
     } else {
         format!("# egressd\n{proxy}\n{body}{after}")
     }
+}
+
+/// Every comment of `text`, in order (no entry or key in these files holds a `#`).
+fn comments_of(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|line| line.find('#').map(|at| line[at..].trim_end()))
+        .collect()
 }
 
 /// The `allowlist.domains` strings of `text`, read by the `toml` crate as egressd's loader does.
@@ -872,10 +916,10 @@ fn entries() -> impl Strategy<Value = Vec<(Pattern, String)>> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Adding an entry and removing it again gives back the file byte for byte (a multi-line
-    /// array keeps the trailing comma the add wrote); in between,
-    /// the file is TOML whose `domains` are exactly the old ones plus the new one, and a second
-    /// add is refused as a duplicate.
+    /// Adding an entry and removing it again gives back the file byte for byte, whatever
+    /// comments stand before, after and beside the entries and the closing bracket; in
+    /// between, the file is TOML whose `domains` are exactly the old ones plus the new one,
+    /// every comment is still there, and a second add is refused as a duplicate.
     #[test]
     fn add_then_remove_gives_back_the_file(
         entries in entries(),
@@ -891,21 +935,15 @@ proptest! {
         let mut want = patterns.clone();
         want.push(new.clone());
         prop_assert_eq!(domains_in(&added)?, want, "added {} to\n{}\ngot\n{}", new, original, added);
+        prop_assert_eq!(comments_of(&added), comments_of(&original), "added {} to\n{}\ngot\n{}", new, original, added);
         prop_assert!(Config::parse(config_path(), &added).is_ok(), "{}", added);
         prop_assert!(matches!(add_entry(&added, &new), Err(EditError::Duplicate(..))));
         let removed = remove_entry(&added, &new).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        // By design an add to a multi-line array writes the trailing comma it lacked (one
-        // entry a line, each with its comma); the rest of the file comes back byte for byte.
-        let want = if layout.multiline {
-            render(&spellings, &Layout { trailing_comma: true, ..layout.clone() })
-        } else {
-            original
-        };
-        prop_assert_eq!(&removed, &want, "added {} then removed it; in between:\n{}", new, added);
+        prop_assert_eq!(&removed, &original, "added {} then removed it; in between:\n{}", new, added);
     }
 
-    /// Removing any entry leaves TOML whose `domains` are the others, in order; removing it
-    /// again is refused.
+    /// Removing any entry leaves TOML whose `domains` are the others, in order, and every
+    /// comment but the one on the removed entry's own line; removing it again is refused.
     #[test]
     fn remove_takes_out_exactly_one_entry(
         entries in entries().prop_filter("non-empty", |e| !e.is_empty()),
@@ -915,10 +953,15 @@ proptest! {
         let patterns: Vec<Pattern> = entries.iter().map(|(p, _)| p.clone()).collect();
         let spellings: Vec<String> = entries.iter().map(|(_, s)| s.clone()).collect();
         let original = render(&spellings, &layout);
-        let gone = patterns[which.index(patterns.len())].clone();
+        let index = which.index(patterns.len());
+        let gone = patterns[index].clone();
         let removed = remove_entry(&original, &gone).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let want: Vec<Pattern> = patterns.iter().filter(|p| **p != gone).cloned().collect();
         prop_assert_eq!(domains_in(&removed)?, want, "removed {} from\n{}\ngot\n{}", gone, original, removed);
+        let own_comment = format!("# note {index}");
+        let kept: Vec<&str> = comments_of(&original).into_iter().filter(|c| *c != own_comment).collect();
+        let left: Vec<&str> = comments_of(&removed).into_iter().filter(|c| *c != own_comment).collect();
+        prop_assert_eq!(left, kept, "removed {} from\n{}\ngot\n{}", gone, original, removed);
         prop_assert!(matches!(remove_entry(&removed, &gone), Err(EditError::NotFound(_))));
     }
 }

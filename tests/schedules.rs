@@ -215,7 +215,49 @@ async fn the_rules_answer_with_the_field_at_fault() {
             201,
             None,
         ),
+        (
+            "8000 characters outside the BMP, escaped as json.dumps does (12 bytes each)",
+            format!(
+                r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{}"}}"#,
+                r"\ud83d\ude00".repeat(8000)
+            ),
+            201,
+            None,
+        ),
+        (
+            "8001 escaped characters",
+            format!(
+                r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{}"}}"#,
+                r"\ud83d\ude00".repeat(8001)
+            ),
+            422,
+            Some("payload"),
+        ),
+        (
+            "a body larger than any valid request",
+            format!(
+                r#"{{"function": "refresh-token", "cron": "@daily", "payload": "{}"}}"#,
+                "p".repeat(200_000)
+            ),
+            413,
+            Some("payload"),
+        ),
+        (
+            "an expression over 512 characters",
+            format!(
+                r#"{{"function": "refresh-token", "cron": "0 0 * * {}"}}"#,
+                "1,".repeat(300)
+            ),
+            422,
+            Some("cron"),
+        ),
         ("not JSON", "function=refresh-token".to_string(), 400, None),
+        (
+            "a JSON array, serde's positional form of the fields",
+            r#"["refresh-token", "0 0 1 1 *", "pl"]"#.to_string(),
+            400,
+            None,
+        ),
     ];
     for (name, body, status, field) in cases {
         let (got, answer) = proxy.admin_json("POST", "/v1/schedules", &body).await;
@@ -228,6 +270,38 @@ async fn the_rules_answer_with_the_field_at_fault() {
     }
     let (status, _) = proxy.admin_get("/v1/schedules/sch_nope").await;
     assert_eq!(status, 404);
+    let (_, list) = proxy.admin_get("/v1/schedules").await;
+    assert_eq!(
+        json(&list).as_array().unwrap().len(),
+        2,
+        "the two 201s only"
+    );
+}
+
+/// The limit is 8000 characters however a client encodes them: Python's `json.dumps` escapes
+/// every character outside ASCII by default, 12 bytes for an emoji.
+#[tokio::test]
+async fn an_8000_character_payload_from_python_is_taken() {
+    let (port, _) = function_server().await;
+    let proxy = scheduler_proxy(port).start();
+    let script = format!(
+        r#"
+import json, urllib.request, urllib.error
+body = json.dumps({{"function": "refresh-token", "cron": "@daily", "payload": "\U0001F600" * 8000}})
+assert len(body) > 96000, len(body)
+request = urllib.request.Request("http://{}/v1/schedules", data=body.encode(), method="POST",
+                                 headers={{"Content-Type": "application/json"}})
+try:
+    with urllib.request.urlopen(request) as response:
+        print(response.status, len(json.loads(response.read())["payload"]))
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#,
+        proxy.admin
+    );
+    let (code, out, err) = python(&script, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "201 8000", "{err}");
 }
 
 #[tokio::test]

@@ -194,87 +194,113 @@ pub fn add_entry(text: &str, pattern: &Pattern) -> Result<String, EditError> {
         return Err(EditError::Duplicate(pattern.to_string(), line));
     }
     let value = Value::from(pattern.to_string());
-    let multiline = array.iter().any(|v| decor_prefix(v).contains('\n'))
-        || raw(array.trailing()).contains('\n');
-    if multiline {
-        if !array.trailing_comma() {
-            // Without a trailing comma, the last entry's suffix holds the line break before
-            // `]`; it belongs after the new last entry.
-            if let Some(last) = array.iter_mut().last() {
-                let suffix = last.decor().suffix().map(raw).unwrap_or_default();
-                last.decor_mut().set_suffix("");
-                let trailing = raw(array.trailing());
-                array.set_trailing(format!("{suffix}{trailing}"));
-            }
-        }
-        // One entry a line: the new one goes on its own line, indented like the last, and
-        // whatever followed the last entry (its comment) stays with the last entry.
-        let indent = array
-            .iter()
-            .last()
-            .map(|v| {
-                let prefix = decor_prefix(v);
-                prefix[prefix.rfind('\n').map_or(0, |i| i + 1)..].to_string()
-            })
-            .unwrap_or_else(|| "  ".into());
-        let trailing = raw(array.trailing());
-        let before = if trailing.ends_with('\n') {
-            trailing.clone()
-        } else {
-            format!("{trailing}\n")
-        };
-        let before = if array.is_empty() {
-            // `[` then the first entry: no comma line to carry over.
-            before.trim_start_matches([' ', '\t']).to_string()
-        } else {
-            before
-        };
-        array.push_formatted(value.decorated(format!("{before}{indent}"), ""));
-        array.set_trailing("\n");
-        array.set_trailing_comma(true);
-    } else {
+    if !is_multiline(array) {
         array.push(value);
+        return Ok(doc.to_string());
     }
+    // One entry a line: the new one goes on the line after the last entry, indented like
+    // it. The last entry's end-of-line comment stays on its line; comment lines before `]`
+    // stay after the new entry. So `remove_entry` gives back the file as it was.
+    let tail = after_last_value(array);
+    let (end_of_line, rest) = match tail.find('\n') {
+        Some(nl) => tail.split_at(nl),
+        None => (tail.as_str(), ""),
+    };
+    let indent = array
+        .iter()
+        .last()
+        .map(|v| {
+            let prefix = decor_prefix(v);
+            prefix[prefix.rfind('\n').map_or(0, |i| i + 1)..].to_string()
+        })
+        .unwrap_or_else(|| "  ".into());
+    let prefix = format!("{end_of_line}\n{indent}");
+    let rest = rest.to_string();
+    if array.is_empty() {
+        // No layout to follow: one entry a line, each with a comma.
+        array.set_trailing_comma(true);
+    }
+    if let Some(last) = array.iter_mut().last() {
+        last.decor_mut().set_suffix("");
+    }
+    array.push_formatted(value.decorated(prefix, ""));
+    array.set_trailing(rest);
     Ok(doc.to_string())
 }
 
-/// `text` without the entry equal to `pattern`; the entry's own line (and its end-of-line
-/// comment) goes, the neighbours' comments stay.
+/// Whether the array has an entry a line (a line break anywhere between its brackets).
+fn is_multiline(array: &Array) -> bool {
+    array.iter().any(|v| decor_prefix(v).contains('\n')) || raw(array.trailing()).contains('\n')
+}
+
+/// What follows the last entry up to `]`, less the trailing comma: the entry's suffix (it
+/// holds the line break when there is no trailing comma) and the array's trailing text.
+fn after_last_value(array: &Array) -> String {
+    let suffix = array
+        .iter()
+        .last()
+        .and_then(|v| v.decor().suffix())
+        .map(raw)
+        .unwrap_or_default();
+    format!("{suffix}{}", raw(array.trailing()))
+}
+
+/// `text` without the entry equal to `pattern`. Only the entry's own line goes: from the line
+/// break before it to the one after it, so its end-of-line comment goes with it, and every
+/// other comment stays — the previous line's, own-line comments above it, and those after it.
+/// An entry sharing its line with others takes only itself and its comma.
 pub fn remove_entry(text: &str, pattern: &Pattern) -> Result<String, EditError> {
     let mut doc = parse(text)?;
     let array = domains(&mut doc)?;
     let Some(index) = position(array, pattern) else {
         return Err(EditError::NotFound(pattern.to_string()));
     };
-    let removed_prefix = decor_prefix(array.get(index).expect("found"));
-    // Up to its first newline, the removed entry's prefix is the end of the previous line
-    // (its comment): keep that; the rest was the removed entry's own line.
-    let keep = match removed_prefix.find('\n') {
-        Some(nl) => removed_prefix[..nl].to_string(),
-        None => removed_prefix.clone(),
+    let before = decor_prefix(array.get(index).expect("found"));
+    let is_last = index + 1 == array.len();
+    let after = if is_last {
+        after_last_value(array)
+    } else {
+        decor_prefix(array.get(index + 1).expect("not last"))
     };
-    let multiline = removed_prefix.contains('\n');
-    // Without a trailing comma, the last entry's suffix holds the line break before `]`.
-    let removed_suffix = array
-        .get(index)
-        .and_then(|v| v.decor().suffix())
-        .map(raw)
-        .unwrap_or_default();
     array.remove(index);
-    // The removed entry's end-of-line comment is the start of what follows it.
-    let after_removed = |s: &str| match s.find('\n') {
-        Some(nl) => s[nl..].to_string(),
-        None => String::new(),
-    };
-    if let Some(next) = array.get_mut(index) {
-        let prefix = decor_prefix(next);
-        next.decor_mut()
-            .set_prefix(format!("{keep}{}", after_removed(&prefix)));
-    } else if multiline {
-        let trailing = format!("{removed_suffix}{}", raw(array.trailing()));
-        array.set_trailing(format!("{keep}{}", after_removed(&trailing)));
+    let joined = join_around_removed(&before, &after, is_last);
+    match array.get_mut(index) {
+        Some(next) => {
+            next.decor_mut().set_prefix(joined);
+        }
+        None => {
+            if let Some(last) = array.iter_mut().last() {
+                last.decor_mut().set_suffix("");
+            }
+            array.set_trailing(joined);
+        }
     }
     Ok(doc.to_string())
+}
+
+/// What stays between the removed entry's neighbours: `before` is the text between the
+/// previous comma (or `[`) and the entry, `after` the text between its comma and the next
+/// entry (or `]`, when `next_is_bracket`).
+fn join_around_removed(before: &str, after: &str, next_is_bracket: bool) -> String {
+    let Some(line_start) = before.rfind('\n') else {
+        // The entry shared its line with the previous one: what follows it stays whole.
+        return after.to_string();
+    };
+    let kept = &before[..line_start];
+    if let Some(line_end) = after.find('\n') {
+        // Its own line, up to the line break that ends it, goes.
+        return format!("{kept}{}", &after[line_end..]);
+    }
+    // What came after the entry on its line takes its place.
+    if !next_is_bracket {
+        return format!("{kept}{}", &before[line_start..]);
+    }
+    let comment_ends_kept = kept.rsplit('\n').next().unwrap_or("").contains('#');
+    if comment_ends_kept {
+        format!("{kept}\n{after}")
+    } else {
+        format!("{kept}{after}")
+    }
 }
 
 fn raw(s: &RawString) -> String {
@@ -414,7 +440,7 @@ mod tests {
                 "multi-line array without a trailing comma",
                 "[allowlist]\ndomains = [\n    \"a.test\"\n]\n",
                 "b.test",
-                "[allowlist]\ndomains = [\n    \"a.test\",\n    \"b.test\",\n]\n",
+                "[allowlist]\ndomains = [\n    \"a.test\",\n    \"b.test\"\n]\n",
             ),
             case(
                 "one-line array",
@@ -503,9 +529,40 @@ mod tests {
 
     #[test]
     fn add_then_remove_gives_back_the_file() {
-        let original = multiline(ENTRIES);
-        let added = add_entry(&original, &p("new.test")).unwrap();
-        assert_eq!(remove_entry(&added, &p("new.test")).unwrap(), original);
+        let cases = [
+            ("comments on the entries' lines", multiline(ENTRIES)),
+            (
+                "a comment line just before the closing bracket",
+                multiline(&format!("{ENTRIES}  # \"old.test\", retired in March\n")),
+            ),
+            (
+                "a comment line above an entry",
+                multiline("  # partners\n  \"a.test\",\n"),
+            ),
+            ("only comments", multiline("  # none yet\n")),
+            (
+                "the bracket on the last entry's line",
+                "[allowlist]\ndomains = [\n  \"a.test\"]\n".into(),
+            ),
+        ];
+        for (name, original) in cases {
+            let added = add_entry(&original, &p("new.test")).unwrap();
+            assert_eq!(
+                remove_entry(&added, &p("new.test")).unwrap(),
+                original,
+                "{name}: in between\n{added}"
+            );
+        }
+        // The new entry goes after the last entry, not after the comment before `]`.
+        let added = add_entry(
+            &multiline("  \"a.test\",\n  # \"b.test\",\n"),
+            &p("new.test"),
+        )
+        .unwrap();
+        assert_eq!(
+            added,
+            multiline("  \"a.test\",\n  \"new.test\",\n  # \"b.test\",\n")
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum PatternError {
     HasPath(String),
     #[error("entries are host names without a port; write \"{0}\" and list the port in proxy.connect_ports or proxy.http_ports")]
     HasPort(String),
+    #[error("IPv6 entries are written without brackets; write \"{0}\"")]
+    BracketedIp(String),
     #[error("entries may not contain whitespace")]
     Whitespace,
     #[error("{0}")]
@@ -70,13 +72,16 @@ impl Pattern {
         }
         if let Some((_, rest)) = entry.split_once("://") {
             let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-            return Err(PatternError::HasScheme(strip_port(host).to_string()));
+            return Err(PatternError::HasScheme(unbracketed(strip_port(host))));
         }
         if let Some((host, _)) = entry.split_once('/') {
             return Err(PatternError::HasPath(host.to_string()));
         }
         if let Ok(ip) = entry.parse::<IpAddr>() {
             return Ok(Pattern::Ip(ip));
+        }
+        if let Some(bracketed) = bracketed_ipv6(entry) {
+            return Err(bracketed);
         }
         if entry.contains(':') {
             return Err(PatternError::HasPort(strip_port(entry).to_string()));
@@ -105,6 +110,26 @@ impl Pattern {
             _ => false,
         }
     }
+}
+
+/// A URL's host as an entry writes it: an IPv6 address without its brackets.
+fn unbracketed(host: &str) -> String {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|inside| inside.parse::<std::net::Ipv6Addr>().is_ok())
+        .unwrap_or(host)
+        .to_string()
+}
+
+/// `[v6]` or `[v6]:port`, a URL's form of an IPv6 address: the hint gives the bare address,
+/// the form an entry takes.
+fn bracketed_ipv6(entry: &str) -> Option<PatternError> {
+    let (inside, after) = entry.strip_prefix('[')?.split_once(']')?;
+    let ip = inside.parse::<std::net::Ipv6Addr>().ok()?.to_string();
+    Some(match after {
+        "" => PatternError::BracketedIp(ip),
+        _ => PatternError::HasPort(ip),
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -748,6 +773,12 @@ mod tests {
         ),
         ("example.com/path", "without a path; write \"example.com\""),
         ("example.com:443", "without a port; write \"example.com\""),
+        ("[::1]", "without brackets; write \"::1\""),
+        ("[2001:DB8::1]:443", "without a port; write \"2001:db8::1\""),
+        (
+            "https://[2001:db8::1]:8443/x",
+            "not URLs; write \"2001:db8::1\"",
+        ),
         ("bücher.de", "punycode form \"xn--bcher-kva.de\""),
         ("", "empty host"),
         ("127.1", "not a canonical IPv4 address"),

@@ -25,6 +25,11 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ("@daily", "midnight UTC every day"),
 ];
 
+/// The longest expression taken: every minute, hour, day and month listed one by one is
+/// under 400 characters, so no useful expression is refused, and a request's size stays
+/// bounded.
+pub const MAX_CRON_CHARS: usize = 512;
+
 /// The five fields, for error messages.
 const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
 
@@ -99,6 +104,16 @@ impl CronExpr {
         };
         if text.is_empty() {
             return Err(error(None, text, "the expression is empty".into()));
+        }
+        let chars = text.chars().count();
+        if chars > MAX_CRON_CHARS {
+            return Err(error(
+                None,
+                "",
+                format!(
+                    "the expression has {chars} characters; at most {MAX_CRON_CHARS} are allowed"
+                ),
+            ));
         }
         if !text.starts_with('@') {
             if let Some(atom) = text
@@ -279,6 +294,26 @@ mod tests {
         assert_eq!(days_in_november("0 0 */2 * MON"), [9, 23]);
         assert_eq!(days_in_november("0 0 * * MON"), [2, 9, 16, 23, 30]);
         assert_eq!(days_in_november("0 0 1,15 * *"), [1, 15]);
+    }
+
+    #[test]
+    fn the_longest_useful_expression_fits_and_longer_is_refused() {
+        let every = |range: std::ops::RangeInclusive<u32>| {
+            range.map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+        };
+        let longest = [
+            every(0..=59),
+            every(0..=23),
+            every(1..=31),
+            every(1..=12),
+            every(0..=7),
+        ]
+        .join(" ");
+        assert!(longest.len() < MAX_CRON_CHARS, "{}", longest.len());
+        assert!(CronExpr::parse(&longest).is_ok());
+        let padded = format!("{longest} {}", "*".repeat(MAX_CRON_CHARS));
+        let err = CronExpr::parse(&padded).unwrap_err();
+        assert!(err.message.contains("at most 512"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,11 @@ pub enum FunctionError {
     Url,
 }
 
+/// The longest function name.
+pub const MAX_NAME_CHARS: usize = 63;
+
 pub fn parse_name(name: &str) -> Result<String, FunctionError> {
-    let valid = (1..=63).contains(&name.len())
+    let valid = (1..=MAX_NAME_CHARS).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
