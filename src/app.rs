@@ -115,6 +115,7 @@ impl App {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        let audit_egress = pools[0].clone();
         let rotator = Rotator::new(pools.clone());
         rotator
             .watch(&config.mtls)
@@ -179,9 +180,7 @@ impl App {
                 settings.admin_allowlist_edit,
             )),
             auditor: Auditor {
-                resolver: resolver.clone(),
-                own_addrs: own_addrs.clone(),
-                options,
+                egress: audit_egress,
             },
             loopback: settings.admin_listen.ip().is_loopback(),
         });

@@ -4,8 +4,8 @@
 //!
 //! | layer | owns |
 //! |---|---|
-//! | [`control`] | config file, reload (watch, SIGHUP, API), admin listener, `explain` |
-//! | [`proxy`] | the client-facing listener, request parsing, CONNECT and forwarding, access log |
+//! | [`control`] | config file, reload (watch, SIGHUP, API), admin listener and console, `explain`, the redirect audit |
+//! | [`proxy`] and [`schedule`], side by side | the client-facing listener, request parsing, CONNECT and forwarding, access log; and the scheduler: cron, the schedule store, invocations |
 //! | [`egress`] | resolve → check every address → pin → dial, the upstream pool, the tunnel relay, and the [`egress::EgressClient`], the one way out |
 //! | [`policy`] | hosts, the allowlist, private ranges, activation times, the decision |
 //!
@@ -19,6 +19,8 @@
 //! [`egress::EgressClient::dial`] or [`egress::EgressClient::send`] (resolve via
 //! [`egress::resolve`], check with [`policy::netguard`], pin, connect) → [`egress::tunnel`] or
 //! the pooled HTTP client (relay) → [`proxy::access`] (one log line, the metrics).
+
+#![deny(unsafe_code)]
 
 pub mod app;
 pub mod cli;

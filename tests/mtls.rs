@@ -371,3 +371,199 @@ fn two_entries_for_the_same_host_are_an_error() {
         "{out}"
     );
 }
+
+/// One verdict everywhere: for each target, the proxy, `egressd explain`, the admin API's
+/// explain (the console's "Check a URL"), the redirect audit and a scheduled invocation give
+/// the same answer — the `[[mtls]]` CONNECT rule included, which once lived in one caller only.
+#[tokio::test]
+async fn every_caller_gives_the_same_verdict() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let port = mtls_upstream(&server_ca, "payments.test", &client_ca).await;
+    let files = Files::new();
+    write_identity(&files, &client_ca, "egressd payments client", &server_ca);
+    let open = mtls_table(
+        "open.test",
+        port,
+        &files.path("client.crt"),
+        &files.path("client.key"),
+        &files.path("server-ca.crt"),
+        "allow_connect = true\n",
+    );
+    // (name, URL, the denial code, or None when allowed)
+    let cases: [(&str, String, Option<&str>); 5] = [
+        (
+            "https to an [[mtls]] host: a tunnel would carry no client certificate",
+            format!("https://payments.test:{port}/charge"),
+            Some("mtls-origination-required"),
+        ),
+        (
+            "plain http to an [[mtls]] host: egressd originates mTLS",
+            "http://payments.test/charge".into(),
+            None,
+        ),
+        (
+            "https to an [[mtls]] host whose entry allows CONNECT",
+            format!("https://open.test:{port}/"),
+            None,
+        ),
+        (
+            "a host on no list",
+            "https://nope.test/".into(),
+            Some("not-allowlisted"),
+        ),
+        (
+            "an [[mtls]] host's https on a closed port",
+            "https://payments.test:8443/".into(),
+            Some("port-not-allowed"),
+        ),
+    ];
+    let functions: String = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, url, _))| {
+            format!("[[functions]]\nname = \"f{i}\"\nstate = \"productive\"\nurl = \"{url}\"\n")
+        })
+        .collect();
+    let proxy = mtls_proxy(&files, port, "")
+        .allow_local("open.test")
+        .dns("nope.test", "127.0.0.1")
+        .table(&open)
+        .table(&functions)
+        .start();
+
+    let mut disagreements = Vec::new();
+    for (i, (name, url, want)) in cases.iter().enumerate() {
+        let want = want.map(str::to_string);
+        let mut verdicts: Vec<(&str, Option<String>)> = Vec::new();
+
+        // The proxy, as a function's client reaches it.
+        let answer = if let Some(rest) = url.strip_prefix("https://") {
+            let authority = rest.split('/').next().unwrap();
+            let authority = if authority.contains(':') {
+                authority.to_string()
+            } else {
+                format!("{authority}:443")
+            };
+            one_response(
+                proxy.proxy,
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes(),
+            )
+            .await
+        } else {
+            let host = url.trim_start_matches("http://").split('/').next().unwrap();
+            one_response(
+                proxy.proxy,
+                format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+        };
+        verdicts.push((
+            "proxy",
+            header(&answer, "x-egress-denied").map(str::to_string),
+        ));
+
+        // `egressd explain` on the same file.
+        let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["explain", "--config"])
+            .arg(&proxy.config_path)
+            .arg(url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text
+            .strip_prefix("denied (")
+            .and_then(|rest| rest.split_once(')'))
+            .map(|(code, _)| code.to_string());
+        assert_eq!(out.status.success(), code.is_none(), "{name}: {text}");
+        verdicts.push(("egressd explain", code));
+
+        // The admin API's explain: the console's "Check a URL".
+        let (_, body) = proxy
+            .admin_get(&format!("/v1/explain?url={}", url.replace(':', "%3A")))
+            .await;
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+        verdicts.push(("GET /v1/explain", view["code"].as_str().map(str::to_string)));
+
+        // The redirect audit's first hop.
+        let (_, body) = proxy
+            .admin_json("POST", "/v1/trace", &format!("{{\"url\": \"{url}\"}}"))
+            .await;
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let hop = &report["hops"][0];
+        verdicts.push(("POST /v1/trace", hop["code"].as_str().map(str::to_string)));
+        if url == "http://payments.test/charge" {
+            // The audit's hop goes out as the proxy's would: mTLS to the entry's port.
+            assert_eq!(hop["status"], 200, "{name}: {report}");
+        }
+
+        // A scheduled invocation of a function at that URL.
+        let (status, body) = proxy
+            .admin_json(
+                "POST",
+                "/v1/schedules",
+                &format!("{{\"function\": \"f{i}\", \"cron\": \"@yearly\"}}"),
+            )
+            .await;
+        assert_eq!(status, 201, "{name}: {body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, body) = proxy
+            .admin_json("POST", &format!("/v1/schedules/{id}/run"), "")
+            .await;
+        let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let status = run["last_status"].as_str().unwrap_or("").to_string();
+        let denied = status.contains('-').then_some(status);
+        verdicts.push(("scheduled invocation", denied));
+        proxy
+            .admin_json("DELETE", &format!("/v1/schedules/{id}"), "")
+            .await;
+
+        for (caller, got) in verdicts {
+            if got != want {
+                disagreements.push(format!("{name}: {caller} says {got:?}, want {want:?}"));
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+}
+
+/// A reload that adds an `[[mtls]]` entry cuts the open CONNECT tunnels to its host: they
+/// carry TLS without the client certificate the new entry says to present.
+#[tokio::test]
+async fn a_reload_that_adds_an_mtls_entry_cuts_tunnels_to_its_host() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let port = mtls_upstream(&server_ca, "payments.test", &client_ca).await;
+    let files = Files::new();
+    write_identity(&files, &client_ca, "egressd", &server_ca);
+    // The tunnel carries no TLS here, so the first-flight check is off.
+    let without = egressd()
+        .allow_local("payments.test")
+        .ports(&[443, port], &[80])
+        .proxy("connect_sni = \"off\"");
+    let with = mtls_proxy(&files, port, "").proxy("connect_sni = \"off\"");
+    let proxy = without.start();
+    let mut tunnel = open_tunnel(proxy.proxy, &format!("payments.test:{port}")).await;
+
+    let state = proxy.config_path.parent().unwrap().join("state");
+    write_file(&proxy.config_path, &with.config_text(&state), Write::Rename);
+    let _ = read_to_close(&mut tunnel, "the tunnel to the new [[mtls]] host").await;
+    let log = proxy.wait_for_log(|v| v["method"] == "CONNECT").await;
+    assert_eq!(log["tunnel_end"], "revoked", "{log}");
+    let response = one_response(
+        proxy.proxy,
+        format!("CONNECT payments.test:{port} HTTP/1.1\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 403 mtls-origination-required"),
+        "{response}"
+    );
+}

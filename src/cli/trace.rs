@@ -3,11 +3,14 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::explain::load_live;
 use crate::control::trace::{Auditor, Report};
 use crate::egress::resolve::DnsResolver;
-use crate::egress::EgressOptions;
+use crate::egress::{EgressClient, EgressOptions};
 
 /// Exit 0 when every hop is allowed and the chain ends; 1 otherwise.
 pub fn trace(path: &Path, url: &str) -> ExitCode {
@@ -25,14 +28,20 @@ pub fn trace(path: &Path, url: &str) -> ExitCode {
         }
     };
     let report = runtime.block_on(async {
-        let auditor = Auditor {
-            resolver: DnsResolver::new(&config.dns),
+        let egress = EgressClient::new(
+            Arc::new(ArcSwap::from_pointee(config.policy.clone())),
+            DnsResolver::new(&config.dns),
             // A running egressd on this config is not a hop either.
-            own_addrs: vec![config.proxy.listen, config.proxy.admin_listen],
-            options: EgressOptions {
+            vec![config.proxy.listen, config.proxy.admin_listen],
+            EgressOptions {
                 connect_timeout: config.proxy.connect_timeout,
                 response_header_timeout: config.proxy.response_header_timeout,
             },
+        );
+        // Hops to [[mtls]] hosts present the configured identities, as the proxy would.
+        egress.set_mtls(config.mtls.clone());
+        let auditor = Auditor {
+            egress: Arc::new(egress),
         };
         auditor.trace(&config.policy, url).await
     });

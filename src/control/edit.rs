@@ -131,7 +131,7 @@ fn probe_writable(path: &Path) -> Result<(), String> {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) if e.raw_os_error() == Some(30) => Err(format!(
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Err(format!(
             "{} is on a read-only file system (a Kubernetes ConfigMap mount?); change the allowlist where the file comes from",
             dir.display()
         )),

@@ -1,23 +1,20 @@
 //! The redirect audit: follows a URL's redirect chain the way `curl -L` would and says, for
 //! every hop, what the allowlist decides, then which entries to add so the whole chain works.
 //!
-//! Each hop is fetched through the egress client, with the resolver, private-range checks and
-//! port rules in force; only the allowlist is set aside, for that one hop's host, because
-//! finding out what it would have to allow is the point. A hop whose verdict is a denial no
-//! entry can fix (a private address, a port) ends the audit.
+//! Each hop is fetched through an egress client made by [`EgressClient::for_audit`], with the
+//! resolver, private-range checks, port rules and mTLS origination in force; only the
+//! allowlist is set aside, for that one hop's host, because finding out what it would have
+//! to allow is the point. A hop whose verdict is a denial no entry can fix (a private
+//! address, a port) ends the audit.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
 use http::{Method, Request, StatusCode, Uri};
 use serde::Serialize;
 
 use super::explain::explain_policy;
-use crate::egress::resolve::Resolve;
-use crate::egress::{EgressClient, EgressOptions};
-use crate::policy::allowlist::{Allowlist, Pattern};
-use crate::policy::host::Host;
+use crate::egress::EgressClient;
 use crate::policy::url::{resolve_location, target_of};
 use crate::policy::{DenyReason, Policy};
 use crate::util::time::format_utc;
@@ -27,10 +24,8 @@ pub const MAX_REDIRECTS: usize = 10;
 
 /// Dials hops for audits.
 pub struct Auditor {
-    pub resolver: Arc<dyn Resolve>,
-    /// egressd's own listeners, which no hop may reach.
-    pub own_addrs: Vec<std::net::SocketAddr>,
-    pub options: EgressOptions,
+    /// A live egress client: its resolver, own addresses and client identities.
+    pub egress: Arc<EgressClient>,
 }
 
 /// One request of the chain.
@@ -138,18 +133,7 @@ impl Auditor {
         url: &str,
     ) -> Result<(StatusCode, Option<String>), String> {
         let (target, protocol) = target_of(url).map_err(|e| e.to_string())?;
-        let mut audit = policy.clone();
-        let pattern = match &target.host {
-            Host::Domain(name) => Pattern::Exact(name.clone()),
-            Host::Ip(ip) => Pattern::Ip(*ip),
-        };
-        audit.allowlist = Allowlist::new([pattern]);
-        let client = EgressClient::new(
-            Arc::new(ArcSwap::from_pointee(audit)),
-            self.resolver.clone(),
-            self.own_addrs.clone(),
-            self.options,
-        );
+        let client = self.egress.for_audit(policy, &target.host);
         let permit = client
             .decide(&target, protocol)
             .map_err(|d| d.to_string())?;

@@ -34,7 +34,7 @@ use super::tls::{
     describe_tls_failure, originate, plain_tls_config, HandshakeHook, HandshakeOutcome, MtlsTable,
 };
 use super::ErrorKind;
-use crate::policy::allowlist::RuleId;
+use crate::policy::allowlist::{Allowlist, Pattern, RuleId};
 use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Policy, PolicyHandle, Protocol, Target};
 use crate::util::body::HttpBody;
@@ -172,28 +172,11 @@ impl EgressClient {
         self.policy.load_full()
     }
 
-    /// The policy decision for `target`, as the current policy makes it now.
-    /// A CONNECT to a host egressd originates mTLS for is refused unless its entry allows it:
-    /// the tunnel's TLS would be end to end, without the client certificate.
+    /// The policy decision for `target`, as the current policy makes it now: the only
+    /// place a [`Permit`] comes from.
     pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<Permit, Denial> {
         let policy = self.policy.load_full();
         let rule = policy.decide(target, protocol, now_ms())?;
-        if protocol == Protocol::Connect {
-            let mtls = self.mtls.load();
-            if let Some(entry) = mtls.lookup(&target.host).filter(|e| !e.spec.allow_connect) {
-                return Err(Denial::new(
-                    DenyReason::MtlsOriginationRequired,
-                    format!(
-                        "{} requires a client certificate, which egressd presents for you: send plain http://{}/ through HTTP_PROXY and egressd opens mTLS to port {} ([[mtls]] \"{}\", line {})",
-                        target.host,
-                        target.host,
-                        entry.spec.port,
-                        entry.spec.pattern,
-                        entry.spec.line
-                    ),
-                ));
-            }
-        }
         Ok(Permit {
             target: target.clone(),
             protocol,
@@ -219,14 +202,15 @@ impl EgressClient {
         mut request: Request<HttpBody>,
     ) -> Result<Response<Incoming>, SendError> {
         // An https:// permit (a scheduled invocation) is TLS to its own port; a plain-HTTP one
-        // is TLS only where an [[mtls]] entry says so, to the entry's port.
+        // is TLS only where the policy that issued the permit originates it (an [[mtls]]
+        // entry), to the entry's port.
         let tls_port = match permit.protocol {
             Protocol::Connect => Some(permit.target.port),
-            Protocol::Http => self
-                .mtls
-                .load()
+            Protocol::Http => permit
+                .policy
+                .origination
                 .lookup(&permit.target.host)
-                .map(|entry| entry.spec.port),
+                .map(|rule| rule.port),
         };
         aim(&mut request, &permit.target, tls_port);
         let asked_upgrade = request.headers().contains_key(header::UPGRADE);
@@ -247,6 +231,30 @@ impl EgressClient {
             return Err(SendError::Upstream(why.into()));
         }
         Ok(response)
+    }
+
+    /// A client for the redirect audit, which deliberately sets the allowlist aside for one
+    /// hop's host — finding out what that hop would need is the point — under `policy`'s
+    /// private-range, port and origination rules, with this client's resolver, own
+    /// addresses and client identities. Its own pool: nothing it dials is reused for
+    /// proxied traffic.
+    pub fn for_audit(&self, policy: &Policy, host: &Host) -> EgressClient {
+        let mut audit = policy.clone();
+        audit.allowlist = Allowlist::new([match host {
+            Host::Domain(name) => Pattern::Exact(name.clone()),
+            Host::Ip(ip) => Pattern::Ip(*ip),
+        }]);
+        let policy: PolicyHandle = Arc::new(ArcSwap::from_pointee(audit));
+        let mtls: MtlsHandle = Arc::new(ArcSwap::new(self.mtls.load_full()));
+        let pool = ArcSwap::from_pointee(pool(&self.dialer, &policy, &mtls, self.options, None));
+        EgressClient {
+            policy,
+            mtls,
+            dialer: self.dialer.clone(),
+            pool,
+            options: self.options,
+            on_handshake: None,
+        }
     }
 
     /// Drops pooled upstream connections; new requests dial afresh under the current policy.

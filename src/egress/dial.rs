@@ -301,6 +301,7 @@ mod tests {
             http_ports: PortSet::new(vec![]),
             private: PrivateAllow::new(vec![open.parse().unwrap()]),
             dns_overrides: Default::default(),
+            origination: Default::default(),
         }
     }
 

@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
+use crate::policy::origination::{Origination, Originations};
 
 /// How an mTLS handshake went: the `outcome` label of `egressd_mtls_handshakes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +282,22 @@ impl MtlsTable {
 
     pub fn entries(&self) -> &[MtlsEntry] {
         &self.entries
+    }
+
+    /// The entries as policy rules: where egressd originates TLS, and whether CONNECT may
+    /// tunnel instead.
+    pub fn originations(&self) -> Originations {
+        Originations::new(
+            self.entries
+                .iter()
+                .map(|e| Origination {
+                    pattern: e.spec.pattern.clone(),
+                    port: e.spec.port,
+                    allow_connect: e.spec.allow_connect,
+                    line: e.spec.line,
+                })
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use crate::policy::allowlist::{Allowlist, Lookup, RuleId};
 use crate::policy::host::{Host, HostError};
 use crate::policy::netguard::PrivateAllow;
+use crate::policy::origination::Originations;
 use crate::util::time::format_utc;
 
 /// Where a request wants to go.
@@ -224,6 +225,9 @@ pub struct Policy {
     /// Static DNS answers (`[dns] overrides`), consulted before the resolver. They live here,
     /// not in the resolver, so a reload changes them together with the allowlist.
     pub dns_overrides: HashMap<Box<str>, IpAddr>,
+    /// Hosts egressd originates TLS for (`[[mtls]]`): a CONNECT to them is refused unless
+    /// the entry allows it, and a plain-HTTP request goes out over TLS to the entry's port.
+    pub origination: Originations,
 }
 
 impl Policy {
@@ -264,7 +268,25 @@ impl Policy {
         if let Host::Ip(ip) = target.host {
             self.check_address(ip)?;
         }
+        if protocol == Protocol::Connect {
+            self.check_tunnel_allowed(&target.host)?;
+        }
         Ok(rule)
+    }
+
+    /// A CONNECT to a host egressd originates mTLS for is refused unless its entry allows
+    /// it: the tunnel's TLS would be end to end, without the client certificate.
+    fn check_tunnel_allowed(&self, host: &Host) -> Result<(), Denial> {
+        match self.origination.lookup(host).filter(|r| !r.allow_connect) {
+            None => Ok(()),
+            Some(rule) => Err(Denial::new(
+                DenyReason::MtlsOriginationRequired,
+                format!(
+                    "{host} requires a client certificate, which egressd presents for you: send plain http://{host}/ through HTTP_PROXY and egressd opens mTLS to port {} ([[mtls]] \"{}\", line {})",
+                    rule.port, rule.pattern, rule.line
+                ),
+            )),
+        }
     }
 
     fn pending(&self, rule: RuleId) -> Denial {
@@ -308,6 +330,7 @@ mod tests {
             http_ports: PortSet::new(vec![80]),
             private: PrivateAllow::default(),
             dns_overrides: HashMap::new(),
+            origination: Originations::default(),
         }
     }
 
@@ -385,6 +408,39 @@ mod tests {
             deny("10.0.0.1:443", Protocol::Connect),
             DenyReason::PrivateDestination
         );
+    }
+
+    #[test]
+    fn a_connect_to_an_mtls_host_needs_its_entry_to_allow_tunnels() {
+        use crate::policy::origination::{Origination, Originations};
+        let mut p = policy(&["payments.example", "*.open.example"]);
+        let rule = |pattern: &str, allow_connect| Origination {
+            pattern: Pattern::parse(pattern).unwrap(),
+            port: 8443,
+            allow_connect,
+            line: 7,
+        };
+        p.origination = Originations::new(vec![
+            rule("payments.example", false),
+            rule("*.open.example", true),
+        ]);
+        let denial = p
+            .decide(&target("payments.example:443"), Protocol::Connect, 0)
+            .unwrap_err();
+        assert_eq!(denial.reason, DenyReason::MtlsOriginationRequired);
+        assert!(
+            denial.message.contains("opens mTLS to port 8443") && denial.message.contains("line 7"),
+            "{}",
+            denial.message
+        );
+        let http = Target::parse_authority_or("payments.example", 80).unwrap();
+        assert!(
+            p.decide(&http, Protocol::Http, 0).is_ok(),
+            "plain HTTP is originated"
+        );
+        assert!(p
+            .decide(&target("a.open.example:443"), Protocol::Connect, 0)
+            .is_ok());
     }
 
     #[test]

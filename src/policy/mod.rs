@@ -11,6 +11,7 @@ pub mod allowlist;
 mod decision;
 pub mod host;
 pub mod netguard;
+pub mod origination;
 pub mod url;
 
 pub use decision::{Denial, DenyReason, Policy, PortSet, Protocol, Target, TargetError};

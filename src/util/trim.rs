@@ -37,6 +37,7 @@ impl TrimPolicy {
 
 /// Releases free heap memory to the kernel; returns whether the allocator did anything.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // the crate's one: glibc's malloc_trim, which no safe crate wraps
 pub fn release_free_memory() -> bool {
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it takes no
     // pointers from us and may be called from any thread at any time.

@@ -250,6 +250,8 @@ pub fn policy(
         http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
         private: PrivateAllow::new(nets),
         dns_overrides,
+        // Filled from the `[[mtls]]` entries once they are read ([`mtls`]).
+        origination: Default::default(),
     }
 }
 
