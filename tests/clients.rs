@@ -545,9 +545,9 @@ impl Tools {
         }
         assert!(
             missing.is_empty(),
-            "the client matrix needs every client; `.ci/run` installs them (Debian packages \
-             curl wget nodejs npm golang python3-venv, then tests/clients/setup for the pinned \
-             libraries). Missing:\n{}",
+            "the client matrix needs every client; tests/run installs them (tests/setup: \
+             Debian packages curl wget nodejs npm golang python3-venv, then tests/clients/setup \
+             for the pinned libraries). Missing:\n{}",
             missing.join("\n")
         );
         Tools {

@@ -45,7 +45,7 @@ async fn browser() -> Browser {
     for path in [CHROMIUM, CHROMEDRIVER] {
         assert!(
             std::path::Path::new(path).exists(),
-            "{path} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+            "{path} is missing: install Debian's chromium and chromium-driver (tests/run does)"
         );
     }
     let port = closed_port();
