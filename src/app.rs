@@ -38,6 +38,7 @@ use crate::policy::Policy;
 use crate::proxy::headers::Via;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
+use crate::schedule::clock::SystemClock;
 use crate::schedule::function::Functions;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::FileStore;
@@ -107,8 +108,18 @@ impl App {
                 Worker { listener, proxy }
             })
             .collect();
-        let pools: Vec<Arc<EgressClient>> =
-            workers.iter().map(|w| w.proxy.egress.clone()).collect();
+        // The scheduler's own egress client: the same policy and resolver, its own pool on
+        // the runtime the scheduler runs on, so no connection crosses runtimes.
+        let schedule_egress = Arc::new(
+            EgressClient::new(policy.clone(), resolver.clone(), own_addrs.clone(), options)
+                .with_handshake_hook(on_handshake.clone()),
+        );
+        // Every egress client: their identities and pools follow reloads and rotations.
+        let pools: Vec<Arc<EgressClient>> = workers
+            .iter()
+            .map(|w| w.proxy.egress.clone())
+            .chain([schedule_egress.clone()])
+            .collect();
         for egress in &pools {
             egress.set_mtls(config.mtls.clone());
         }
@@ -124,10 +135,11 @@ impl App {
             .context("cannot read the schedules in proxy.state_dir")?;
         let scheduler = Scheduler::new(
             Arc::new(store),
-            pools[0].clone(),
+            schedule_egress.clone(),
             config.functions.clone(),
             settings.schedule_timeout,
             metrics.clone(),
+            Arc::new(SystemClock),
         );
         // Functions undeployed while egressd was down lose their schedules now.
         scheduler.set_functions(config.functions.clone());
@@ -215,6 +227,15 @@ impl App {
         tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
         tokio::spawn(trim_after_spikes(self.admin.metrics.clone()));
         tokio::spawn(self.admin.scheduler.clone().serve(shutdown.clone()));
+        // Fired runs get the same grace as the proxy's connections, then are cut.
+        let scheduler_drained = {
+            let (scheduler, shutdown) = (self.admin.scheduler.clone(), shutdown.clone());
+            let grace = self.settings.shutdown_grace;
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                scheduler.drain(grace).await;
+            })
+        };
         let reloader = self.reloader.clone();
         let rotator = self.admin.rotator.clone();
         tokio::spawn(async move {
@@ -256,6 +277,7 @@ impl App {
                 .map_err(|_| anyhow::anyhow!("a proxy worker panicked"))??;
         }
         let _ = admin_task.await;
+        let _ = scheduler_drained.await;
         Ok(())
     }
 }

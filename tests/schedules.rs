@@ -99,13 +99,6 @@ fn assert_failure(view: &serde_json::Value, status: &str, reason: &str) {
     assert!(said.contains(reason), "{view}");
 }
 
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -355,44 +348,6 @@ async fn undeploying_a_function_deletes_its_schedules() {
     .await;
 }
 
-#[tokio::test]
-async fn a_schedule_fires_on_the_real_minute_boundary() {
-    let (port, received) = function_server().await;
-    let proxy = scheduler_proxy(port).start();
-    let (status, body) = proxy
-        .admin_json(
-            "POST",
-            "/v1/schedules",
-            r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    // Up to a minute: the next boundary.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(75);
-    while received.lock().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "no run within 75 s");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let (head, _) = received.lock().unwrap()[0].clone();
-    let scheduled = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-egress-scheduled-time: "))
-        .unwrap()
-        .to_string();
-    assert!(
-        scheduled.ends_with(":00Z"),
-        "a minute boundary: {scheduled}"
-    );
-    let line = proxy
-        .wait_for_line(|l| {
-            l["message"] == "scheduled run" || l["fields"]["message"] == "scheduled run"
-        })
-        .await;
-    let lag = line["lag_ms"].as_i64().unwrap();
-    assert!(lag >= 0, "never early: {line}");
-    eprintln!("firing lag: {lag} ms");
-}
-
 /// Runs `egressd schedules ARGS --admin URL` with a New York local time.
 async fn cli(proxy: &Egressd, args: &[&str]) -> (i32, String, String) {
     let admin = format!("http://{}", proxy.admin);
@@ -617,81 +572,245 @@ async fn an_https_function_is_invoked_over_verified_tls() {
     assert_failure(&view, "tls", "unknown issuer");
 }
 
-#[tokio::test]
-async fn a_run_due_while_the_previous_still_goes_is_skipped() {
-    // A function that takes 70 s, scheduled every minute: the second boundary finds the first
-    // run still going. (Up to two real minutes: the only way to cross two boundaries.)
-    let port = serve_function(|_req: hyper::Request<hyper::body::Incoming>| async {
-        tokio::time::sleep(std::time::Duration::from_secs(70)).await;
-        Ok(Response::new(Full::new(Bytes::from("late"))))
-    })
-    .await;
-    let proxy = scheduler_proxy(port)
-        .proxy("schedule_timeout = \"90s\"")
-        .start();
-    let id = create_schedule(
-        &proxy,
-        r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
-    )
-    .await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(135);
-    let skipped = loop {
-        let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
-        let view = json(&body);
-        if let Some(run) = view["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["state"] == "skipped")
-        {
-            break run.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no skipped run: {view}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
-    assert!(
-        skipped["scheduled_for"].as_str().unwrap().ends_with(":00Z"),
-        "{skipped}"
-    );
-}
+// ---------------------------------------------------------------------------------------------
+// The scheduler in this process on a hand-moved clock: minute boundaries, overlaps and
+// downtime in milliseconds. The store, the egress client and the function server are the
+// real ones, over loopback.
 
-#[tokio::test]
-async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
-    let (port, received) = function_server().await;
-    let proxy = scheduler_proxy(port).start();
-    // Not just before a boundary: the schedule must not fire before egressd stops.
-    let into_minute = unix_secs() % 60;
-    if into_minute > 50 {
-        tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
+mod on_a_test_clock {
+    use super::*;
+    use arc_swap::ArcSwap;
+    use chrono::{DateTime, Utc};
+    use egressd::control::config::Config;
+    use egressd::egress::resolve::DnsResolver;
+    use egressd::egress::{EgressClient, EgressOptions};
+    use egressd::metrics::Metrics;
+    use egressd::schedule::clock::{Clock, ManualClock};
+    use egressd::schedule::service::{RunNowError, Scheduler};
+    use egressd::schedule::store::{FileStore, NewSchedule, Schedule};
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
-    let id = create_schedule(
-        &proxy,
-        r#"{"function": "refresh-token", "cron": "* * * * *"}"#,
-    )
-    .await;
-    let mut proxy = proxy;
-    proxy.terminate().await;
-    // Down across two minute boundaries (at most two minutes and a bit).
-    let now = unix_secs();
-    let second_boundary = (now / 60 + 2) * 60;
-    tokio::time::sleep(std::time::Duration::from_secs(second_boundary - now + 1)).await;
-    let proxy = proxy.restart_stopped();
-    let view = eventually("the restart to handle the missed runs", || async {
-        let (_, body) = proxy.admin_get(&format!("/v1/schedules/{id}")).await;
-        let view = json(&body);
-        let runs = view["runs"].as_array().unwrap();
-        (runs.iter().any(|r| r["state"] == "success")).then_some(view)
-    })
-    .await;
-    let states: Vec<&str> = view["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["missed", "success"], "{view}");
-    assert_eq!(received.lock().unwrap().len(), 1, "no burst");
+
+    /// A scheduler over `dir`'s store, invoking `refresh-token` at the function server on
+    /// `port`, on `clock`; serving until the token is cancelled.
+    struct Running {
+        scheduler: Arc<Scheduler>,
+        stop: CancellationToken,
+        served: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(dir: &std::path::Path, port: u16, clock: &ManualClock) -> Running {
+        let text = format!(
+            "[proxy]\nallow_private_cidrs = [\"127.0.0.0/8\"]\nhttp_ports = [{port}]\n\
+             [dns]\noverrides = {{ \"fn.test\" = \"127.0.0.1\" }}\n\
+             [[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
+             [allowlist]\ndomains = [\"fn.test\"]\n"
+        );
+        let config = Config::parse(&dir.join("egressd.toml"), &text).expect("a valid config");
+        let egress = EgressClient::new(
+            Arc::new(ArcSwap::from_pointee(config.policy.clone())),
+            DnsResolver::new(&config.dns),
+            vec![],
+            EgressOptions {
+                connect_timeout: Duration::from_secs(5),
+                response_header_timeout: Duration::from_secs(60),
+            },
+        );
+        let store = FileStore::open(dir).expect("the store opens");
+        let scheduler = Scheduler::new(
+            Arc::new(store),
+            Arc::new(egress),
+            config.functions.clone(),
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+            Arc::new(clock.clone()),
+        );
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(scheduler.clone().serve(stop.clone()));
+        Running {
+            scheduler,
+            stop,
+            served,
+        }
+    }
+
+    impl Running {
+        async fn create(&self, cron: &str) -> Schedule {
+            let new =
+                NewSchedule::new("refresh-token", cron, "", |f| f == "refresh-token").unwrap();
+            self.scheduler.create(new).await.unwrap()
+        }
+
+        /// The states of `id`'s runs, oldest first.
+        fn states(&self, id: &str) -> Vec<(String, String)> {
+            let schedule = self.scheduler.get(id).unwrap();
+            schedule
+                .runs
+                .iter()
+                .map(|r| {
+                    let state = serde_json::to_value(r.state).unwrap();
+                    (
+                        r.scheduled_for.to_rfc3339(),
+                        state.as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.served.await.unwrap();
+        }
+    }
+
+    /// Lets the scheduler's task see the clock's move.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn a_schedule_fires_at_the_minute_boundary_never_early() {
+        let (port, received) = function_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
+        let running = start(dir.path(), port, &clock);
+        running.create("* * * * *").await;
+        settle().await;
+        clock.advance(Duration::from_secs(29));
+        settle().await;
+        assert!(received.lock().unwrap().is_empty(), "not at 10:00:59");
+        clock.advance(Duration::from_secs(1));
+        eventually("the 10:01 run", || async {
+            (!received.lock().unwrap().is_empty()).then_some(())
+        })
+        .await;
+        let (head, _) = received.lock().unwrap()[0].clone();
+        assert!(
+            head.contains("x-egress-scheduled-time: 2026-12-03T10:01:00Z"),
+            "{head}"
+        );
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn runs_of_one_schedule_never_overlap() {
+        // The function answers only when the test lets it.
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let port = {
+            let (release, calls) = (release.clone(), calls.clone());
+            serve_function(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let (release, calls) = (release.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    Ok(Response::new(Full::new(Bytes::from("late"))))
+                }
+            })
+            .await
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
+        let running = start(dir.path(), port, &clock);
+        let id = running.create("* * * * *").await.id;
+        settle().await;
+        clock.advance(Duration::from_secs(30));
+        eventually("the 10:01 run to reach the function", || async {
+            (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        // A run by hand while the scheduled one goes is refused.
+        assert!(matches!(
+            running.scheduler.run_now(&id).await,
+            Err(RunNowError::Busy(_))
+        ));
+        // The next boundary finds it still going: skipped, not started.
+        clock.advance(Duration::from_secs(60));
+        let states = eventually("the 10:02 run to be skipped", || async {
+            let states = running.states(&id);
+            (!states.is_empty()).then_some(states)
+        })
+        .await;
+        assert_eq!(
+            states,
+            [(
+                "2026-12-03T10:02:00+00:00".to_string(),
+                "skipped".to_string()
+            )]
+        );
+        release.add_permits(1);
+        eventually("the 10:01 run to finish", || async {
+            (running.states(&id).len() == 2).then_some(())
+        })
+        .await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A scheduled run that comes while a run by hand goes is skipped too.
+        let by_hand = {
+            let scheduler = running.scheduler.clone();
+            let id = id.clone();
+            tokio::spawn(async move { scheduler.run_now(&id).await })
+        };
+        eventually("the run by hand to reach the function", || async {
+            (calls.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+        })
+        .await;
+        clock.advance(Duration::from_secs(60));
+        eventually("the 10:03 run to be skipped", || async {
+            running
+                .states(&id)
+                .iter()
+                .any(|(at, state)| at == "2026-12-03T10:03:00+00:00" && state == "skipped")
+                .then_some(())
+        })
+        .await;
+        release.add_permits(1);
+        by_hand.await.unwrap().unwrap();
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "no overlap"
+        );
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
+        let (port, received) = function_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
+        let running = start(dir.path(), port, &clock);
+        let id = running.create("* * * * *").await.id;
+        running.stop().await;
+        // Down across two minute boundaries.
+        clock.set(at("2026-12-03T10:02:01Z"));
+        let running = start(dir.path(), port, &clock);
+        let states = eventually("the restart to handle the missed runs", || async {
+            let states = running.states(&id);
+            (states.len() == 2).then_some(states)
+        })
+        .await;
+        let states: Vec<(&str, &str)> = states
+            .iter()
+            .map(|(at, state)| (at.as_str(), state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("2026-12-03T10:01:00+00:00", "missed"),
+                ("2026-12-03T10:02:00+00:00", "success")
+            ]
+        );
+        assert_eq!(received.lock().unwrap().len(), 1, "no burst");
+        assert_eq!(running.scheduler.now(), clock.now());
+        running.stop().await;
+    }
 }

@@ -9,6 +9,7 @@
 //! is due when (the planner); [`service`], the task that sleeps until a run is due and
 //! invokes the function ([`invoke`]) through the egress client.
 
+pub mod clock;
 pub mod cron;
 pub mod function;
 pub mod invoke;

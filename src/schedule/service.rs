@@ -2,24 +2,32 @@
 //! schedule on request, and deletes the schedules of undeployed functions.
 //!
 //! One task sleeps until the earliest nominal time of any schedule (woken early when a
-//! schedule is created), re-reads the wall clock, and asks the planner what is due. A run
-//! that is due while the previous run of the same schedule is still going is recorded as
-//! `skipped`.
+//! schedule is created), re-reads the clock, and asks the planner what is due. A run that is
+//! due while the previous run of the same schedule — scheduled or started by hand — is still
+//! going is recorded as `skipped`; a manual run while one goes is refused.
+//!
+//! The clock is passed in ([`Clock`]): the system's in production, a hand-moved one in tests.
+//! The egress client is the scheduler's own (same policy handle and resolver as the proxy's,
+//! its own pool on the scheduler's runtime), so no connection crosses runtimes. Fired runs
+//! are tracked: on shutdown they get `shutdown_grace` to finish, then are cut and recorded as
+//! such. The store blocks (every change is fsynced), so it is called from blocking threads.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::clock::Clock;
 use super::cron::CronExpr;
 use super::function::{DeployState, Functions};
 use super::invoke::invoke;
 use super::runner::{plan, sleep_until_next};
-use super::store::{RunRecord, RunState, Schedule, ScheduleStore, StoreError};
+use super::store::{NewSchedule, RunRecord, RunState, Schedule, ScheduleStore, StoreError};
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
 
@@ -30,17 +38,37 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// could not be written.
 const UNDEPLOY_RETRY: Duration = Duration::from_secs(5);
 
+/// Why a schedule could not be run by hand.
+#[derive(Debug, thiserror::Error)]
+pub enum RunNowError {
+    #[error("no schedule {0:?}")]
+    NotFound(String),
+    /// A run of the schedule is going: runs of one schedule never overlap.
+    #[error("a run of schedule {0:?} is still going; try again when it has finished")]
+    Busy(String),
+}
+
 pub struct Scheduler {
-    pub store: Arc<dyn ScheduleStore>,
+    store: Arc<dyn ScheduleStore>,
     egress: Arc<EgressClient>,
     functions: ArcSwap<Functions>,
-    /// Schedules with a run in progress.
+    clock: Arc<dyn Clock>,
+    /// Schedules with a run in progress, scheduled or by hand.
     running: Mutex<HashSet<String>>,
+    /// The runs started and not yet recorded, so shutdown can wait for them.
+    runs: TaskTracker,
+    /// Cancelled when shutdown's grace is over: runs still going are cut.
+    cut: CancellationToken,
     /// Woken when a schedule is created, so its first run is planned.
     wake: Notify,
     /// Attempt deadline per invocation.
     timeout: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// The set of running schedules, usable after a panic elsewhere: it holds ids only.
+fn lock(running: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
+    running.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Scheduler {
@@ -50,12 +78,16 @@ impl Scheduler {
         functions: Functions,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         Arc::new(Scheduler {
             store,
             egress,
             functions: ArcSwap::from_pointee(functions),
+            clock,
             running: Mutex::default(),
+            runs: TaskTracker::new(),
+            cut: CancellationToken::new(),
             wake: Notify::new(),
             timeout,
             metrics,
@@ -67,14 +99,54 @@ impl Scheduler {
         self.functions.load_full()
     }
 
+    /// The time on the scheduler's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     /// Puts a reloaded `[[functions]]` list in force and deletes the schedules of functions
     /// that are no longer productive (undeployed or removed). Redeploying does not bring
-    /// them back.
+    /// them back. Blocking (the store writes): call it from a blocking thread.
     pub fn set_functions(&self, functions: Functions) {
         self.delete_undeployed(&functions, false);
         self.functions.store(Arc::new(functions));
         // The loop retries what could not be deleted, and stops planning it.
         self.wake.notify_one();
+    }
+
+    /// The schedules, as last written (no I/O).
+    pub fn list(&self) -> Vec<Schedule> {
+        self.store.list()
+    }
+
+    /// One schedule, as last written (no I/O).
+    pub fn get(&self, id: &str) -> Option<Schedule> {
+        self.store.get(id)
+    }
+
+    /// Creates a schedule (checked against the rules already) and plans it at once.
+    pub async fn create(&self, new: NewSchedule) -> Result<Schedule, StoreError> {
+        let now = self.clock.now();
+        let created = self.blocking(move |store| store.create(new, now)).await?;
+        self.wake.notify_one();
+        Ok(created)
+    }
+
+    /// Deletes a schedule.
+    pub async fn delete(&self, id: &str) -> Result<Schedule, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |store| store.delete(&id)).await
+    }
+
+    /// Runs a store call on a blocking thread: a write fsyncs.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn ScheduleStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(store.as_ref()))
+            .await
+            .unwrap_or_else(|panicked| std::panic::resume_unwind(panicked.into_panic()))
     }
 
     /// Deletes the schedules of functions `functions` does not have as productive; returns
@@ -109,19 +181,19 @@ impl Scheduler {
         left
     }
 
-    /// Plans the new schedule at once.
-    pub fn created(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Invokes `schedule` now and records the run like a scheduled one.
-    pub async fn run_now(&self, id: &str) -> Result<RunRecord, StoreError> {
+    /// Invokes `schedule` now and records the run like a scheduled one; refused while a run
+    /// of the same schedule is going.
+    pub async fn run_now(&self, id: &str) -> Result<RunRecord, RunNowError> {
         let schedule = self
             .store
             .get(id)
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        let run = self.invoke(&schedule, Utc::now()).await;
-        self.record(id, run.clone());
+            .ok_or_else(|| RunNowError::NotFound(id.to_string()))?;
+        if !lock(&self.running).insert(schedule.id.clone()) {
+            return Err(RunNowError::Busy(id.to_string()));
+        }
+        let run = self.invoke(&schedule, self.clock.now()).await;
+        self.record(id, run.clone()).await;
+        lock(&self.running).remove(id);
         Ok(run)
     }
 
@@ -152,10 +224,17 @@ impl Scheduler {
         // The last nominal time handled per schedule, from the store at first sight.
         let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
-            let now = Utc::now();
+            let now = self.clock.now();
             let functions = self.functions();
             let mut sleep = MAX_SLEEP;
-            if self.delete_undeployed(&functions, true) {
+            let undeployed_left = {
+                let scheduler = self.clone();
+                let functions = functions.clone();
+                tokio::task::spawn_blocking(move || scheduler.delete_undeployed(&functions, true))
+                    .await
+                    .unwrap_or(true)
+            };
+            if undeployed_left {
                 sleep = UNDEPLOY_RETRY;
             }
             let schedules = self.store.list();
@@ -173,41 +252,54 @@ impl Scheduler {
                     .or_insert_with(|| first_handled(schedule));
                 let due = plan(&cron, since, now);
                 for missed in due.missed.iter().rev() {
-                    self.record(&schedule.id, skipped_or_missed(*missed, RunState::Missed));
+                    self.record(&schedule.id, skipped_or_missed(*missed, RunState::Missed))
+                        .await;
                 }
                 if let Some(nominal) = due.fire {
-                    self.fire(schedule.clone(), nominal);
+                    self.fire(schedule.clone(), nominal).await;
                 }
                 handled.insert(schedule.id.clone(), due.handled_through);
-                if let Some(next) = sleep_until_next(&cron, due.handled_through, Utc::now()) {
+                if let Some(next) = sleep_until_next(&cron, due.handled_through, self.clock.now()) {
                     sleep = sleep.min(next);
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(sleep) => {}
+                _ = self.clock.sleep(sleep) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
+    /// Waits up to `grace` for the runs still going, then cuts them (each is recorded as cut).
+    pub async fn drain(&self, grace: Duration) {
+        self.runs.close();
+        if tokio::time::timeout(grace, self.runs.wait()).await.is_err() {
+            tracing::warn!(
+                runs = self.runs.len(),
+                "grace period over; cutting the scheduled runs still going"
+            );
+            self.cut.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.runs.wait()).await;
+        }
+    }
+
     /// Starts a run, or records it as skipped while the previous one is still going.
-    fn fire(self: &Arc<Self>, schedule: Schedule, nominal: DateTime<Utc>) {
-        if !self
-            .running
-            .lock()
-            .expect("running lock")
-            .insert(schedule.id.clone())
-        {
-            self.record(&schedule.id, skipped_or_missed(nominal, RunState::Skipped));
+    async fn fire(self: &Arc<Self>, schedule: Schedule, nominal: DateTime<Utc>) {
+        if !lock(&self.running).insert(schedule.id.clone()) {
+            self.record(&schedule.id, skipped_or_missed(nominal, RunState::Skipped))
+                .await;
             return;
         }
-        let lag = (Utc::now() - nominal).num_milliseconds();
+        let lag = (self.clock.now() - nominal).num_milliseconds();
         self.metrics.schedule_lag(lag.max(0) as f64 / 1000.0);
         tracing::debug!(schedule = %schedule.id, lag_ms = lag, "firing");
         let scheduler = self.clone();
-        tokio::spawn(async move {
-            let run = scheduler.invoke(&schedule, nominal).await;
+        self.runs.spawn(async move {
+            let run = tokio::select! {
+                run = scheduler.invoke(&schedule, nominal) => run,
+                _ = scheduler.cut.cancelled() => cut_at_shutdown(nominal),
+            };
             tracing::info!(
                 target: "egressd::schedule",
                 schedule = %schedule.id,
@@ -219,25 +311,37 @@ impl Scheduler {
                 lag_ms = lag,
                 "scheduled run"
             );
-            scheduler.record(&schedule.id, run);
-            scheduler
-                .running
-                .lock()
-                .expect("running lock")
-                .remove(&schedule.id);
+            scheduler.record(&schedule.id, run).await;
+            lock(&scheduler.running).remove(&schedule.id);
         });
     }
 
-    fn record(&self, id: &str, run: RunRecord) {
+    /// Counts the run and writes it to the store, on a blocking thread.
+    async fn record(&self, id: &str, run: RunRecord) {
         let outcome = serde_json::to_value(run.state)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         self.metrics.schedule_run(id, &outcome);
-        match self.store.record_run(id, run) {
+        let owned = id.to_string();
+        match self
+            .blocking(move |store| store.record_run(&owned, run))
+            .await
+        {
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => tracing::error!(schedule = id, error = %err, "cannot record a run"),
         }
+    }
+}
+
+/// A run that shutdown's grace did not see finish.
+fn cut_at_shutdown(nominal: DateTime<Utc>) -> RunRecord {
+    RunRecord {
+        scheduled_for: nominal,
+        state: RunState::Failure,
+        status: "shutdown".into(),
+        duration_ms: 0,
+        reason: Some("egressd shut down before the run finished (proxy.shutdown_grace)".into()),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -155,10 +155,15 @@ pub trait ScheduleStore: Send + Sync {
     fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError>;
 }
 
-/// Schedules in a JSON file in `state_dir`.
+/// Schedules in a JSON file in `state_dir`. Its methods block (a change is written and
+/// fsynced before it returns): call them from a blocking thread.
 pub struct FileStore {
     file: PathBuf,
-    schedules: Mutex<BTreeMap<String, Schedule>>,
+    /// The schedules as last written; held only to read or swap, never across a write, so
+    /// a reader never waits for an fsync.
+    schedules: Mutex<Arc<BTreeMap<String, Schedule>>>,
+    /// One change at a time, held across the write: changes are written in the order made.
+    writing: Mutex<()>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,25 +208,31 @@ impl FileStore {
         };
         Ok(FileStore {
             file,
-            schedules: Mutex::new(schedules),
+            schedules: Mutex::new(Arc::new(schedules)),
+            writing: Mutex::new(()),
         })
     }
 
     /// Applies `change` to a copy, writes it, and only then keeps it: a failed write changes
-    /// nothing.
+    /// nothing, and readers see the change only once it is on disk.
     fn change<T>(
         &self,
         change: impl FnOnce(&mut BTreeMap<String, Schedule>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut schedules = self.schedules.lock().expect("schedules lock");
-        let mut next = schedules.clone();
+        let _one_at_a_time = lock(&self.writing);
+        let mut next = BTreeMap::clone(&self.current());
         let value = change(&mut next)?;
         self.persist(&next).map_err(|source| StoreError::Write {
             path: self.file.clone(),
             source,
         })?;
-        *schedules = next;
+        *lock(&self.schedules) = Arc::new(next);
         Ok(value)
+    }
+
+    /// The schedules as last written.
+    fn current(&self) -> Arc<BTreeMap<String, Schedule>> {
+        lock(&self.schedules).clone()
     }
 
     fn persist(&self, schedules: &BTreeMap<String, Schedule>) -> std::io::Result<()> {
@@ -232,6 +243,14 @@ impl FileStore {
         let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
         write_atomically(&self.file, &bytes)
     }
+}
+
+/// A poisoned lock is still usable here: a change is swapped in whole, after its write, so a
+/// panic cannot leave a half-made map behind.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A new random schedule id: `sch_` and 16 hex digits.
@@ -247,18 +266,14 @@ fn new_id() -> String {
 
 impl ScheduleStore for FileStore {
     fn list(&self) -> Vec<Schedule> {
-        let schedules = self.schedules.lock().expect("schedules lock");
+        let schedules = self.current();
         let mut list: Vec<Schedule> = schedules.values().cloned().collect();
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         list
     }
 
     fn get(&self, id: &str) -> Option<Schedule> {
-        self.schedules
-            .lock()
-            .expect("schedules lock")
-            .get(id)
-            .cloned()
+        self.current().get(id).cloned()
     }
 
     fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError> {

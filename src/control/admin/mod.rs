@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use guard::{read_json, Guards};
 use routes::{find_route, Endpoint, Route};
-use schedules::{cron_preview, store_error};
+use schedules::{cron_preview, run_now_error, store_error};
 use views::*;
 
 use super::config::AdminToken;
@@ -122,22 +122,22 @@ impl Admin {
             Endpoint::Mtls => json(StatusCode::OK, &self.mtls()),
             Endpoint::Reload => self.reload().await,
             Endpoint::SchedulesList => {
+                let now = self.scheduler.now();
                 let views: Vec<ScheduleView> = self
                     .scheduler
-                    .store
                     .list()
                     .iter()
-                    .map(schedule_view)
+                    .map(|s| schedule_view(s, now))
                     .collect();
                 json(StatusCode::OK, &views)
             }
             Endpoint::SchedulesCreate => self.create_schedule(req, route).await,
-            Endpoint::ScheduleGet => match self.scheduler.store.get(&id) {
-                Some(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
-                None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
-            },
-            Endpoint::ScheduleDelete => match self.scheduler.store.delete(&id) {
-                Ok(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
+            Endpoint::ScheduleGet => self.schedule(&id),
+            Endpoint::ScheduleDelete => match self.scheduler.delete(&id).await {
+                Ok(schedule) => json(
+                    StatusCode::OK,
+                    &schedule_view(&schedule, self.scheduler.now()),
+                ),
                 Err(err) => store_error(err),
             },
             Endpoint::Status => json(StatusCode::OK, &self.status()),
@@ -177,11 +177,8 @@ impl Admin {
                 r
             }
             Endpoint::ScheduleRun => match self.scheduler.run_now(&id).await {
-                Ok(_) => match self.scheduler.store.get(&id) {
-                    Some(schedule) => json(StatusCode::OK, &schedule_view(&schedule)),
-                    None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
-                },
-                Err(err) => store_error(err),
+                Ok(_) => self.schedule(&id),
+                Err(err) => run_now_error(err),
             },
         }
     }

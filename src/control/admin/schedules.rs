@@ -10,6 +10,7 @@ use super::routes::Route;
 use super::views::{api_error, json, rfc3339, schedule_view, CronExample, CronView};
 use super::Admin;
 use crate::schedule::cron::{self, CronExpr};
+use crate::schedule::service::RunNowError;
 use crate::schedule::store::{NewSchedule, StoreError};
 use crate::util::body::HttpBody;
 
@@ -52,15 +53,36 @@ impl Admin {
                 )
             }
         };
-        match self.scheduler.store.create(new, chrono::Utc::now()) {
+        match self.scheduler.create(new).await {
             Ok(schedule) => {
-                self.scheduler.created();
                 tracing::info!(schedule = %schedule.id, function = %schedule.function, cron = %schedule.cron, "schedule created");
-                json(StatusCode::CREATED, &schedule_view(&schedule))
+                json(
+                    StatusCode::CREATED,
+                    &schedule_view(&schedule, self.scheduler.now()),
+                )
             }
             Err(err) => store_error(err),
         }
     }
+
+    /// `GET /v1/schedules/{id}`, and the answer of a run by hand.
+    pub(super) fn schedule(&self, id: &str) -> Response<HttpBody> {
+        match self.scheduler.get(id) {
+            Some(schedule) => json(
+                StatusCode::OK,
+                &schedule_view(&schedule, self.scheduler.now()),
+            ),
+            None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
+        }
+    }
+}
+
+pub(super) fn run_now_error(err: RunNowError) -> Response<HttpBody> {
+    let status = match err {
+        RunNowError::NotFound(_) => StatusCode::NOT_FOUND,
+        RunNowError::Busy(_) => StatusCode::CONFLICT,
+    };
+    api_error(status, err.to_string(), None)
 }
 
 pub(super) fn store_error(err: StoreError) -> Response<HttpBody> {

@@ -90,11 +90,15 @@ pub(super) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-pub(super) fn schedule_view(schedule: &Schedule) -> ScheduleView {
+/// `now` on the scheduler's clock.
+pub(super) fn schedule_view(
+    schedule: &Schedule,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ScheduleView {
     let last = schedule.last_run();
     let next_run = CronExpr::parse(&schedule.cron)
         .ok()
-        .and_then(|cron| cron.next_after(chrono::Utc::now()))
+        .and_then(|cron| cron.next_after(now))
         .map(rfc3339);
     ScheduleView {
         id: schedule.id.clone(),
