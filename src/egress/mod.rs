@@ -1,12 +1,12 @@
 //! **How bytes leave.** Resolve, check every address, pin, dial; the upstream HTTP pool; the
 //! tunnel relay; and the [`EgressClient`], the one way out of egressd.
 //!
-//! Everything egressd sends upstream — a function's forwarded request, a CONNECT tunnel, and
-//! later a scheduled invocation — goes through [`EgressClient`]: a [`Permit`] comes only from
-//! its policy decision, and both of its ways out ([`EgressClient::send`] for HTTP,
-//! [`EgressClient::dial`] for tunnels) take one. The dialer and the pool's connector are
-//! private, so no second route out can exist. Imports from [`crate::policy`] and
-//! [`crate::util`] only.
+//! Everything egressd sends upstream — a function's forwarded request, a CONNECT tunnel, a
+//! scheduled invocation, a hop of the redirect audit — goes through [`EgressClient`]: a
+//! [`Permit`] comes only from its policy decision, and both of its ways out
+//! ([`EgressClient::send`] for HTTP, [`EgressClient::dial`] for tunnels) take one. The dialer
+//! and the pool's connector are private, so no second route out can exist. Imports from
+//! [`crate::policy`] and [`crate::util`] only.
 
 mod client;
 mod dial;

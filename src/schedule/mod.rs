@@ -3,10 +3,11 @@
 //! SSRF checks and mTLS origination apply to them alike.
 //!
 //! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
-//! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers. So far:
-//! [`cron`], the expressions and their evaluation; [`store`], schedules and their runs,
-//! persisted behind a trait; [`runner`], what is due when (the planner; the task that sleeps
-//! and invokes through the egress client comes next).
+//! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers.
+//! [`cron`], the expressions and their evaluation; [`function`], the deployed functions;
+//! [`store`], schedules and their runs, persisted behind a trait; [`runner`], what is due when
+//! (the planner); [`service`], the task that sleeps and fires; [`invoke`], one invocation
+//! through the egress client.
 
 pub mod cron;
 pub mod function;
