@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# egressd in a container: `docker build -t egressd .`, then see README "Deploying".
+# egressd in a container: `docker build -t egressd .`, then see docs/deploying.md.
 #
 # Build on Debian 12 and run on distroless cc-debian12: the binary links glibc (libc, libm)
 # and libgcc_s, which that image has, from the same Debian release. It needs no CA bundle:

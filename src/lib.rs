@@ -5,7 +5,8 @@
 //! | layer | owns |
 //! |---|---|
 //! | [`control`] | config file, reload (watch, SIGHUP, API), admin listener and console, `explain`, the redirect audit |
-//! | [`proxy`] and [`schedule`], side by side | the client-facing listener, request parsing, CONNECT and forwarding, access log; and the scheduler: cron, the schedule store, invocations |
+//! | [`proxy`] | the client-facing listener, request parsing, CONNECT and forwarding, access log |
+//! | [`schedule`] | beside [`proxy`]: cron schedules of functions, invoked through the same [`egress::EgressClient`] |
 //! | [`egress`] | resolve → check every address → pin → dial, the upstream pool, the tunnel relay, and the [`egress::EgressClient`], the one way out |
 //! | [`policy`] | hosts, the allowlist, private ranges, activation times, the decision |
 //!
@@ -18,7 +19,11 @@
 //! ([`policy::Policy::decide`] over the [`policy::allowlist`], issuing a [`egress::Permit`]) →
 //! [`egress::EgressClient::dial`] or [`egress::EgressClient::send`] (resolve via
 //! [`egress::resolve`], check with [`policy::netguard`], pin, connect) → [`egress::tunnel`] or
-//! the pooled HTTP client (relay) → [`proxy::access`] (one log line, the metrics).
+//! the pooled HTTP client (relay) → [`proxy::access`] (one log line, the metrics). A scheduled
+//! run takes the same way out: [`schedule::service`] fires what [`schedule::runner`] says is
+//! due, and [`schedule::invoke`] sends it with [`egress::EgressClient::send`].
+//!
+//! The same layers, for readers of the repository: `docs/architecture.md`.
 
 #![deny(unsafe_code)]
 

@@ -1,9 +1,10 @@
 //! Prometheus metrics with an explicit registry (no globals), served on the admin listener.
 //!
-//! Beside the layers rather than in one: the proxy, the reloader and (later) the scheduler all
-//! record here. Labels are typed — [`Outcome`], [`ErrorKind`], [`LiveKind`], [`ReloadResult`]
-//! — each with one `as_str`, so a label cannot be misspelt at a call site. Imports the
-//! vocabulary of [`crate::policy`] and [`crate::egress`] only.
+//! Beside the layers rather than in one: the proxy, the reloader and the scheduler all record
+//! here (every metric, with its labels: `docs/metrics.md`). Labels are typed — [`Outcome`],
+//! [`ErrorKind`], [`LiveKind`], [`ReloadResult`] — each with one `as_str`, so a label cannot be
+//! misspelt at a call site. Imports the vocabulary of [`crate::policy`] and [`crate::egress`]
+//! only.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;

@@ -7,10 +7,11 @@
 //! allowlist. [`ignoring_clients`] shows the variables that clients do not read.
 //!
 //! Every row runs and all failures are reported together. The measured table is printed and
-//! written to `target/tmp/clients.md`; the README's "Using egressd from your function" quotes
-//! it. The runtimes come from Debian's packages and the libraries from the pinned files in
-//! `tests/clients/`: `.ci/run` installs both (the libraries through `tests/clients/setup`). A
-//! missing one fails the test, naming what to install; nothing is skipped.
+//! written to `target/tmp/clients.md`; docs/clients.md ("Using egressd from your function")
+//! quotes it. The runtimes come from Debian's packages and the libraries from the pinned
+//! files in `tests/clients/`: `.ci/run` installs both (the libraries through
+//! `tests/clients/setup`). A missing one fails the test, naming what to install; nothing is
+//! skipped.
 
 mod support;
 

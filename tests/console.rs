@@ -2,7 +2,8 @@
 //! (chromedriver) against the real binary. The browser runs with `TZ=America/New_York`, so
 //! every local time on the page must be UTC shifted by New York's offset.
 //!
-//! Screenshots of each page land in `target/tmp/console/` (the README's come from there).
+//! Screenshots of each page land in `target/tmp/console/` (docs/console.md shows copies of them,
+//! kept in `docs/console/`).
 
 mod support;
 

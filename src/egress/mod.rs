@@ -2,11 +2,11 @@
 //! tunnel relay; and the [`EgressClient`], the one way out of egressd.
 //!
 //! Everything egressd sends upstream — a function's forwarded request, a CONNECT tunnel, a
-//! scheduled invocation and the redirect audit's hops — goes through [`EgressClient`]: a [`Permit`] comes only from
-//! its policy decision, and both of its ways out ([`EgressClient::send`] for HTTP,
-//! [`EgressClient::dial`] for tunnels) take one. The dialer and the pool's connector are
-//! private, so no second route out can exist. Imports from [`crate::policy`] and
-//! [`crate::util`] only.
+//! scheduled invocation, a hop of the redirect audit — goes through [`EgressClient`]: a
+//! [`Permit`] comes only from its policy decision, and both of its ways out
+//! ([`EgressClient::send`] for HTTP, [`EgressClient::dial`] for tunnels) take one. The dialer
+//! and the pool's connector are private, so no second route out can exist. Imports from
+//! [`crate::policy`] and [`crate::util`] only.
 
 mod client;
 mod dial;

@@ -4,10 +4,10 @@
 //!
 //! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
 //! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers:
-//! [`cron`], the expressions and their evaluation; [`function`], the functions a schedule
-//! may name; [`store`], schedules and their runs, persisted behind a trait; [`runner`], what
-//! is due when (the planner); [`service`], the task that sleeps until a run is due and
-//! invokes the function ([`invoke`]) through the egress client.
+//! [`clock`], the wall clock passed in; [`cron`], the expressions and their evaluation;
+//! [`function`], the deployed functions; [`store`], schedules and their runs, persisted
+//! behind a trait; [`runner`], what is due when (the planner); [`service`], the task that
+//! sleeps and fires; [`invoke`], one invocation through the egress client.
 
 pub mod clock;
 pub mod cron;
