@@ -33,7 +33,7 @@ use super::resolve::Resolve;
 use super::tls::{
     describe_tls_failure, originate, plain_tls_config, HandshakeHook, HandshakeOutcome, MtlsTable,
 };
-use super::ErrorKind;
+use super::{Cause, ErrorKind};
 use crate::policy::allowlist::{Allowlist, Pattern, RuleId};
 use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Policy, PolicyHandle, Protocol, Target};
@@ -97,13 +97,13 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// The `X-Egress-Error` kind; `None` for a denial.
-    pub fn kind(&self) -> Option<ErrorKind> {
+    /// A denial (an address the policy refuses), or the `X-Egress-Error` kind.
+    pub fn cause(&self) -> Cause<'_> {
         match self {
-            SendError::Egress(err) => err.kind(),
-            SendError::Upstream(_) => Some(ErrorKind::Upstream),
-            SendError::Timeout(_) => Some(ErrorKind::UpstreamTimeout),
-            SendError::ClientIdle(_) => Some(ErrorKind::ClientTimeout),
+            SendError::Egress(err) => err.cause(),
+            SendError::Upstream(_) => Cause::Error(ErrorKind::Upstream),
+            SendError::Timeout(_) => Cause::Error(ErrorKind::UpstreamTimeout),
+            SendError::ClientIdle(_) => Cause::Error(ErrorKind::ClientTimeout),
         }
     }
 }

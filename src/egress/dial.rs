@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::resolve::{Resolve, ResolveError};
-use super::ErrorKind;
+use super::{Cause, ErrorKind};
 use crate::policy::host::Host;
 use crate::policy::{Denial, DenyReason, Policy, Target};
 
@@ -74,16 +74,16 @@ impl EgressError {
         }
     }
 
-    /// The `X-Egress-Error` value and metric label; `None` for a denial (which has its own).
-    pub fn kind(&self) -> Option<ErrorKind> {
-        match self {
-            EgressError::Denied(_) => None,
-            EgressError::Dns(_) => Some(ErrorKind::Dns),
-            EgressError::Refused { .. } => Some(ErrorKind::ConnectRefused),
-            EgressError::Timeout { .. } => Some(ErrorKind::ConnectTimeout),
-            EgressError::Connect { .. } => Some(ErrorKind::ConnectFailed),
-            EgressError::Tls { .. } => Some(ErrorKind::Tls),
-        }
+    /// A denial (an address the policy refuses), or the `X-Egress-Error` kind.
+    pub fn cause(&self) -> Cause<'_> {
+        Cause::Error(match self {
+            EgressError::Denied(denial) => return Cause::Denied(denial),
+            EgressError::Dns(_) => ErrorKind::Dns,
+            EgressError::Refused { .. } => ErrorKind::ConnectRefused,
+            EgressError::Timeout { .. } => ErrorKind::ConnectTimeout,
+            EgressError::Connect { .. } => ErrorKind::ConnectFailed,
+            EgressError::Tls { .. } => ErrorKind::Tls,
+        })
     }
 }
 

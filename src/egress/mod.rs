@@ -46,7 +46,35 @@ pub enum ErrorKind {
     ClientTimeout,
 }
 
+/// Why egress failed, as the caller answers it: a policy denial (its own status, header and
+/// metric label) or an error of a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause<'a> {
+    Denied(&'a crate::policy::Denial),
+    Error(ErrorKind),
+}
+
 impl ErrorKind {
+    /// Every kind, for parsing the wire strings back.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::BadRequest,
+        ErrorKind::Loop,
+        ErrorKind::TooManyConnections,
+        ErrorKind::Dns,
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::ConnectFailed,
+        ErrorKind::Upstream,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::Tls,
+        ErrorKind::ClientTimeout,
+    ];
+
+    /// The kind whose [`ErrorKind::as_str`] is `text`.
+    pub fn parse(text: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad-request",

@@ -151,6 +151,25 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Every reason, for parsing the wire codes back.
+    pub const ALL: [DenyReason; 10] = [
+        DenyReason::NotAllowlisted,
+        DenyReason::PortNotAllowed,
+        DenyReason::PrivateDestination,
+        DenyReason::InvalidTarget,
+        DenyReason::PendingActivation,
+        DenyReason::TunnelHostMismatch,
+        DenyReason::MtlsOriginationRequired,
+        DenyReason::SniNotAllowlisted,
+        DenyReason::SniMismatch,
+        DenyReason::SniUnreadable,
+    ];
+
+    /// The reason whose [`DenyReason::code`] is `code`.
+    pub fn from_code(code: &str) -> Option<DenyReason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             DenyReason::NotAllowlisted => "not-allowlisted",

@@ -22,7 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
 
 use crate::egress::tunnel::{TunnelEnd, TunnelStats};
-use crate::egress::{authority_text, EgressError, ErrorKind, Permit, SendError};
+use crate::egress::{authority_text, Cause, EgressError, ErrorKind, Permit, SendError};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::{text_response, BoxError, HttpBody};
@@ -232,11 +232,9 @@ impl AccessRecord {
 
     /// The upstream could not be reached (or its address was refused: a denial).
     pub fn egress_error(self, err: &EgressError) -> Response<HttpBody> {
-        let Some(kind) = err.kind() else {
-            let EgressError::Denied(denial) = err else {
-                unreachable!("only a denial has no error kind")
-            };
-            return self.denied(denial.clone());
+        let kind = match err.cause() {
+            Cause::Denied(denial) => return self.denied(denial.clone()),
+            Cause::Error(kind) => kind,
         };
         self.metrics.upstream_error(kind);
         let status = match kind {
@@ -249,18 +247,26 @@ impl AccessRecord {
 
     /// A sent request got no response.
     pub fn send_error(self, err: &SendError) -> Response<HttpBody> {
-        let text = match err {
+        let (kind, text) = match err {
             SendError::Egress(err) => return self.egress_error(err),
-            SendError::Upstream(detail) => format!("egressd: the upstream failed: {detail}"),
-            SendError::ClientIdle(waited) => format!(
-                "egressd: the request body stopped for {waited:?} (proxy.idle_timeout); request abandoned"
+            SendError::Upstream(detail) => (
+                ErrorKind::Upstream,
+                format!("egressd: the upstream failed: {detail}"),
             ),
-            SendError::Timeout(waited) => format!(
-                "egressd: {} sent no response within {waited:?} (proxy.response_header_timeout)",
-                self.raw_target
+            SendError::ClientIdle(waited) => (
+                ErrorKind::ClientTimeout,
+                format!(
+                    "egressd: the request body stopped for {waited:?} (proxy.idle_timeout); request abandoned"
+                ),
+            ),
+            SendError::Timeout(waited) => (
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "egressd: {} sent no response within {waited:?} (proxy.response_header_timeout)",
+                    self.raw_target
+                ),
             ),
         };
-        let kind = err.kind().expect("only a denial has no error kind");
         self.metrics.upstream_error(kind);
         let status = match kind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,

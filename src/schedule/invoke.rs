@@ -11,8 +11,8 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 
 use super::function::Function;
-use super::store::{RunRecord, RunState, Schedule};
-use crate::egress::EgressClient;
+use super::store::{RunRecord, RunState, RunStatus, Schedule};
+use crate::egress::{Cause, EgressClient};
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::full;
 
@@ -32,19 +32,21 @@ pub async fn invoke(
         .await
         .unwrap_or_else(|_| {
             Err((
-                "timeout".to_string(),
+                RunStatus::Timeout,
                 format!("no response within {deadline:?} (schedule_timeout)"),
             ))
         });
     let duration_ms = started.elapsed().as_millis() as u64;
     let (state, status, reason) = match outcome {
-        Ok(status) if (200..300).contains(&status) => (RunState::Success, status.to_string(), None),
+        Ok(status) if (200..300).contains(&status) => {
+            (RunState::Success, RunStatus::Http(status), None)
+        }
         Ok(status) => (
             RunState::Failure,
-            status.to_string(),
+            RunStatus::Http(status),
             Some(format!("the function answered HTTP {status}")),
         ),
-        Err((kind, reason)) => (RunState::Failure, kind, Some(reason)),
+        Err((status, reason)) => (RunState::Failure, status, Some(reason)),
     };
     RunRecord {
         scheduled_for: nominal,
@@ -55,14 +57,14 @@ pub async fn invoke(
     }
 }
 
-/// The response status, or (error kind, reason).
+/// The response status, or (why there was none, the reason in words).
 async fn attempt(
     egress: &EgressClient,
     function: &Function,
     schedule: &Schedule,
     nominal: DateTime<Utc>,
-) -> Result<u16, (String, String)> {
-    let denied = |d: Denial| (d.reason.code().to_string(), d.message);
+) -> Result<u16, (RunStatus, String)> {
+    let denied = |d: Denial| (RunStatus::Denied(d.reason), d.message);
     let authority = function.url.authority().map(|a| a.as_str()).unwrap_or("");
     // https:// leaves as a function's HTTPS_PROXY traffic would: the CONNECT port rules.
     let (protocol, default_port) = match function.url.scheme_str() {
@@ -88,18 +90,13 @@ async fn attempt(
         )
         .body(full(Bytes::from(schedule.payload.clone())))
         .expect("a valid URL and header values make a valid request");
-    let response = egress.send(&permit, request).await.map_err(|err| {
-        let kind = err
-            .kind()
-            .map(|k| k.as_str().to_string())
-            .unwrap_or_else(|| "denied".to_string());
-        match &err {
-            crate::egress::SendError::Egress(crate::egress::EgressError::Denied(d)) => {
-                denied(d.clone())
-            }
-            _ => (kind, err.to_string()),
-        }
-    })?;
+    let response = egress
+        .send(&permit, request)
+        .await
+        .map_err(|err| match err.cause() {
+            Cause::Denied(denial) => denied(denial.clone()),
+            Cause::Error(kind) => (RunStatus::Egress(kind), err.to_string()),
+        })?;
     let status = response.status().as_u16();
     // Read the answer to its end so the pooled connection can be reused.
     let _ = Limited::new(response.into_body(), RESPONSE_LIMIT)

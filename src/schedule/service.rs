@@ -27,7 +27,9 @@ use super::cron::CronExpr;
 use super::function::{DeployState, Functions};
 use super::invoke::invoke;
 use super::runner::{plan, sleep_until_next};
-use super::store::{NewSchedule, RunRecord, RunState, Schedule, ScheduleStore, StoreError};
+use super::store::{
+    NewSchedule, RunRecord, RunState, RunStatus, Schedule, ScheduleStore, StoreError,
+};
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
 
@@ -212,7 +214,7 @@ impl Scheduler {
             None => RunRecord {
                 scheduled_for: nominal,
                 state: RunState::Failure,
-                status: "undeployed".into(),
+                status: RunStatus::Undeployed,
                 duration_ms: 0,
                 reason: Some(format!("function {:?} is not deployed", schedule.function)),
             },
@@ -318,11 +320,7 @@ impl Scheduler {
 
     /// Counts the run and writes it to the store, on a blocking thread.
     async fn record(&self, id: &str, run: RunRecord) {
-        let outcome = serde_json::to_value(run.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        self.metrics.schedule_run(id, &outcome);
+        self.metrics.schedule_run(id, run.state.as_str());
         let owned = id.to_string();
         match self
             .blocking(move |store| store.record_run(&owned, run))
@@ -339,7 +337,7 @@ fn cut_at_shutdown(nominal: DateTime<Utc>) -> RunRecord {
     RunRecord {
         scheduled_for: nominal,
         state: RunState::Failure,
-        status: "shutdown".into(),
+        status: RunStatus::Shutdown,
         duration_ms: 0,
         reason: Some("egressd shut down before the run finished (proxy.shutdown_grace)".into()),
     }
@@ -361,8 +359,8 @@ fn skipped_or_missed(nominal: DateTime<Utc>, state: RunState) -> RunRecord {
         scheduled_for: nominal,
         state,
         status: match state {
-            RunState::Skipped => "skipped".into(),
-            _ => "missed".into(),
+            RunState::Skipped => RunStatus::Skipped,
+            _ => RunStatus::Missed,
         },
         duration_ms: 0,
         reason: Some(match state {

@@ -350,13 +350,13 @@ impl Admin {
                 percent_encoding::percent_decode_str(&encoded)
                     .decode_utf8_lossy()
                     .into_owned(),
-                "removed",
+                EditAction::Remove,
             ),
             None => {
                 match read_json::<EntryRequest>(req, route, "{\"domain\": \"api.example.com\"}")
                     .await
                 {
-                    Ok(request) => (request.domain, "added"),
+                    Ok(request) => (request.domain, EditAction::Add),
                     Err(response) => return response,
                 }
             }
@@ -364,10 +364,9 @@ impl Admin {
         let reloader = self.reloader.clone();
         let editor = self.editor.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let edited = if action == "added" {
-                editor.add(&entry)
-            } else {
-                editor.remove(&entry)
+            let edited = match action {
+                EditAction::Add => editor.add(&entry),
+                EditAction::Remove => editor.remove(&entry),
             };
             edited.map(|pattern| (pattern, reloader.reload(Trigger::AdminEdit)))
         })
@@ -388,9 +387,9 @@ impl Admin {
                 return api_error(status, err.to_string(), Some("domain"));
             }
         };
-        tracing::info!(entry = %pattern, action, "allowlist edited through the admin API");
+        tracing::info!(entry = %pattern, action = action.as_str(), "allowlist edited through the admin API");
         let (status, reload) = reload_view(outcome, self.reloader.status().generation);
-        let status = if status == StatusCode::OK && action == "added" {
+        let status = if status == StatusCode::OK && action == EditAction::Add {
             StatusCode::CREATED
         } else {
             status
@@ -399,7 +398,7 @@ impl Admin {
             status,
             &EditView {
                 entry: pattern.to_string(),
-                action,
+                action: action.as_str(),
                 reload,
             },
         )

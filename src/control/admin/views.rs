@@ -109,7 +109,7 @@ pub(super) fn schedule_view(
         next_run,
         last_run: last.map(|r| rfc3339(r.scheduled_for)),
         last_state: last.map(|r| r.state),
-        last_status: last.map(|r| r.status.clone()),
+        last_status: last.map(|r| r.status.to_string()),
         last_duration_ms: last.map(|r| r.duration_ms),
         last_reason: last.and_then(|r| r.reason.clone()),
         runs: schedule.runs.iter().cloned().collect(),
@@ -178,6 +178,23 @@ pub(super) struct CronView {
 pub(super) struct CronExample {
     pub expr: &'static str,
     pub meaning: &'static str,
+}
+
+/// An allowlist edit through the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EditAction {
+    Add,
+    Remove,
+}
+
+impl EditAction {
+    /// The `action` of the answer and the log line.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            EditAction::Add => "added",
+            EditAction::Remove => "removed",
+        }
+    }
 }
 
 /// What an allowlist edit did: the entry, and the reload that loaded it.
