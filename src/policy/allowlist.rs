@@ -548,7 +548,7 @@ fn try_insert<K: std::hash::Hash + Eq>(map: &mut Index<K>, key: K, id: RuleId) -
 mod tests {
     use super::*;
 
-    /// Found by `tests/properties.rs`: `*.a.443` was accepted, though every name under it
+    /// Found by `tests/it/properties.rs`: `*.a.443` was accepted, though every name under it
     /// ends in a number and is refused as a host, so the entry could never match.
     #[test]
     fn wildcard_over_a_number_is_refused() {

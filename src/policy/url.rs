@@ -121,7 +121,7 @@ mod tests {
         }
     }
 
-    /// Found by `tests/properties.rs`: a browser reads a backslash as a slash and drops tabs,
+    /// Found by `tests/it/properties.rs`: a browser reads a backslash as a slash and drops tabs,
     /// so these `Location`s lead to another host, not to a path on the same one.
     #[test]
     fn locations_that_only_look_like_paths() {

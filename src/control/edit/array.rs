@@ -299,7 +299,7 @@ mod tests {
         }
     }
 
-    /// Found by `tests/properties.rs`: the line break before `]` sat in the removed entry's
+    /// Found by `tests/it/properties.rs`: the line break before `]` sat in the removed entry's
     /// suffix, so the previous entry's comment swallowed the `]` and the file no longer parsed.
     #[test]
     fn removing_the_last_entry_without_a_trailing_comma_keeps_the_bracket_on_its_line() {

@@ -3,16 +3,14 @@
 //! one may pass, and afterwards fds and memory come back to where a first round left them.
 //!
 //! The CI form is short; a longer one: `SOAK_SECS=300 SOAK_TUNNELS=5000 cargo test --release
-//! --test soak -- --nocapture`.
-
-mod support;
+//! --test it -- soak:: --nocapture`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

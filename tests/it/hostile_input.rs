@@ -3,11 +3,9 @@
 //! reached the upstream: a recording upstream shows that nothing did where egressd refused,
 //! and that the right host did where it allowed.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -1,8 +1,6 @@
 //! Plain-HTTP forwarding through the real binary, driven by curl and raw sockets.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

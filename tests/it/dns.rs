@@ -2,13 +2,11 @@
 //! timeouts, SERVFAIL, NXDOMAIN, answers mixing a public and a private address, and answers
 //! that change between lookups — the address checked is always the address dialled.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use support::*;
+use crate::support::*;
 use tokio::net::UdpSocket;
 
 /// What the server answers for a name's A query (AAAA queries get no records).

@@ -3,12 +3,10 @@
 //! are generated here; the upstream is a real rustls server that verifies client
 //! certificates and echoes the subject it saw.
 
-mod support;
-
 use std::process::Command;
 
-use support::mtls::*;
-use support::*;
+use crate::support::mtls::*;
+use crate::support::*;
 
 /// `curl -i` of `http://payments.test/charge` through `proxy`: status line, headers, body.
 async fn charge(proxy: &Egressd) -> String {

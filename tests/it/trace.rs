@@ -1,11 +1,9 @@
 //! The redirect audit: `egressd trace` follows a chain through egressd's own policy and
 //! resolver, and the access log names a forwarded redirect the allowlist would deny.
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// Writes `builder`'s config to a temp dir (no egressd started) and runs `egressd trace` on it.
 fn trace(builder: &EgressdBuilder, url: &str) -> (i32, String) {

@@ -2,17 +2,15 @@
 //! invokes a real function server on loopback through the egress client, and the rules
 //! (productive functions, the limit, the payload size) answer with the right status.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
-use support::*;
 use tokio::net::TcpListener;
 
 /// What the function server received: (request line and headers, body).

@@ -3,18 +3,16 @@
 //! later caller) sent through the client can therefore never be judged differently from a
 //! function's own request.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use arc_swap::ArcSwap;
 use egressd::control::config::Config;
 use egressd::egress::resolve::DnsResolver;
 use egressd::egress::{EgressClient, EgressError, EgressOptions, SendError};
 use egressd::policy::{Denial, Protocol, Target};
 use egressd::util::body::empty;
-use support::*;
 
 /// (name, protocol, target `host:port` with `PORT` for the origin's port, expected reason or
 /// "allowed")

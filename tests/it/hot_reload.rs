@@ -1,9 +1,7 @@
 //! Hot reload of the watched config file, activation delay and revocation, through the real
 //! binary and real files in a temp dir.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -1,13 +1,11 @@
 //! SNI on CONNECT: a tunnel to an allowed host whose TLS ClientHello asks for another host
 //! (domain fronting) is closed before any byte reaches the upstream.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -7,13 +7,11 @@
 //! The tests run as root, for whom a chmod 000 file is readable all the same, so the
 //! permission faults run egressd unprivileged ([`EgressdBuilder::unprivileged`]).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::mtls::*;
-use support::*;
+use crate::support::mtls::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A tunnel through `proxy` to the echo-until-EOF server: still relays after the fault.

@@ -13,14 +13,12 @@
 //! `tests/clients/setup`). A missing one fails the test, naming what to install; nothing is
 //! skipped.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::*;
 use serde::Deserialize;
-use support::*;
 
 /// The reason phrase of every denial here: `denied.test` resolves, but is not allowed.
 const REASON: &str = r#"not-allowlisted: "denied.test" is not on the allowlist; add "denied.test""#;

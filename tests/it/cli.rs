@@ -1,8 +1,6 @@
 //! The commands through the real binary: `check`, `explain`, `cron`, `health`, `completions`
 //! and `man`.
 
-mod support;
-
 use std::path::Path;
 
 use assert_cmd::Command;
@@ -256,7 +254,7 @@ fn cron_explains_an_invalid_expression_with_examples() {
 
 #[test]
 fn health_exits_0_when_healthz_says_ok_and_1_when_unreachable() {
-    let proxy = support::egressd().allow("www.example.com").start();
+    let proxy = crate::support::egressd().allow("www.example.com").start();
     let out = egressd_args(&["health", "--admin", &format!("http://{}", proxy.admin)]);
     assert_eq!(
         out.status.code(),
@@ -266,7 +264,7 @@ fn health_exits_0_when_healthz_says_ok_and_1_when_unreachable() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok\n");
 
-    let closed = format!("http://127.0.0.1:{}", support::closed_port());
+    let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
     let out = egressd_args(&["health", "--admin", &closed, "--timeout", "2s"]);
     // Docker reads 1 as unhealthy (and reserves 2).
     assert_eq!(out.status.code(), Some(1));

@@ -7,7 +7,7 @@
 //! implementation, another parser's reading — not only "no panic".
 //!
 //! Each property runs 256 cases by default, so the file stays under half a minute in CI.
-//! A longer run: `PROPTEST_CASES=100000 cargo test --release --test properties`. A failure is
+//! A longer run: `PROPTEST_CASES=100000 cargo test --release --test it -- properties::`. A failure is
 //! shrunk and its seed saved under `proptest-regressions/`, which is committed: saved seeds run
 //! first on every later run.
 
@@ -659,7 +659,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Config file and allowlist edits
 
-const EXAMPLE_CONFIG: &str = include_str!("../config/egressd.toml");
+const EXAMPLE_CONFIG: &str = include_str!("../../config/egressd.toml");
 
 /// A path no file is at: relative paths in a mutated config resolve to nothing.
 fn config_path() -> &'static Path {

@@ -5,16 +5,14 @@
 //! Screenshots of each page land in `target/tmp/console/` (docs/console.md shows copies of them,
 //! kept in `docs/console/`).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 

@@ -4,9 +4,7 @@
 //! moves. Cases that need a different world (a closed port, a dead name server, no private
 //! ranges, egressd's own port) name their [`Setup`]; each setup is one egressd for the table.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// The `egressd_requests_total` series for one protocol, decision and reason.
 macro_rules! requests {

@@ -2,11 +2,9 @@
 //! afterwards egressd holds nothing more than before — open file descriptors, the connection
 //! and tunnel gauges back at their starting values.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

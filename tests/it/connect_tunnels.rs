@@ -2,9 +2,7 @@
 //! half-closes, idle timeouts, logs and metrics, graceful shutdown. Refused CONNECTs are in
 //! tests/refusals.rs.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
