@@ -20,6 +20,7 @@ use super::config::Config;
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::host::Host;
 use crate::util::fsio::replace_keeping_mode;
+use crate::util::sync::lock;
 
 /// Why an edit was not made.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +94,7 @@ impl AllowlistEditor {
         &self,
         change: impl FnOnce(&str) -> Result<String, EditError>,
     ) -> Result<(), EditError> {
-        let _one_at_a_time = self.lock.lock().expect("edit lock");
+        let _one_at_a_time = lock(&self.lock);
         self.writable().map_err(EditError::ReadOnly)?;
         // Write through a symlink, not over it: the link is the operator's layout.
         let file = std::fs::canonicalize(&self.path).map_err(|source| EditError::Io {

@@ -36,6 +36,7 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
 use crate::policy::{Policy, PolicyHandle};
 use crate::schedule::function::Functions;
+use crate::util::sync::lock;
 use crate::util::time::unix_ms;
 
 /// What asked for a reload; the `trigger` field of reload log lines.
@@ -161,7 +162,7 @@ impl Reloader {
     /// The policy in force and the status that describes it, read together: a reload swaps
     /// the policy and bumps the generation under the same (short) lock.
     pub fn snapshot(&self) -> (Arc<Policy>, Status) {
-        let status = self.status.lock().expect("status lock");
+        let status = lock(&self.status);
         (self.policy.load_full(), status.clone())
     }
 
@@ -171,13 +172,13 @@ impl Reloader {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().expect("status lock").clone()
+        lock(&self.status).clone()
     }
 
     /// Reads, validates and applies the config file. Blocking (file I/O, parsing): call it
     /// from a blocking thread.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
-        let mut inner = self.inner.lock().expect("reload lock");
+        let mut inner = lock(&self.inner);
         let started = std::time::Instant::now();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
@@ -191,7 +192,7 @@ impl Reloader {
         if text == inner.last_text {
             self.metrics.reload(ReloadResult::Unchanged);
             // A bad edit reverted to the text in force: its error no longer applies.
-            self.status.lock().expect("status lock").last_error = None;
+            lock(&self.status).last_error = None;
             self.persist_failed.store(false, Ordering::Relaxed);
             if trigger == Trigger::Watch {
                 tracing::debug!(trigger = trigger.as_str(), "config unchanged");
@@ -242,7 +243,7 @@ impl Reloader {
         let policy = Arc::new(policy);
 
         let (old, generation) = {
-            let mut status = self.status.lock().expect("status lock");
+            let mut status = lock(&self.status);
             let old = self.policy.swap(policy.clone());
             status.generation += 1;
             status.loaded_at = now;
@@ -291,8 +292,7 @@ impl Reloader {
             tracing::error!(trigger = trigger.as_str(), problem = %problem, "config reload failed; the running config stays in force");
         }
         self.metrics.reload(ReloadResult::Failure);
-        self.status.lock().expect("status lock").last_error =
-            Some((problems.join("\n"), SystemTime::now()));
+        lock(&self.status).last_error = Some((problems.join("\n"), SystemTime::now()));
         Outcome::Failed(problems)
     }
 
@@ -616,5 +616,35 @@ mod tests {
             let event = Event::new(*kind).add_path(PathBuf::from("/etc/egressd").join(file));
             assert_eq!(is_relevant(&event, &names), *expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_panic_while_the_reload_locks_are_held_does_not_stop_reloads() {
+        let f = Fixture::new(&["a.test"]);
+        // A bug in the middle of a reload: both locks held, in the order `reload` takes them.
+        let reloader = f.reloader.clone();
+        let panicked = std::thread::spawn(move || {
+            let _inner = reloader.inner.lock().unwrap();
+            let _status = reloader.status.lock().unwrap();
+            panic!("a bug while reloading");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(f.reloader.inner.is_poisoned() && f.reloader.status.is_poisoned());
+
+        assert_eq!(f.reloader.status().generation, 1);
+        f.write(&["a.test", "b.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Reloaded { generation: 2, .. }
+        ));
+        assert!(matches!(f.lookup("b.test"), Lookup::Pending(_)));
+        assert_eq!(f.reloader.snapshot().1.generation, 2);
+        f.write(&["*.*.a.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Failed(_)
+        ));
+        assert!(f.reloader.status().last_error.is_some());
     }
 }

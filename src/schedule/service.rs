@@ -22,6 +22,7 @@ use super::runner::{plan, sleep_until_next};
 use super::store::{RunRecord, RunState, Schedule, ScheduleStore, StoreError};
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
+use crate::util::sync::lock;
 
 /// The longest sleep between checks: new schedules wake the loop at once anyway.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -193,12 +194,7 @@ impl Scheduler {
 
     /// Starts a run, or records it as skipped while the previous one is still going.
     fn fire(self: &Arc<Self>, schedule: Schedule, nominal: DateTime<Utc>) {
-        if !self
-            .running
-            .lock()
-            .expect("running lock")
-            .insert(schedule.id.clone())
-        {
+        if !lock(&self.running).insert(schedule.id.clone()) {
             self.record(&schedule.id, skipped_or_missed(nominal, RunState::Skipped));
             return;
         }
@@ -220,11 +216,7 @@ impl Scheduler {
                 "scheduled run"
             );
             scheduler.record(&schedule.id, run);
-            scheduler
-                .running
-                .lock()
-                .expect("running lock")
-                .remove(&schedule.id);
+            lock(&scheduler.running).remove(&schedule.id);
         });
     }
 

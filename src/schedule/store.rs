@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cron::{CronError, CronExpr};
 use crate::util::fsio::write_atomically;
+use crate::util::sync::lock;
 
 /// At most this many schedules exist at any time.
 pub const MAX_SCHEDULES: usize = 10;
@@ -213,7 +214,7 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut BTreeMap<String, Schedule>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut schedules = self.schedules.lock().expect("schedules lock");
+        let mut schedules = lock(&self.schedules);
         let mut next = schedules.clone();
         let value = change(&mut next)?;
         self.persist(&next).map_err(|source| StoreError::Write {
@@ -247,18 +248,14 @@ fn new_id() -> String {
 
 impl ScheduleStore for FileStore {
     fn list(&self) -> Vec<Schedule> {
-        let schedules = self.schedules.lock().expect("schedules lock");
+        let schedules = lock(&self.schedules);
         let mut list: Vec<Schedule> = schedules.values().cloned().collect();
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         list
     }
 
     fn get(&self, id: &str) -> Option<Schedule> {
-        self.schedules
-            .lock()
-            .expect("schedules lock")
-            .get(id)
-            .cloned()
+        lock(&self.schedules).get(id).cloned()
     }
 
     fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError> {
