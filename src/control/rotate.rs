@@ -15,10 +15,10 @@ use std::time::SystemTime;
 
 use notify::RecommendedWatcher;
 
-use super::reload::watch_files;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsTable};
 use crate::egress::EgressClient;
 use crate::util::sync::lock;
+use crate::util::watch::watch_files;
 
 /// Watches the identity files of the `[[mtls]]` table in force.
 pub struct Rotator {

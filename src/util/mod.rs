@@ -1,6 +1,6 @@
 //! Neutral helpers that every layer may use and that know nothing of egressd's rules: clock
-//! and time formatting, HTTP body types and made-up text responses, the accept loop, and
-//! locks that survive a panic. Nothing here imports from a layer.
+//! and time formatting, HTTP body types and made-up text responses, the accept loop, file
+//! watching, and locks that survive a panic. Nothing here imports from a layer.
 
 pub mod body;
 pub mod deadline;
@@ -10,3 +10,4 @@ pub mod listener;
 pub mod sync;
 pub mod time;
 pub mod trim;
+pub mod watch;
