@@ -20,14 +20,12 @@
 //! removal of the config file or of `..data` — never accesses (each reload reads the file,
 //! and counting that read would reload forever) and never other files in the directory.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::event::{MetadataKind, ModifyKind};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::RecommendedWatcher;
 
 use super::config::Config;
 use crate::egress::revoke::Registry;
@@ -36,7 +34,9 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
 use crate::policy::{Policy, PolicyHandle};
 use crate::schedule::function::Functions;
+use crate::util::sync::lock;
 use crate::util::time::unix_ms;
+use crate::util::watch::{watch_files, WatchError};
 
 /// What asked for a reload; the `trigger` field of reload log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +161,7 @@ impl Reloader {
     /// The policy in force and the status that describes it, read together: a reload swaps
     /// the policy and bumps the generation under the same (short) lock.
     pub fn snapshot(&self) -> (Arc<Policy>, Status) {
-        let status = self.status.lock().expect("status lock");
+        let status = lock(&self.status);
         (self.policy.load_full(), status.clone())
     }
 
@@ -171,13 +171,13 @@ impl Reloader {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().expect("status lock").clone()
+        lock(&self.status).clone()
     }
 
     /// Reads, validates and applies the config file. Blocking (file I/O, parsing): call it
     /// from a blocking thread.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
-        let mut inner = self.inner.lock().expect("reload lock");
+        let mut inner = lock(&self.inner);
         let started = std::time::Instant::now();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
@@ -191,7 +191,7 @@ impl Reloader {
         if text == inner.last_text {
             self.metrics.reload(ReloadResult::Unchanged);
             // A bad edit reverted to the text in force: its error no longer applies.
-            self.status.lock().expect("status lock").last_error = None;
+            lock(&self.status).last_error = None;
             self.persist_failed.store(false, Ordering::Relaxed);
             if trigger == Trigger::Watch {
                 tracing::debug!(trigger = trigger.as_str(), "config unchanged");
@@ -242,7 +242,7 @@ impl Reloader {
         let policy = Arc::new(policy);
 
         let (old, generation) = {
-            let mut status = self.status.lock().expect("status lock");
+            let mut status = lock(&self.status);
             let old = self.policy.swap(policy.clone());
             status.generation += 1;
             status.loaded_at = now;
@@ -291,8 +291,7 @@ impl Reloader {
             tracing::error!(trigger = trigger.as_str(), problem = %problem, "config reload failed; the running config stays in force");
         }
         self.metrics.reload(ReloadResult::Failure);
-        self.status.lock().expect("status lock").last_error =
-            Some((problems.join("\n"), SystemTime::now()));
+        lock(&self.status).last_error = Some((problems.join("\n"), SystemTime::now()));
         Outcome::Failed(problems)
     }
 
@@ -315,78 +314,8 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// How long the directory must be quiet before a burst of events becomes one reload: an
-/// editor's write-and-rename, or `cat > file` in two writes, is read once, whole.
-const SETTLE: Duration = Duration::from_millis(200);
-
-/// File names in the watched directories whose changes count: the files themselves and
-/// the Kubernetes `..data` link (a ConfigMap or Secret swap).
-fn watched_names(files: &[PathBuf]) -> Vec<OsString> {
-    let mut names = vec![OsString::from("..data")];
-    names.extend(
-        files
-            .iter()
-            .filter_map(|f| f.file_name())
-            .map(OsString::from),
-    );
-    names
-}
-
-/// Whether a watch event can change what egressd reads.
-fn is_relevant(event: &Event, names: &[OsString]) -> bool {
-    let kind_counts = match event.kind {
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-        EventKind::Any | EventKind::Other => true,
-    };
-    kind_counts
-        && event.paths.iter().any(|path| {
-            path.file_name()
-                .is_some_and(|name| names.iter().any(|n| n == name))
-        })
-}
-
-/// Watches the directories of `files` (not the files: editors replace files by rename and
-/// Kubernetes swaps a `..data` link) and calls `on_change` on a blocking thread once the
-/// relevant events settle. The returned watcher must be kept alive.
-pub fn watch_files(
-    files: &[PathBuf],
-    on_change: impl Fn() + Send + Sync + 'static,
-) -> anyhow::Result<RecommendedWatcher> {
-    let names = watched_names(files);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher =
-        notify::recommended_watcher(move |result: notify::Result<Event>| match result {
-            Ok(event) if is_relevant(&event, &names) => {
-                tracing::trace!(?event, "watch event");
-                let _ = tx.send(());
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "file watch error"),
-        })?;
-    let mut dirs: Vec<PathBuf> = files.iter().map(|f| watch_dir(f)).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in &dirs {
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
-    }
-    let on_change = Arc::new(on_change);
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Wait until no event has come for SETTLE.
-            while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-            let on_change = on_change.clone();
-            let _ = tokio::task::spawn_blocking(move || on_change()).await;
-        }
-    });
-    Ok(watcher)
-}
-
 /// Watches the config file and reloads once the relevant events settle.
-pub fn watch(reloader: Arc<Reloader>) -> anyhow::Result<RecommendedWatcher> {
+pub fn watch(reloader: Arc<Reloader>) -> Result<RecommendedWatcher, WatchError> {
     let path = reloader.path.clone();
     watch_files(&[path], move || {
         reloader.reload(Trigger::Watch);
@@ -407,18 +336,12 @@ pub async fn retry_refused_reloads(reloader: Arc<Reloader>) {
     }
 }
 
-fn watch_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::allowlist::Lookup;
     use crate::policy::host::Host;
+    use std::path::Path;
 
     /// A reloader over a config file in a temp dir, allowing `domains`, with a 60 s delay.
     struct Fixture {
@@ -549,72 +472,34 @@ mod tests {
         let persisted = std::fs::read_to_string(state.join("activation.json")).unwrap();
         assert!(!persisted.contains("b.test"), "{persisted}");
     }
-    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, RenameMode};
-
-    /// (name, event kind, file name, reloads?)
-    const EVENTS: &[(&str, EventKind, &str, bool)] = &[
-        (
-            "reading the config",
-            EventKind::Access(AccessKind::Read),
-            "egressd.toml",
-            false,
-        ),
-        (
-            "closing the config after a read",
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            "egressd.toml",
-            false,
-        ),
-        (
-            "writing the config",
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            "egressd.toml",
-            true,
-        ),
-        (
-            "renaming a file over the config",
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            "egressd.toml",
-            true,
-        ),
-        (
-            "creating the config",
-            EventKind::Create(CreateKind::File),
-            "egressd.toml",
-            true,
-        ),
-        (
-            "removing the config",
-            EventKind::Remove(notify::event::RemoveKind::File),
-            "egressd.toml",
-            true,
-        ),
-        (
-            "the kubelet's ..data swap",
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            "..data",
-            true,
-        ),
-        (
-            "a log file beside the config",
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            "egressd.log",
-            false,
-        ),
-        (
-            "an atime update",
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
-            "egressd.toml",
-            false,
-        ),
-    ];
 
     #[test]
-    fn only_changes_to_what_egressd_reads_trigger_a_reload() {
-        let names = watched_names(&[PathBuf::from("/etc/egressd/egressd.toml")]);
-        for (name, kind, file, expected) in EVENTS {
-            let event = Event::new(*kind).add_path(PathBuf::from("/etc/egressd").join(file));
-            assert_eq!(is_relevant(&event, &names), *expected, "{name}");
-        }
+    fn a_panic_while_the_reload_locks_are_held_does_not_stop_reloads() {
+        let f = Fixture::new(&["a.test"]);
+        // A bug in the middle of a reload: both locks held, in the order `reload` takes them.
+        let reloader = f.reloader.clone();
+        let panicked = std::thread::spawn(move || {
+            let _inner = reloader.inner.lock().unwrap();
+            let _status = reloader.status.lock().unwrap();
+            panic!("a bug while reloading");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(f.reloader.inner.is_poisoned() && f.reloader.status.is_poisoned());
+
+        assert_eq!(f.reloader.status().generation, 1);
+        f.write(&["a.test", "b.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Reloaded { generation: 2, .. }
+        ));
+        assert!(matches!(f.lookup("b.test"), Lookup::Pending(_)));
+        assert_eq!(f.reloader.snapshot().1.generation, 2);
+        f.write(&["*.*.a.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Failed(_)
+        ));
+        assert!(f.reloader.status().last_error.is_some());
     }
 }

@@ -15,9 +15,10 @@ use std::time::SystemTime;
 
 use notify::RecommendedWatcher;
 
-use super::reload::watch_files;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsTable};
 use crate::egress::EgressClient;
+use crate::util::sync::lock;
+use crate::util::watch::watch_files;
 
 /// Watches the identity files of the `[[mtls]]` table in force.
 pub struct Rotator {
@@ -45,11 +46,7 @@ impl Rotator {
 
     /// The last failed load of `pattern`'s files, if it has not been fixed since.
     pub fn error(&self, pattern: &str) -> Option<(String, SystemTime)> {
-        self.errors
-            .lock()
-            .expect("errors lock")
-            .get(pattern)
-            .cloned()
+        lock(&self.errors).get(pattern).cloned()
     }
 
     /// Watches the files of `table` (the one just put in force), instead of the last one's.
@@ -73,8 +70,8 @@ impl Rotator {
                 }
             })?)
         };
-        self.errors.lock().expect("errors lock").clear();
-        *self.watcher.lock().expect("watcher lock") = watcher;
+        lock(&self.errors).clear();
+        *lock(&self.watcher) = watcher;
         Ok(())
     }
 
@@ -88,7 +85,7 @@ impl Rotator {
             let pattern = entry.spec.pattern.to_string();
             match load_identity(&entry.spec, now) {
                 Ok(identity) => {
-                    self.errors.lock().expect("errors lock").remove(&pattern);
+                    lock(&self.errors).remove(&pattern);
                     if identity.certificate != entry.identity.certificate || files_changed(entry) {
                         tracing::info!(
                             mtls = %pattern,
@@ -111,10 +108,7 @@ impl Rotator {
                         error = %err,
                         "replacement client identity does not load; the old one keeps serving"
                     );
-                    self.errors
-                        .lock()
-                        .expect("errors lock")
-                        .insert(pattern, (err.to_string(), now));
+                    lock(&self.errors).insert(pattern, (err.to_string(), now));
                 }
             }
             entries.push(entry.clone());

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::{Policy, Protocol, Target};
+use crate::util::sync::lock;
 
 /// What is registered; the `kind` label of `egressd_revoked_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub struct Live {
 impl Live {
     /// Records the peer of the connection's latest request.
     pub fn set_peer(&self, target: &Target, protocol: Protocol) {
-        let mut slot = self.peer.lock().expect("peer lock");
+        let mut slot = lock(&self.peer);
         // Keep-alive requests mostly repeat the target: skip the clone then.
         if slot
             .as_ref()
@@ -75,7 +76,7 @@ impl Live {
     /// Records the host a tunnel's ClientHello named, so a reload that removes it cuts the
     /// tunnel as if its CONNECT host were removed.
     pub fn set_sni(&self, named: Target) {
-        if let Some(peer) = self.peer.lock().expect("peer lock").as_mut() {
+        if let Some(peer) = lock(&self.peer).as_mut() {
             peer.sni = Some(named);
         }
     }
@@ -97,7 +98,7 @@ fn revoke_if_denied(
     now_ms: u64,
     on_revoke: &mut impl FnMut(LiveKind, &Target),
 ) -> bool {
-    let Some(peer) = live.peer.lock().expect("peer lock").clone() else {
+    let Some(peer) = lock(&live.peer).clone() else {
         return false;
     };
     let denied = policy.decide(&peer.target, peer.protocol, now_ms).is_err()
@@ -131,11 +132,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .entries
-            .lock()
-            .expect("registry lock")
-            .remove(&self.id);
+        lock(&self.registry.entries).remove(&self.id);
     }
 }
 
@@ -154,10 +151,7 @@ impl Registry {
             cancel,
             revoked: AtomicBool::new(false),
         });
-        self.entries
-            .lock()
-            .expect("registry lock")
-            .insert(id, live.clone());
+        lock(&self.entries).insert(id, live.clone());
         Registration {
             registry: self.clone(),
             id,
@@ -172,13 +166,7 @@ impl Registry {
         now_ms: u64,
         mut on_revoke: impl FnMut(LiveKind, &Target),
     ) -> usize {
-        let entries: Vec<Arc<Live>> = self
-            .entries
-            .lock()
-            .expect("registry lock")
-            .values()
-            .cloned()
-            .collect();
+        let entries: Vec<Arc<Live>> = lock(&self.entries).values().cloned().collect();
         entries
             .iter()
             .filter(|live| revoke_if_denied(live, policy, now_ms, &mut on_revoke))
@@ -197,10 +185,66 @@ impl Registry {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("registry lock").len()
+        lock(&self.entries).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::allowlist::{Allowlist, Pattern};
+    use crate::policy::PortSet;
+
+    fn policy(entries: &[&str]) -> Policy {
+        Policy {
+            allowlist: Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap())),
+            connect_ports: PortSet::new(vec![443]),
+            http_ports: PortSet::new(vec![80]),
+            private: Default::default(),
+            dns_overrides: Default::default(),
+            origination: Default::default(),
+        }
+    }
+
+    fn tunnel(registry: &Arc<Registry>, authority: &str) -> Registration {
+        let peer = Peer {
+            target: Target::parse_authority(authority).unwrap(),
+            protocol: Protocol::Connect,
+            addr: None,
+            sni: None,
+        };
+        registry.register(LiveKind::Tunnel, Some(peer), CancellationToken::new())
+    }
+
+    #[test]
+    fn a_panic_while_the_registry_is_locked_leaves_it_working() {
+        let registry = Arc::new(Registry::default());
+        let kept = tunnel(&registry, "a.test:443");
+        let doomed = tunnel(&registry, "c.test:443");
+        let panicked = std::thread::spawn(move || {
+            // Unwinding drops the guard (poisoning the lock), then the registration, whose
+            // `Drop` takes the lock again: a second panic there would abort the process.
+            let registration = doomed;
+            let _entries = registration.registry.entries.lock().unwrap();
+            panic!("a bug while the registry is locked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(registry.entries.is_poisoned());
+        assert_eq!(registry.len(), 1, "the unwound registration removed itself");
+
+        let dropped = tunnel(&registry, "b.test:443");
+        assert_eq!(registry.len(), 2);
+        drop(dropped);
+        assert_eq!(registry.len(), 1);
+        assert_eq!(
+            registry.revoke_denied(&policy(&["b.test"]), 0, |_, _| {}),
+            1
+        );
+        assert!(kept.live.was_revoked() && kept.live.cancelled().is_cancelled());
     }
 }

@@ -13,7 +13,7 @@
 //! such. The store blocks (every change is fsynced), so it is called from blocking threads.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use super::store::{
 };
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
+use crate::util::sync::lock;
 
 /// The longest sleep between checks: new schedules wake the loop at once anyway.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -66,11 +67,6 @@ pub struct Scheduler {
     /// Attempt deadline per invocation.
     timeout: Duration,
     metrics: Arc<Metrics>,
-}
-
-/// The set of running schedules, usable after a panic elsewhere: it holds ids only.
-fn lock(running: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
-    running.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Scheduler {

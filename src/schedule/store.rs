@@ -18,6 +18,7 @@ use super::cron::{CronError, CronExpr};
 use crate::egress::ErrorKind;
 use crate::policy::DenyReason;
 use crate::util::fsio::write_atomically;
+use crate::util::sync::lock;
 
 /// At most this many schedules exist at any time.
 pub const MAX_SCHEDULES: usize = 10;
@@ -333,14 +334,6 @@ impl FileStore {
         let bytes = serde_json::to_vec_pretty(&state).expect("serializable");
         write_atomically(&self.file, &bytes)
     }
-}
-
-/// A poisoned lock is still usable here: a change is swapped in whole, after its write, so a
-/// panic cannot leave a half-made map behind.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A new random schedule id: `sch_` and 16 hex digits.

@@ -26,6 +26,7 @@ pub use check::{check_entry, pattern_kind, EntryCheck};
 use super::config::Config;
 use crate::policy::allowlist::Pattern;
 use crate::util::fsio::replace_keeping_mode;
+use crate::util::sync::lock;
 
 /// Why an edit was not made.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,7 @@ impl AllowlistEditor {
         &self,
         change: impl FnOnce(&str) -> Result<String, EditError>,
     ) -> Result<(), EditError> {
-        let _one_at_a_time = self.lock.lock().expect("edit lock");
+        let _one_at_a_time = lock(&self.lock);
         self.writable().map_err(EditError::ReadOnly)?;
         // Write through a symlink, not over it: the link is the operator's layout.
         let file = std::fs::canonicalize(&self.path).map_err(|source| EditError::Io {

@@ -1,101 +1,16 @@
-//! Byte relay for CONNECT tunnels.
-//!
-//! Bytes flow both ways until each side has closed its half (a half-close is passed on as a
-//! shutdown of the other side's write half), or until neither side has sent anything for the
-//! idle timeout. Activity and byte counts live in atomics shared with the watchdog, so a
-//! tunnel cut for idleness still reports what it carried.
-//!
-//! [`relay_tcp`] is the hot path: both ends are plain TCP sockets. On Linux it moves bytes
-//! with splice(2) through a pipe borrowed per burst ([`super::splice`]), so they never enter
-//! user space; elsewhere, or with `tunnel_relay = "copy"`, it copies through a buffer that
-//! likewise exists only while bytes are flowing — a direction waits for readability with no
-//! buffer, takes one for the burst, and frees it when the socket would block. Ten thousand
-//! idle tunnels therefore cost sockets and a small task each, not buffers or pipes each.
-//! [`relay`] is the generic fallback for streams that are not TCP sockets.
+//! The TCP relay: two hand-polled directions moving bytes by splice(2) or through a burst
+//! buffer, holding neither while the tunnel is idle.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How a tunnel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelEnd {
-    /// Both sides closed.
-    Closed,
-    /// No bytes either way for the idle timeout.
-    Idle,
-    /// egressd cut it at shutdown.
-    Cancelled,
-    /// A reload no longer allows its target.
-    Revoked,
-    /// A socket error on either side.
-    Error,
-}
-
-impl TunnelEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelEnd::Closed => "closed",
-            TunnelEnd::Idle => "idle-timeout",
-            TunnelEnd::Cancelled => "cancelled",
-            TunnelEnd::Revoked => "revoked",
-            TunnelEnd::Error => "error",
-        }
-    }
-}
-
-/// What a finished tunnel carried.
-#[derive(Debug, Clone, Copy)]
-pub struct TunnelStats {
-    /// Client → upstream.
-    pub up: u64,
-    /// Upstream → client.
-    pub down: u64,
-    pub end: TunnelEnd,
-}
-
-#[derive(Default)]
-pub(super) struct Activity {
-    /// Milliseconds since the tunnel started, at the last read on either side.
-    last_ms: AtomicU64,
-    up: AtomicU64,
-    down: AtomicU64,
-}
-
-impl Activity {
-    /// Stamps a read now.
-    pub(super) fn touch(&self, start: Instant) {
-        self.last_ms
-            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-/// How [`relay_tcp`] moves bytes between two sockets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RelayKind {
-    /// splice(2) through a pipe: zero-copy (Linux; elsewhere the copy relay is used).
-    #[default]
-    Splice,
-    /// read/write through a buffer: for comparison, and where splice is unavailable.
-    Copy,
-}
-
-impl RelayKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RelayKind::Splice => "splice",
-            RelayKind::Copy => "copy",
-        }
-    }
-}
+use super::{watch, Activity, RelayKind, TunnelEnd, TunnelStats};
 
 /// Bytes moved per burst; taken when a burst starts, given back when it ends.
 const BURST_BUFFER: usize = 64 * 1024;
@@ -193,7 +108,7 @@ enum InFlight {
     Nothing,
     /// A borrowed pipe, and the bytes it holds (splice).
     #[cfg(target_os = "linux")]
-    Pipe(super::splice::Loaned),
+    Pipe(crate::egress::splice::Loaned),
     /// `buf[pos..]` still to write (copy).
     Buf { buf: BurstBuffer, pos: usize },
 }
@@ -261,7 +176,7 @@ impl Direction {
         #[cfg(target_os = "linux")]
         if self.kind == RelayKind::Splice {
             if !matches!(self.held, InFlight::Pipe(_)) {
-                self.held = InFlight::Pipe(super::splice::Loaned::take()?);
+                self.held = InFlight::Pipe(crate::egress::splice::Loaned::take()?);
             }
             let InFlight::Pipe(pipe) = &mut self.held else {
                 unreachable!("a pipe was just put in place")
@@ -318,148 +233,10 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Drives `copy` to its end while watching for idleness and cancellation.
-async fn watch<F, T>(
-    copy: F,
-    activity: &Activity,
-    start: Instant,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> TunnelEnd
-where
-    F: std::future::Future<Output = io::Result<T>>,
-{
-    tokio::pin!(copy);
-    loop {
-        let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
-        tokio::select! {
-            result = &mut copy => return if result.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
-            _ = tokio::time::sleep_until(last + idle) => {
-                let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
-                if last + idle <= Instant::now() {
-                    return TunnelEnd::Idle;
-                }
-            }
-            _ = cancel.cancelled() => return TunnelEnd::Cancelled,
-        }
-    }
-}
-
-/// Relays between `client` and `upstream`, any byte streams.
-pub async fn relay<C, U>(
-    client: C,
-    upstream: U,
-    idle: Duration,
-    cancel: CancellationToken,
-) -> TunnelStats
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = Instant::now();
-    let activity = Arc::new(Activity::default());
-    let mut client = Tracked {
-        inner: client,
-        activity: activity.clone(),
-        start,
-        up: true,
-    };
-    let mut upstream = Tracked {
-        inner: upstream,
-        activity: activity.clone(),
-        start,
-        up: false,
-    };
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    let end = watch(copy, &activity, start, idle, &cancel).await;
-    TunnelStats {
-        up: activity.up.load(Ordering::Relaxed),
-        down: activity.down.load(Ordering::Relaxed),
-        end,
-    }
-}
-
-/// Counts bytes read from one side and stamps activity.
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-    start: Instant,
-    /// Reads from this side travel up (client side) or down (upstream side).
-    up: bool,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            let counter = if self.up {
-                &self.activity.up
-            } else {
-                &self.activity.down
-            };
-            counter.fetch_add(n, Ordering::Relaxed);
-            let elapsed = self.start.elapsed().as_millis() as u64;
-            self.activity.last_ms.store(elapsed, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn relays_both_ways_and_passes_half_close() {
-        let (client, mut client_peer) = tokio::io::duplex(64);
-        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
-        let task = tokio::spawn(relay(
-            client,
-            upstream,
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        ));
-        client_peer.write_all(b"hello").await.unwrap();
-        client_peer.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        upstream_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(
-            got, b"hello",
-            "upstream sees the data, then EOF from the half-close"
-        );
-        upstream_peer.write_all(b"world!").await.unwrap();
-        upstream_peer.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client_peer.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"world!");
-        let stats = task.await.unwrap();
-        assert_eq!((stats.up, stats.down, stats.end), (5, 6, TunnelEnd::Closed));
-    }
 
     async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -598,19 +375,5 @@ mod tests {
             .await;
             assert_eq!(stats.end, TunnelEnd::Idle, "{kind:?}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_tunnels_are_cut() {
-        let (client, _client_peer) = tokio::io::duplex(64);
-        let (upstream, _upstream_peer) = tokio::io::duplex(64);
-        let stats = relay(
-            client,
-            upstream,
-            Duration::from_secs(5),
-            CancellationToken::new(),
-        )
-        .await;
-        assert_eq!(stats.end, TunnelEnd::Idle);
     }
 }
