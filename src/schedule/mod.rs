@@ -6,13 +6,15 @@
 //! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers:
 //! [`clock`], the wall clock passed in; [`cron`], the expressions and their evaluation;
 //! [`function`], the deployed functions; [`store`], schedules and their runs, persisted
-//! behind a trait; [`runner`], what is due when (the planner); [`service`], the task that
-//! sleeps and fires; [`invoke`], one invocation through the egress client.
+//! behind a trait; [`run`], one run as recorded; [`runner`], what is due when (the planner);
+//! [`service`], the task that sleeps and fires; [`invoke`], one invocation through the
+//! egress client.
 
 pub mod clock;
 pub mod cron;
 pub mod function;
 pub mod invoke;
+pub mod run;
 pub mod runner;
 pub mod service;
 pub mod store;
