@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use notify::RecommendedWatcher;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -30,8 +29,8 @@ use crate::control::rotate::Rotator;
 use crate::control::trace::Auditor;
 use crate::egress::resolve::DnsResolver;
 use crate::egress::revoke::Registry;
-use crate::egress::tls::{HandshakeHook, MtlsTable};
-use crate::egress::{EgressClient, EgressOptions};
+use crate::egress::tls::HandshakeHook;
+use crate::egress::{EgressClient, EgressOptions, Snapshot};
 use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
@@ -39,7 +38,6 @@ use crate::proxy::headers::Via;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
 use crate::schedule::clock::SystemClock;
-use crate::schedule::function::Functions;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::FileStore;
 
@@ -75,7 +73,8 @@ impl App {
 
         let mut policy = config.policy.clone();
         let book = open_activation_book(&config, &mut policy)?;
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        // The policy and the client identities in force, one snapshot for every egress client.
+        let snapshot = Snapshot::handle(policy, config.mtls.clone());
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::default());
         let resolver = DnsResolver::new(&config.dns);
@@ -91,8 +90,13 @@ impl App {
             .into_iter()
             .map(|listener| {
                 let egress = Arc::new(
-                    EgressClient::new(policy.clone(), resolver.clone(), own_addrs.clone(), options)
-                        .with_handshake_hook(on_handshake.clone()),
+                    EgressClient::new(
+                        snapshot.clone(),
+                        resolver.clone(),
+                        own_addrs.clone(),
+                        options,
+                    )
+                    .with_handshake_hook(on_handshake.clone()),
                 );
                 let proxy = Arc::new(
                     Proxy::new(
@@ -111,23 +115,26 @@ impl App {
         // The scheduler's own egress client: the same policy and resolver, its own pool on
         // the runtime the scheduler runs on, so no connection crosses runtimes.
         let schedule_egress = Arc::new(
-            EgressClient::new(policy.clone(), resolver.clone(), own_addrs.clone(), options)
-                .with_handshake_hook(on_handshake.clone()),
+            EgressClient::new(
+                snapshot.clone(),
+                resolver.clone(),
+                own_addrs.clone(),
+                options,
+            )
+            .with_handshake_hook(on_handshake.clone()),
         );
-        // Every egress client: their identities and pools follow reloads and rotations.
+        // Every egress client: their pools are dropped when a swap changes what they dialled
+        // under.
         let pools: Vec<Arc<EgressClient>> = workers
             .iter()
             .map(|w| w.proxy.egress.clone())
             .chain([schedule_egress.clone()])
             .collect();
-        for egress in &pools {
-            egress.set_mtls(config.mtls.clone());
-        }
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
         let audit_egress = pools[0].clone();
-        let rotator = Rotator::new(pools.clone());
+        let rotator = Rotator::new(snapshot.clone(), pools.clone());
         rotator
             .watch(&config.mtls)
             .context("cannot watch the [[mtls]] certificate files")?;
@@ -136,49 +143,40 @@ impl App {
         let scheduler = Scheduler::new(
             Arc::new(store),
             schedule_egress.clone(),
-            config.functions.clone(),
             settings.schedule_timeout,
             metrics.clone(),
             Arc::new(SystemClock),
         );
         // Functions undeployed while egressd was down lose their schedules now.
-        scheduler.set_functions(config.functions.clone());
-        let on_swap = {
-            let rotator = rotator.clone();
-            let scheduler = scheduler.clone();
-            Box::new(
-                move |old: &Policy, new: &Policy, mtls: &MtlsTable, functions: &Functions| {
-                    if *scheduler.functions() != *functions {
-                        scheduler.set_functions(functions.clone());
-                    }
-                    let mtls_changed = !pools[0].mtls().same_as(mtls);
+        scheduler.reconcile_functions();
+        let after_swap = {
+            let (rotator, scheduler) = (rotator.clone(), scheduler.clone());
+            Box::new(move |old: &Snapshot, new: &Snapshot| {
+                if old.policy.functions != new.policy.functions {
+                    scheduler.reconcile_functions();
+                }
+                if !old.pool_still_valid_under(new) {
+                    // Pooled connections were dialled under the old address rules, or
+                    // present an identity that no longer applies.
                     for egress in &pools {
-                        if mtls_changed {
-                            // set_mtls drops the pool too: its connections present old identities.
-                            egress.set_mtls(mtls.clone());
-                        } else if old.private != new.private
-                            || old.dns_overrides != new.dns_overrides
-                        {
-                            // Pooled upstream connections were dialled under the old address rules.
-                            egress.reset_pool();
-                        }
+                        egress.reset_pool();
                     }
-                    if mtls_changed {
-                        if let Err(err) = rotator.watch(mtls) {
-                            tracing::error!(error = %err, "cannot watch the new [[mtls]] files; rotations will need a reload");
-                        }
+                }
+                if !old.identities.same_as(&new.identities) {
+                    if let Err(err) = rotator.watch(&new.identities) {
+                        tracing::error!(error = %err, "cannot watch the new [[mtls]] files; rotations will need a reload");
                     }
-                },
-            )
+                }
+            })
         };
         let reloader = Reloader::new(
             &config,
             book,
-            policy,
+            snapshot,
             registry,
             metrics.clone(),
             config_text,
-            on_swap,
+            after_swap,
         );
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
         let admin = Arc::new(Admin {

@@ -5,12 +5,10 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use super::explain::load_live;
 use crate::control::trace::{Auditor, Report};
 use crate::egress::resolve::DnsResolver;
-use crate::egress::{EgressClient, EgressOptions};
+use crate::egress::{EgressClient, EgressOptions, Snapshot};
 
 /// Exit 0 when every hop is allowed and the chain ends; 1 otherwise.
 pub fn trace(path: &Path, url: &str) -> ExitCode {
@@ -28,8 +26,9 @@ pub fn trace(path: &Path, url: &str) -> ExitCode {
         }
     };
     let report = runtime.block_on(async {
+        // Hops to [[mtls]] hosts present the configured identities, as the proxy would.
         let egress = EgressClient::new(
-            Arc::new(ArcSwap::from_pointee(config.policy.clone())),
+            Snapshot::handle(config.policy.clone(), config.mtls.clone()),
             DnsResolver::new(&config.dns),
             // A running egressd on this config is not a hop either.
             vec![config.proxy.listen, config.proxy.admin_listen],
@@ -38,8 +37,6 @@ pub fn trace(path: &Path, url: &str) -> ExitCode {
                 response_header_timeout: config.proxy.response_header_timeout,
             },
         );
-        // Hops to [[mtls]] hosts present the configured identities, as the proxy would.
-        egress.set_mtls(config.mtls.clone());
         let auditor = Auditor {
             egress: Arc::new(egress),
         };

@@ -3,10 +3,12 @@
 //! A reload reads and validates the whole file before anything changes. A file that fails
 //! (syntax, unknown key, invalid pattern, empty or cut short) never replaces the running
 //! config: the last good one keeps serving and the error is kept for `/v1/allowlist` and
-//! counted. A good file is turned into a new [`Policy`], the activation book is updated
-//! (new patterns pending, removed ones gone) and persisted, and the policy is swapped in one
-//! atomic store — requests in flight keep the snapshot they loaded. Then every tunnel and
-//! connection the new policy denies is cut.
+//! counted. A good file is turned into a new [`Policy`] (allowlist, ports, private ranges,
+//! origination rules, functions), the activation book is updated (new patterns pending,
+//! removed ones gone) and persisted, and the policy is swapped with the file's client
+//! identities as one [`Snapshot`], in one atomic store — requests in flight keep the
+//! snapshot they loaded. Then every tunnel and connection the new policy denies is cut, and
+//! the followers are told ([`AfterSwap`]).
 //!
 //! The activation book is persisted *before* the swap. A reload whose new activation state
 //! cannot be written (state dir read-only, disk full) is refused like a bad file and retried
@@ -29,11 +31,10 @@ use notify::RecommendedWatcher;
 
 use super::config::Config;
 use crate::egress::revoke::Registry;
-use crate::egress::tls::MtlsTable;
+use crate::egress::{Snapshot, SnapshotHandle};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
-use crate::policy::{Policy, PolicyHandle};
-use crate::schedule::function::Functions;
+use crate::policy::Policy;
 use crate::util::sync::lock;
 use crate::util::time::unix_ms;
 use crate::util::watch::{watch_files, WatchError};
@@ -88,12 +89,15 @@ pub enum Outcome {
     Failed(Vec<String>),
 }
 
-/// Called after each swap with the old and the new policy.
-pub type SwapHook = Box<dyn Fn(&Policy, &Policy, &MtlsTable, &Functions) + Send + Sync>;
+/// Told after each swap, with the old and the new snapshot: the followers that react to it
+/// (pools to drop, certificate files to watch, schedules of undeployed functions to delete).
+/// The snapshot itself is already in force, whole, when it runs.
+pub type AfterSwap = Box<dyn Fn(&Snapshot, &Snapshot) + Send + Sync>;
 
 pub struct Reloader {
     path: PathBuf,
-    policy: PolicyHandle,
+    /// The policy and identities in force, swapped whole.
+    snapshot: SnapshotHandle,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     /// Settings read only at start; a reload that changes them is warned about.
@@ -102,7 +106,7 @@ pub struct Reloader {
     inner: Mutex<Inner>,
     /// Held only for the swap and for readers: admin requests never wait for a parse.
     status: Mutex<Status>,
-    on_swap: SwapHook,
+    after_swap: AfterSwap,
     /// Set while the last reload was refused because activation state could not be written;
     /// the retry task reloads until it can.
     persist_failed: AtomicBool,
@@ -124,16 +128,16 @@ impl Reloader {
     pub fn new(
         config: &Config,
         book: ActivationBook,
-        policy: PolicyHandle,
+        snapshot: SnapshotHandle,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         loaded_text: String,
-        on_swap: SwapHook,
+        after_swap: AfterSwap,
     ) -> Arc<Self> {
         metrics.config_generation.set(1);
         Arc::new(Reloader {
             path: config.path.clone(),
-            policy,
+            snapshot,
             registry,
             metrics,
             started_with: config.restart_only(),
@@ -148,7 +152,7 @@ impl Reloader {
                 activation_delay: config.proxy.activation_delay,
                 last_error: None,
             }),
-            on_swap,
+            after_swap,
             persist_failed: AtomicBool::new(false),
         })
     }
@@ -162,7 +166,7 @@ impl Reloader {
     /// the policy and bumps the generation under the same (short) lock.
     pub fn snapshot(&self) -> (Arc<Policy>, Status) {
         let status = lock(&self.status);
-        (self.policy.load_full(), status.clone())
+        (self.snapshot.load().policy.clone(), status.clone())
     }
 
     /// The watched config file.
@@ -211,8 +215,7 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!(trigger = trigger.as_str(), "{warning}");
         }
-        let mtls = config.mtls;
-        let functions = config.functions;
+        let identities = Arc::new(config.mtls);
         let mut policy = config.policy;
         let delay_for_added = new_delay.max(inner.delay);
         let mut book = inner.book.clone();
@@ -240,10 +243,14 @@ impl Reloader {
         inner.delay = new_delay;
         inner.book.apply(&mut policy.allowlist, 0);
         let policy = Arc::new(policy);
+        let next = Arc::new(Snapshot {
+            policy: policy.clone(),
+            identities,
+        });
 
         let (old, generation) = {
             let mut status = lock(&self.status);
-            let old = self.policy.swap(policy.clone());
+            let old = self.snapshot.swap(next.clone());
             status.generation += 1;
             status.loaded_at = now;
             status.activation_delay = new_delay;
@@ -251,13 +258,14 @@ impl Reloader {
             (old, status.generation)
         };
         let effective_in = started.elapsed();
-        (self.on_swap)(&old, &policy, &mtls, &functions);
         inner.last_text = text;
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
             self.metrics.revoked(kind);
             tracing::warn!(kind = kind.as_str(), target = %target, "revoked: the reloaded allowlist no longer allows it");
         });
+        // Last: the new snapshot is in force and what it denies is cut, whatever a follower does.
+        (self.after_swap)(&old, &next);
         drop(inner);
         // The old policy is freed here, on this blocking thread, unless a request still holds
         // it: freeing a large index should not land on a proxy worker.
@@ -347,7 +355,9 @@ mod tests {
     struct Fixture {
         dir: tempfile::TempDir,
         reloader: Arc<Reloader>,
-        policy: PolicyHandle,
+        snapshot: SnapshotHandle,
+        /// Makes the next swap's followers panic.
+        panic_after_swap: Arc<AtomicBool>,
     }
 
     fn config_text(domains: &[&str], state_dir: &Path) -> String {
@@ -372,21 +382,27 @@ mod tests {
                 SystemTime::now(),
             );
             book.persist().unwrap();
-            let policy: PolicyHandle =
-                Arc::new(arc_swap::ArcSwap::from_pointee(config.policy.clone()));
+            let snapshot = Snapshot::handle(config.policy.clone(), config.mtls.clone());
+            let panic_after_swap = Arc::new(AtomicBool::new(false));
+            let panics = panic_after_swap.clone();
             let reloader = Reloader::new(
                 &config,
                 book,
-                policy.clone(),
+                snapshot.clone(),
                 Arc::new(Registry::default()),
                 Arc::new(Metrics::new()),
                 text,
-                Box::new(|_, _, _, _| {}),
+                Box::new(move |_, _| {
+                    if panics.swap(false, Ordering::SeqCst) {
+                        panic!("a bug in a follower of the swap");
+                    }
+                }),
             );
             Fixture {
                 dir,
                 reloader,
-                policy,
+                snapshot,
+                panic_after_swap,
             }
         }
 
@@ -396,8 +412,9 @@ mod tests {
         }
 
         fn lookup(&self, host: &str) -> Lookup {
-            self.policy
+            self.snapshot
                 .load()
+                .policy
                 .allowlist
                 .lookup(&Host::parse(host).unwrap(), crate::util::time::now_ms())
         }
@@ -501,5 +518,29 @@ mod tests {
             Outcome::Failed(_)
         ));
         assert!(f.reloader.status().last_error.is_some());
+    }
+
+    #[test]
+    fn a_panic_inside_the_swap_does_not_stop_reloads() {
+        let f = Fixture::new(&["a.test"]);
+        f.panic_after_swap.store(true, Ordering::SeqCst);
+        f.write(&["a.test", "b.test"]);
+        let reloader = f.reloader.clone();
+        let panicked = std::thread::spawn(move || reloader.reload(Trigger::Watch)).join();
+        assert!(panicked.is_err(), "the follower panicked inside the reload");
+        // The snapshot was swapped whole before the followers ran.
+        assert!(matches!(f.lookup("b.test"), Lookup::Pending(_)));
+        assert_eq!(f.reloader.status().generation, 2);
+        assert_eq!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Unchanged,
+            "the text in force was recorded before the followers ran"
+        );
+        f.write(&["a.test", "b.test", "c.test"]);
+        assert!(matches!(
+            f.reloader.reload(Trigger::Watch),
+            Outcome::Reloaded { generation: 3, .. }
+        ));
+        assert!(matches!(f.lookup("c.test"), Lookup::Pending(_)));
     }
 }

@@ -16,13 +16,15 @@ use std::time::SystemTime;
 use notify::RecommendedWatcher;
 
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsTable};
-use crate::egress::EgressClient;
+use crate::egress::{EgressClient, Snapshot, SnapshotHandle};
 use crate::util::sync::lock;
 use crate::util::watch::watch_files;
 
 /// Watches the identity files of the `[[mtls]]` table in force.
 pub struct Rotator {
-    /// Every worker's egress client: they all get the new table.
+    /// The snapshot in force: a rotation stores one with the same policy and new identities.
+    snapshot: SnapshotHandle,
+    /// Every egress client: their pools go, so no connection keeps the old identity.
     egress: Vec<Arc<EgressClient>>,
     /// The last failed load per entry pattern, until a good one.
     errors: Mutex<HashMap<String, (String, SystemTime)>>,
@@ -31,8 +33,9 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    pub fn new(egress: Vec<Arc<EgressClient>>) -> Arc<Self> {
+    pub fn new(snapshot: SnapshotHandle, egress: Vec<Arc<EgressClient>>) -> Arc<Self> {
         Arc::new(Rotator {
+            snapshot,
             egress,
             errors: Mutex::default(),
             watcher: Mutex::default(),
@@ -41,7 +44,7 @@ impl Rotator {
 
     /// The table in force.
     pub fn table(&self) -> Arc<MtlsTable> {
-        self.egress[0].mtls()
+        self.snapshot.load().identities.clone()
     }
 
     /// The last failed load of `pattern`'s files, if it has not been fixed since.
@@ -114,9 +117,15 @@ impl Rotator {
             entries.push(entry.clone());
         }
         if changed {
-            let table = MtlsTable::new(entries);
+            let rotated = MtlsTable::new(entries);
+            // A reload may have swapped in other entries while the files were read: only an
+            // entry whose spec is still in force takes its rotated identity.
+            self.snapshot.rcu(|now| Snapshot {
+                policy: now.policy.clone(),
+                identities: Arc::new(now.identities.with_identities_of(&rotated)),
+            });
             for egress in &self.egress {
-                egress.set_mtls(table.clone());
+                egress.reset_pool();
             }
         }
     }

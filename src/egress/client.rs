@@ -30,13 +30,14 @@ use tokio::net::TcpStream;
 
 use super::dial::{Dialer, EgressError};
 use super::resolve::Resolve;
+use super::snapshot::{Snapshot, SnapshotHandle};
 use super::tls::{
     describe_tls_failure, originate, plain_tls_config, HandshakeHook, HandshakeOutcome, MtlsTable,
 };
 use super::{Cause, ErrorKind};
 use crate::policy::allowlist::{Allowlist, Pattern, RuleId};
 use crate::policy::host::Host;
-use crate::policy::{Denial, DenyReason, Policy, PolicyHandle, Protocol, Target};
+use crate::policy::{Denial, DenyReason, Policy, Protocol, Target};
 use crate::util::body::HttpBody;
 use crate::util::body::RequestBodyIdle;
 use crate::util::time::now_ms;
@@ -110,13 +111,9 @@ impl SendError {
 
 type Pool = Client<Connector, HttpBody>;
 
-/// The `[[mtls]]` table in force, swapped on reload.
-type MtlsHandle = Arc<ArcSwap<MtlsTable>>;
-
 pub struct EgressClient {
-    policy: PolicyHandle,
-    /// Hosts whose plain-HTTP requests egressd sends over mTLS; swapped on reload.
-    mtls: MtlsHandle,
+    /// The policy and client identities in force, shared by every egress client.
+    snapshot: SnapshotHandle,
     dialer: Arc<Dialer>,
     /// Pooled upstream connections, keyed by host and port. Replaced (dropping the pool) when
     /// a reload changes what addresses may be dialled: a pooled connection was checked
@@ -130,17 +127,15 @@ pub struct EgressClient {
 impl EgressClient {
     /// `own_addrs` are egressd's listeners, which no request may reach.
     pub fn new(
-        policy: PolicyHandle,
+        snapshot: SnapshotHandle,
         resolver: Arc<dyn Resolve>,
         own_addrs: Vec<SocketAddr>,
         options: EgressOptions,
     ) -> Self {
         let dialer = Arc::new(Dialer::new(resolver, own_addrs, options.connect_timeout));
-        let mtls: MtlsHandle = Arc::default();
-        let pool = ArcSwap::from_pointee(pool(&dialer, &policy, &mtls, options, None));
+        let pool = ArcSwap::from_pointee(pool(&dialer, &snapshot, options, None));
         EgressClient {
-            policy,
-            mtls,
+            snapshot,
             dialer,
             pool,
             options,
@@ -155,27 +150,20 @@ impl EgressClient {
         self
     }
 
-    /// Puts a new `[[mtls]]` table in force. Pooled connections go: they may present an
-    /// identity (or none) that no longer applies.
-    pub fn set_mtls(&self, table: MtlsTable) {
-        self.mtls.store(Arc::new(table));
-        self.reset_pool();
-    }
-
-    /// The `[[mtls]]` table in force.
-    pub fn mtls(&self) -> Arc<MtlsTable> {
-        self.mtls.load_full()
+    /// The `[[mtls]]` identities in force.
+    pub fn identities(&self) -> Arc<MtlsTable> {
+        self.snapshot.load().identities.clone()
     }
 
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
+        self.snapshot.load().policy.clone()
     }
 
     /// The policy decision for `target`, as the current policy makes it now: the only
     /// place a [`Permit`] comes from.
     pub fn decide(&self, target: &Target, protocol: Protocol) -> Result<Permit, Denial> {
-        let policy = self.policy.load_full();
+        let policy = self.policy();
         let rule = policy.decide(target, protocol, now_ms())?;
         Ok(Permit {
             target: target.clone(),
@@ -244,12 +232,13 @@ impl EgressClient {
             Host::Domain(name) => Pattern::Exact(name.clone()),
             Host::Ip(ip) => Pattern::Ip(*ip),
         }]);
-        let policy: PolicyHandle = Arc::new(ArcSwap::from_pointee(audit));
-        let mtls: MtlsHandle = Arc::new(ArcSwap::new(self.mtls.load_full()));
-        let pool = ArcSwap::from_pointee(pool(&self.dialer, &policy, &mtls, self.options, None));
+        let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot {
+            policy: Arc::new(audit),
+            identities: self.identities(),
+        }));
+        let pool = ArcSwap::from_pointee(pool(&self.dialer, &snapshot, self.options, None));
         EgressClient {
-            policy,
-            mtls,
+            snapshot,
             dialer: self.dialer.clone(),
             pool,
             options: self.options,
@@ -261,8 +250,7 @@ impl EgressClient {
     pub fn reset_pool(&self) {
         self.pool.store(Arc::new(pool(
             &self.dialer,
-            &self.policy,
-            &self.mtls,
+            &self.snapshot,
             self.options,
             self.on_handshake.clone(),
         )));
@@ -362,8 +350,7 @@ const MAX_RESPONSE_HEADERS: usize = 100;
 
 fn pool(
     dialer: &Arc<Dialer>,
-    policy: &PolicyHandle,
-    mtls: &MtlsHandle,
+    snapshot: &SnapshotHandle,
     options: EgressOptions,
     on_handshake: Option<HandshakeHook>,
 ) -> Pool {
@@ -376,8 +363,7 @@ fn pool(
         .http1_max_headers(MAX_RESPONSE_HEADERS)
         .build(Connector {
             dialer: dialer.clone(),
-            policy: policy.clone(),
-            mtls: mtls.clone(),
+            snapshot: snapshot.clone(),
             handshake_timeout: options.connect_timeout,
             on_handshake,
             plain_tls: plain_tls_config(),
@@ -391,8 +377,7 @@ fn pool(
 #[derive(Clone)]
 struct Connector {
     dialer: Arc<Dialer>,
-    policy: PolicyHandle,
-    mtls: MtlsHandle,
+    snapshot: SnapshotHandle,
     /// The TLS handshake must finish within this (`connect_timeout`).
     handshake_timeout: Duration,
     on_handshake: Option<HandshakeHook>,
@@ -411,8 +396,8 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dialer = self.dialer.clone();
-        let policy = self.policy.load_full();
-        let mtls = self.mtls.load_full();
+        let snapshot = self.snapshot.load_full();
+        let (policy, mtls) = (snapshot.policy.clone(), snapshot.identities.clone());
         let handshake_timeout = self.handshake_timeout;
         let on_handshake = self.on_handshake.clone();
         let plain_tls = self.plain_tls.clone();

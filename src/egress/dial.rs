@@ -302,6 +302,7 @@ mod tests {
             private: PrivateAllow::new(vec![open.parse().unwrap()]),
             dns_overrides: Default::default(),
             origination: Default::default(),
+            functions: Default::default(),
         }
     }
 

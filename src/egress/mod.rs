@@ -13,12 +13,14 @@ mod dial;
 pub mod resolve;
 pub mod revoke;
 #[cfg(target_os = "linux")]
+pub mod snapshot;
 mod splice;
 pub mod tls;
 pub mod tunnel;
 
 pub use client::{authority_text, http_uri, EgressClient, EgressOptions, Permit, SendError};
 pub use dial::EgressError;
+pub use snapshot::{Snapshot, SnapshotHandle};
 
 /// What went wrong, as egressd reports it in `X-Egress-Error`, the reason phrase and the
 /// `reason` metric label. Denials have their own vocabulary ([`crate::policy::DenyReason`]).

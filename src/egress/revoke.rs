@@ -207,6 +207,7 @@ mod tests {
             private: Default::default(),
             dns_overrides: Default::default(),
             origination: Default::default(),
+            functions: Default::default(),
         }
     }
 

@@ -284,6 +284,23 @@ impl MtlsTable {
         &self.entries
     }
 
+    /// This table, with the identity of every entry that `rotated` has under the same spec.
+    pub fn with_identities_of(&self, rotated: &MtlsTable) -> MtlsTable {
+        MtlsTable::new(
+            self.entries
+                .iter()
+                .map(|entry| {
+                    rotated
+                        .entries
+                        .iter()
+                        .find(|r| r.spec == entry.spec)
+                        .unwrap_or(entry)
+                        .clone()
+                })
+                .collect(),
+        )
+    }
+
     /// The entries as policy rules: where egressd originates TLS, and whether CONNECT may
     /// tunnel instead.
     pub fn originations(&self) -> Originations {

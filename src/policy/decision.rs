@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::policy::allowlist::{Allowlist, Lookup, RuleId};
+use crate::policy::function::Functions;
 use crate::policy::host::{Host, HostError};
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::origination::Originations;
@@ -247,6 +248,8 @@ pub struct Policy {
     /// Hosts egressd originates TLS for (`[[mtls]]`): a CONNECT to them is refused unless
     /// the entry allows it, and a plain-HTTP request goes out over TLS to the entry's port.
     pub origination: Originations,
+    /// The `[[functions]]`: which may be scheduled and invoked, and where.
+    pub functions: Functions,
 }
 
 impl Policy {
@@ -350,6 +353,7 @@ mod tests {
             private: PrivateAllow::default(),
             dns_overrides: HashMap::new(),
             origination: Originations::default(),
+            functions: Functions::default(),
         }
     }
 

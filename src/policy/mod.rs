@@ -1,5 +1,6 @@
 //! **What may leave.** Hosts and targets, the allowlist index, the private address ranges,
-//! activation times, and the decision that combines them.
+//! activation times, where egressd originates TLS ([`origination`]), the deployed functions
+//! ([`function`]), and the decision that combines them.
 //!
 //! Pure and synchronous: a decision is a function of a [`Policy`] snapshot, a [`Target`] and
 //! the time, so `egressd explain`, the proxy and the scheduler cannot disagree. The only I/O
@@ -9,6 +10,7 @@
 pub mod activation;
 pub mod allowlist;
 mod decision;
+pub mod function;
 pub mod host;
 pub mod netguard;
 pub mod origination;

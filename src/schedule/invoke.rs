@@ -10,9 +10,9 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
 
-use super::function::Function;
 use super::store::{RunRecord, RunState, RunStatus, Schedule};
 use crate::egress::{Cause, EgressClient};
+use crate::policy::function::Function;
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::full;
 

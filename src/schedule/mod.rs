@@ -5,14 +5,13 @@
 //! Beside [`crate::proxy`]: imports from [`crate::egress`], [`crate::policy`],
 //! [`crate::metrics`] and [`crate::util`], never from the proxy or control layers:
 //! [`clock`], the wall clock passed in; [`cron`], the expressions and their evaluation;
-//! [`function`], the deployed functions; [`store`], schedules and their runs, persisted
+//! [`store`], schedules and their runs, persisted
 //! behind a trait; [`run`], one run as recorded; [`runner`], what is due when (the planner);
 //! [`service`], the task that sleeps and fires; [`invoke`], one invocation through the
 //! egress client.
 
 pub mod clock;
 pub mod cron;
-pub mod function;
 pub mod invoke;
 pub mod run;
 pub mod runner;

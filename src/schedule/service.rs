@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,6 @@ use tokio_util::task::TaskTracker;
 
 use super::clock::Clock;
 use super::cron::CronExpr;
-use super::function::{DeployState, Functions};
 use super::invoke::invoke;
 use super::runner::{plan, sleep_until_next};
 use super::store::{
@@ -32,6 +30,8 @@ use super::store::{
 };
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
+use crate::policy::function::{DeployState, Functions};
+use crate::policy::Policy;
 use crate::util::sync::lock;
 
 /// The longest sleep between checks: new schedules wake the loop at once anyway.
@@ -53,8 +53,8 @@ pub enum RunNowError {
 
 pub struct Scheduler {
     store: Arc<dyn ScheduleStore>,
+    /// The scheduler's own; its policy holds the functions in force.
     egress: Arc<EgressClient>,
-    functions: ArcSwap<Functions>,
     clock: Arc<dyn Clock>,
     /// Schedules with a run in progress, scheduled or by hand.
     running: Mutex<HashSet<String>>,
@@ -73,7 +73,6 @@ impl Scheduler {
     pub fn new(
         store: Arc<dyn ScheduleStore>,
         egress: Arc<EgressClient>,
-        functions: Functions,
         timeout: Duration,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
@@ -81,7 +80,6 @@ impl Scheduler {
         Arc::new(Scheduler {
             store,
             egress,
-            functions: ArcSwap::from_pointee(functions),
             clock,
             running: Mutex::default(),
             runs: TaskTracker::new(),
@@ -92,9 +90,9 @@ impl Scheduler {
         })
     }
 
-    /// The functions in force.
-    pub fn functions(&self) -> Arc<Functions> {
-        self.functions.load_full()
+    /// The policy in force: its functions are the ones that may be scheduled and invoked.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.egress.policy()
     }
 
     /// The time on the scheduler's clock.
@@ -102,12 +100,11 @@ impl Scheduler {
         self.clock.now()
     }
 
-    /// Puts a reloaded `[[functions]]` list in force and deletes the schedules of functions
-    /// that are no longer productive (undeployed or removed). Redeploying does not bring
-    /// them back. Blocking (the store writes): call it from a blocking thread.
-    pub fn set_functions(&self, functions: Functions) {
-        self.delete_undeployed(&functions, false);
-        self.functions.store(Arc::new(functions));
+    /// Deletes the schedules of functions the policy in force does not have as productive
+    /// (undeployed or removed), after a reload changed the functions or at start. Redeploying
+    /// does not bring them back. Blocking (the store writes): call it from a blocking thread.
+    pub fn reconcile_functions(&self) {
+        self.delete_undeployed(&self.policy().functions, false);
         // The loop retries what could not be deleted, and stops planning it.
         self.wake.notify_one();
     }
@@ -199,8 +196,9 @@ impl Scheduler {
         // Only a productive function is invoked. Undeploying one deletes its schedules, but
         // not while state_dir cannot be written: they then stay until a retry deletes them,
         // and "run now" must not invoke the function meanwhile.
-        let functions = self.functions();
-        let productive = functions
+        let policy = self.policy();
+        let productive = policy
+            .functions
             .get(&schedule.function)
             .filter(|f| f.state == DeployState::Productive);
         match productive.cloned() {
@@ -223,14 +221,16 @@ impl Scheduler {
         let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
             let now = self.clock.now();
-            let functions = self.functions();
+            let policy = self.policy();
+            let functions = &policy.functions;
             let mut sleep = MAX_SLEEP;
             let undeployed_left = {
-                let scheduler = self.clone();
-                let functions = functions.clone();
-                tokio::task::spawn_blocking(move || scheduler.delete_undeployed(&functions, true))
-                    .await
-                    .unwrap_or(true)
+                let (scheduler, policy) = (self.clone(), policy.clone());
+                tokio::task::spawn_blocking(move || {
+                    scheduler.delete_undeployed(&policy.functions, true)
+                })
+                .await
+                .unwrap_or(true)
             };
             if undeployed_left {
                 sleep = UNDEPLOY_RETRY;

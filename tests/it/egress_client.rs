@@ -3,14 +3,12 @@
 //! later caller) sent through the client can therefore never be judged differently from a
 //! function's own request.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use arc_swap::ArcSwap;
 use egressd::control::config::Config;
 use egressd::egress::resolve::DnsResolver;
-use egressd::egress::{EgressClient, EgressError, EgressOptions, SendError};
+use egressd::egress::{EgressClient, EgressError, EgressOptions, SendError, Snapshot};
 use egressd::policy::{Denial, Protocol, Target};
 use egressd::util::body::empty;
 
@@ -152,7 +150,7 @@ async fn the_egress_client_denies_exactly_where_the_proxy_denies() {
     std::fs::write(&config_path, &text).unwrap();
     let config = Config::parse(&config_path, &text).unwrap();
     let client = EgressClient::new(
-        Arc::new(ArcSwap::from_pointee(config.policy.clone())),
+        Snapshot::handle(config.policy.clone(), config.mtls.clone()),
         DnsResolver::new(&config.dns),
         vec![],
         EgressOptions {

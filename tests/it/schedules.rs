@@ -577,11 +577,10 @@ async fn an_https_function_is_invoked_over_verified_tls() {
 
 mod on_a_test_clock {
     use super::*;
-    use arc_swap::ArcSwap;
     use chrono::{DateTime, Utc};
     use egressd::control::config::Config;
     use egressd::egress::resolve::DnsResolver;
-    use egressd::egress::{EgressClient, EgressOptions};
+    use egressd::egress::{EgressClient, EgressOptions, Snapshot};
     use egressd::metrics::Metrics;
     use egressd::schedule::clock::{Clock, ManualClock};
     use egressd::schedule::service::{RunNowError, Scheduler};
@@ -612,7 +611,7 @@ mod on_a_test_clock {
         );
         let config = Config::parse(&dir.join("egressd.toml"), &text).expect("a valid config");
         let egress = EgressClient::new(
-            Arc::new(ArcSwap::from_pointee(config.policy.clone())),
+            Snapshot::handle(config.policy.clone(), config.mtls.clone()),
             DnsResolver::new(&config.dns),
             vec![],
             EgressOptions {
@@ -624,7 +623,6 @@ mod on_a_test_clock {
         let scheduler = Scheduler::new(
             Arc::new(store),
             Arc::new(egress),
-            config.functions.clone(),
             Duration::from_secs(60),
             Arc::new(Metrics::new()),
             Arc::new(clock.clone()),

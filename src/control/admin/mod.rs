@@ -36,7 +36,7 @@ use super::reload::{Outcome, Reloader, Trigger};
 use super::rotate::Rotator;
 use super::trace::Auditor;
 use crate::metrics::Metrics;
-use crate::schedule::function::DeployState;
+use crate::policy::function::DeployState;
 use crate::schedule::service::Scheduler;
 use crate::util::body::{text_response, HttpBody};
 use crate::util::listener::accept;
@@ -312,7 +312,8 @@ impl Admin {
 
     fn functions(&self) -> Vec<FunctionView> {
         self.scheduler
-            .functions()
+            .policy()
+            .functions
             .all()
             .iter()
             .map(|f| FunctionView {

@@ -5,8 +5,8 @@
 
 use http::{Method, StatusCode};
 
+use crate::policy::function::MAX_NAME_CHARS;
 use crate::schedule::cron::MAX_CRON_CHARS;
-use crate::schedule::function::MAX_NAME_CHARS;
 use crate::schedule::store::MAX_PAYLOAD_CHARS;
 
 /// What an admin route does.

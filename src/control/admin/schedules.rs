@@ -40,9 +40,9 @@ impl Admin {
             Ok(request) => request,
             Err(refusal) => return refusal,
         };
-        let functions = self.scheduler.functions();
+        let policy = self.scheduler.policy();
         let new = match NewSchedule::new(&request.function, &request.cron, &request.payload, |f| {
-            functions.is_productive(f)
+            policy.functions.is_productive(f)
         }) {
             Ok(new) => new,
             Err(err) => {

@@ -26,7 +26,6 @@ use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
 use crate::proxy::sni::SniCheck;
-use crate::schedule::function::Functions;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -37,8 +36,6 @@ pub struct Config {
     pub policy: Policy,
     /// `[[mtls]]` entries with their identities loaded and checked.
     pub mtls: MtlsTable,
-    /// `[[functions]]`: what may be scheduled, and where invocations go.
-    pub functions: Functions,
     /// Things that are valid but probably not what was meant (a client certificate about to
     /// expire, an `[[mtls]]` host no allowlist entry covers); printed by `check`, logged by
     /// `run` and on reload.
@@ -236,7 +233,7 @@ impl Config {
         let mut warnings = Vec::new();
         let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
         policy.origination = mtls.originations();
-        let functions = validate::functions(&raw.functions, &mut problems);
+        policy.functions = validate::functions(&raw.functions, &mut problems);
         match (proxy, problems.list.is_empty()) {
             (Some(proxy), true) => Ok(Config {
                 path: path.to_path_buf(),
@@ -244,7 +241,6 @@ impl Config {
                 dns,
                 policy,
                 mtls,
-                functions,
                 warnings,
             }),
             _ => Err(ConfigError::Invalid(problems.list)),

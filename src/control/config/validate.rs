@@ -14,12 +14,12 @@ use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsSpec, MtlsTable, EXPIRY_WARNING};
 use crate::egress::tunnel::RelayKind;
 use crate::policy::allowlist::{Allowlist, Pattern};
+use crate::policy::function::{self as function, Function, Functions};
 use crate::policy::host::Host;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
 use crate::proxy::headers::is_pseudonym;
 use crate::proxy::sni::SniCheck;
-use crate::schedule::function::{self as function, Function, Functions};
 
 /// Whether parsing reads secret files.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -250,8 +250,9 @@ pub fn policy(
         http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
         private: PrivateAllow::new(nets),
         dns_overrides,
-        // Filled from the `[[mtls]]` entries once they are read ([`mtls`]).
+        // Filled from the `[[mtls]]` and `[[functions]]` tables once they are read.
         origination: Default::default(),
+        functions: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Deployed functions, as the watched config declares them: only productive functions can
-//! be scheduled, and undeploying one deletes its schedules.
+//! be scheduled or invoked, and undeploying one deletes its schedules. Part of the
+//! [`super::Policy`], so a reload swaps them with the allowlist in one step.
 
 use http::Uri;
 
