@@ -86,21 +86,25 @@ impl App {
             let metrics = metrics.clone();
             Arc::new(move |pattern, outcome| metrics.mtls_handshake(&pattern.to_string(), outcome))
         };
+        // Each worker's, and the scheduler's: the same snapshot and resolver, a pool each on
+        // the runtime that uses it, so no connection crosses runtimes.
+        let egress_client = || {
+            Arc::new(
+                EgressClient::new(
+                    snapshot.clone(),
+                    resolver.clone(),
+                    own_addrs.clone(),
+                    options,
+                )
+                .with_handshake_hook(on_handshake.clone()),
+            )
+        };
         let workers: Vec<Worker> = listeners
             .into_iter()
             .map(|listener| {
-                let egress = Arc::new(
-                    EgressClient::new(
-                        snapshot.clone(),
-                        resolver.clone(),
-                        own_addrs.clone(),
-                        options,
-                    )
-                    .with_handshake_hook(on_handshake.clone()),
-                );
                 let proxy = Arc::new(
                     Proxy::new(
-                        egress,
+                        egress_client(),
                         metrics.clone(),
                         registry.clone(),
                         settings.idle_timeout,
@@ -112,17 +116,7 @@ impl App {
                 Worker { listener, proxy }
             })
             .collect();
-        // The scheduler's own egress client: the same policy and resolver, its own pool on
-        // the runtime the scheduler runs on, so no connection crosses runtimes.
-        let schedule_egress = Arc::new(
-            EgressClient::new(
-                snapshot.clone(),
-                resolver.clone(),
-                own_addrs.clone(),
-                options,
-            )
-            .with_handshake_hook(on_handshake.clone()),
-        );
+        let schedule_egress = egress_client();
         // Every egress client: their pools are dropped when a swap changes what they dialled
         // under.
         let pools: Vec<Arc<EgressClient>> = workers
