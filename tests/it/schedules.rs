@@ -779,6 +779,30 @@ mod on_a_test_clock {
     }
 
     #[tokio::test]
+    async fn a_run_still_going_at_shutdown_is_cut_after_the_grace_and_recorded() {
+        // A function that never answers.
+        let port = serve_function(|_req: hyper::Request<hyper::body::Incoming>| async {
+            std::future::pending::<()>().await;
+            Ok(Response::new(Full::new(Bytes::new())))
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
+        let running = start(dir.path(), port, &clock);
+        let id = running.create("* * * * *").await.id;
+        settle().await;
+        clock.advance(Duration::from_secs(30));
+        settle().await;
+        running.stop.cancel();
+        // The function never answers: only the cut at the end of the grace records the run.
+        running.scheduler.drain(Duration::from_millis(300)).await;
+        let schedule = running.scheduler.get(&id).unwrap();
+        let run = schedule.runs.back().expect("the cut run is recorded");
+        assert_eq!(run.status.to_string(), "shutdown", "{run:?}");
+        assert!(run.reason.as_deref().unwrap().contains("shutdown_grace"));
+    }
+
+    #[tokio::test]
     async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
         let (port, received) = function_server().await;
         let dir = tempfile::tempdir().unwrap();
