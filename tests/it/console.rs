@@ -128,18 +128,14 @@ impl Browser {
     /// Waits until the element matching `css` exists and its text satisfies `pred`; panics
     /// with the last text seen.
     async fn wait_text(&self, css: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually_explained(css, || async {
             let text = self.text(css).await;
-            if let Some(t) = text.as_deref().filter(|t| pred(t)) {
-                return t.to_string();
+            match text.as_deref().filter(|t| pred(t)) {
+                Some(t) => Ok(t.to_string()),
+                None => Err(format!("{text:?}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {css}; it shows {text:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     async fn click(&self, css: &str) {

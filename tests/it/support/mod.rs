@@ -594,12 +594,22 @@ pub fn write_file(path: &std::path::Path, text: &str, how: Write) {
 
 /// Polls `probe` until it yields a value, for at most [`PATIENCE`]; panics naming `what`.
 /// For events that happen promptly but not synchronously (a reload, a log line).
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    eventually_explained(what, || {
+    eventually_within(what, PATIENCE, probe).await
+}
+
+/// [`eventually`] with a patience of `timeout` instead of [`PATIENCE`]: for an event that
+/// takes longer by design (a timer, a settling period), or a probe that waits itself.
+pub async fn eventually_within<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained_within(what, timeout, || {
         let probed = probe();
         async move { probed.await.ok_or_else(String::new) }
     })
@@ -609,13 +619,29 @@ where
 /// [`eventually`] for a probe that says, when the event has not happened yet, what it saw
 /// instead (`Err`); the panic reports the last such state.
 /// The state is formatted only for the panic, so it may be costly to describe.
-pub async fn eventually_explained<T, E, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually_explained<T, E, F, Fut>(what: &str, probe: F) -> T
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_explained_within(what, PATIENCE, probe).await
+}
+
+/// [`eventually_explained`] with a patience of `timeout`. The one polling loop: every other
+/// wait in the tests comes here. A probe that is slow itself counts against `timeout`; the
+/// last probe may start just before the deadline, so the wait can overrun it by one probe.
+pub async fn eventually_explained_within<T, E, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let seen = match probe().await {
             Ok(value) => return value,
@@ -623,8 +649,8 @@ where
         };
         if tokio::time::Instant::now() >= deadline {
             match seen.to_string().as_str() {
-                "" => panic!("timed out waiting for {what}"),
-                seen => panic!("timed out waiting for {what}; last seen: {seen}"),
+                "" => panic!("timed out after {timeout:?} waiting for {what}"),
+                seen => panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
