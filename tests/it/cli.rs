@@ -264,7 +264,8 @@ fn health_exits_0_when_healthz_says_ok_and_1_when_unreachable() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok\n");
 
-    let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
+    let port = crate::support::closed_port();
+    let closed = format!("http://127.0.0.1:{port}");
     let out = egressd_args(&["health", "--admin", &closed, "--timeout", "2s"]);
     // Docker reads 1 as unhealthy (and reserves 2).
     assert_eq!(out.status.code(), Some(1));

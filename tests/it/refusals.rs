@@ -40,7 +40,7 @@ enum Setup {
     DeadDns,
     /// No private range open: allowed names and IPs that land on loopback or link-local.
     StrictPrivate,
-    /// egressd on a fixed port that is also an allowed destination, by IP and by name.
+    /// egressd whose own proxy port is also an allowed destination, by IP and by name.
     OwnListener,
 }
 
@@ -497,14 +497,9 @@ struct Proxies {
 }
 
 impl Proxies {
-    fn start(origin: &Origin, ports: &Ports) -> Proxies {
-        let own_listener = egressd()
-            .proxy(&format!("listen = \"127.0.0.1:{}\"", ports.own))
-            .allow("127.0.0.1")
-            .allow_local("self.test")
-            .ports(&[ports.own], &[ports.own])
-            .start();
-        assert_eq!(own_listener.proxy.port(), ports.own);
+    /// `closed` is the port [`Setup::ClosedPort`] allows, `dead_dns` the port of its name
+    /// server; the caller holds both closed for as long as the proxies run.
+    async fn start(origin: &Origin, closed: u16, dead_dns: u16) -> Proxies {
         Proxies {
             api: api_proxy(origin)
                 .allow("127.0.0.1")
@@ -514,12 +509,12 @@ impl Proxies {
                 .start(),
             closed_port: egressd()
                 .allow_local("api.test")
-                .ports(&[ports.closed], &[ports.closed])
+                .ports(&[closed], &[closed])
                 .start(),
             dead_dns: egressd()
                 .allow("nowhere.test")
                 .ports(&[443], &[80])
-                .dns_line(&format!("servers = [\"127.0.0.1:{}\"]", closed_port()))
+                .dns_line(&format!("servers = [\"127.0.0.1:{dead_dns}\"]"))
                 .dns_line("timeout = \"1s\"")
                 .start(),
             strict_private: egressd()
@@ -531,7 +526,7 @@ impl Proxies {
                 .allow("127.0.0.1")
                 .ports(&[443], &[origin.port(), 80])
                 .start(),
-            own_listener,
+            own_listener: own_listener_proxy().await,
         }
     }
 
@@ -544,6 +539,29 @@ impl Proxies {
             Setup::OwnListener => &self.own_listener,
         }
     }
+}
+
+/// egressd for [`Setup::OwnListener`]: its proxy port is open for both protocols, and
+/// `self.test` and `127.0.0.1` are allowed. It listens on a port of its own choosing (one
+/// picked for it and freed could be taken by a parallel test first), so the port is known
+/// only once it runs, and is opened by a reload.
+async fn own_listener_proxy() -> Egressd {
+    let proxy = egressd()
+        .allow("127.0.0.1")
+        .allow_local("self.test")
+        .start();
+    let own = proxy.proxy.port();
+    let generation = proxy.generation().await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let opened = format!("[proxy]\nconnect_ports = [{own}]\nhttp_ports = [{own}]\n");
+    assert!(!text.contains("_ports = "), "ports set twice: {text}");
+    write_file(
+        &proxy.config_path,
+        &text.replacen("[proxy]\n", &opened, 1),
+        Write::Rename,
+    );
+    proxy.wait_generation_above(generation).await;
+    proxy
 }
 
 /// Sends a case's request; returns the response as the client saw it, and whether its body
@@ -576,13 +594,14 @@ async fn send(proxy: &Egressd, send: &Send) -> (String, bool) {
 #[tokio::test]
 async fn every_refusal_has_its_status_header_reason_and_counter() {
     let origin = origin().await;
-    let [closed, own] = closed_ports();
+    // Held until the end: the ports stay closed for as long as the cases run.
+    let (closed, dead_dns) = (closed_port(), closed_port());
+    let proxies = Proxies::start(&origin, *closed, *dead_dns).await;
     let ports = Ports {
         origin: origin.port(),
-        closed,
-        own,
+        closed: *closed,
+        own: proxies.own_listener.proxy.port(),
     };
-    let proxies = Proxies::start(&origin, &ports);
     for case in cases(&ports) {
         let name = case.name;
         let proxy = proxies.get(case.on);

@@ -819,19 +819,71 @@ pub async fn echo_server() -> SocketAddr {
     .await
 }
 
-/// A port with nothing listening on it.
-pub fn closed_port() -> u16 {
-    let [port] = closed_ports();
-    port
+/// A loopback port where nothing answers, reserved for as long as the value is held; it
+/// derefs to the port number and displays as it.
+///
+/// Dropping a listener and using its number later is a race in a test binary whose tests run
+/// in parallel: another test may bind the number in between. So the port stays bound, but
+/// answers nothing: a TCP socket bound without `listen`, so a connection is refused (RST,
+/// `ECONNREFUSED`), and a UDP socket bound and connected to itself, so a datagram from anyone
+/// else bounces (ICMP port unreachable, `ECONNREFUSED` to a connected sender such as a DNS
+/// client). Neither sets `SO_REUSEADDR` or `SO_REUSEPORT`, so no other socket can bind the
+/// port, not even egressd's `SO_REUSEPORT` listeners.
+pub struct ClosedPort {
+    port: u16,
+    /// Bound, not listening: holds the TCP port and refuses connections to it.
+    _tcp: socket2::Socket,
+    /// Connected to itself: holds the UDP port and takes no datagram from anyone else.
+    _udp: std::net::UdpSocket,
 }
 
-/// `N` different ports with nothing listening on them.
-pub fn closed_ports<const N: usize>() -> [u16; N] {
-    // Held together while their numbers are read, so no two are the same.
-    let listeners: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+impl ClosedPort {
+    fn reserve() -> ClosedPort {
+        // The number comes from a TCP bind to port 0; the same UDP port may be taken, then
+        // another number is tried.
+        for _ in 0..100 {
+            let tcp = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .unwrap();
+            tcp.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+                .unwrap();
+            let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
+            let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            udp.connect(udp.local_addr().unwrap()).unwrap();
+            return ClosedPort {
+                port,
+                _tcp: tcp,
+                _udp: udp,
+            };
+        }
+        panic!("no loopback port free for both TCP and UDP in 100 tries");
+    }
+}
+
+impl std::ops::Deref for ClosedPort {
+    type Target = u16;
+
+    fn deref(&self) -> &u16 {
+        &self.port
+    }
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.port.fmt(f)
+    }
+}
+
+/// A port where nothing answers, held until the returned value is dropped (see
+/// [`ClosedPort`]): keep it alive for as long as the test relies on the port being closed.
+#[must_use = "the port is closed only while this is held"]
+pub fn closed_port() -> ClosedPort {
+    ClosedPort::reserve()
 }
 
 /// Sends raw bytes, reads until the peer closes (bounded), returns what came back.
