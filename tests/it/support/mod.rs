@@ -657,6 +657,18 @@ where
     }
 }
 
+/// The end of a table test that runs every case before it fails: panics, once, listing
+/// `failures` (one "case name: what was wrong" line per failed case) out of `cases` run.
+#[track_caller]
+pub fn assert_no_failures(failures: &[String], cases: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// What each open file descriptor of process `pid` points at (`socket:[…]`, `pipe:[…]`, a
 /// path), sorted, so a failure can say which one was left behind.
 pub fn open_fds(pid: u32) -> Vec<String> {
