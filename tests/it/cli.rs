@@ -204,15 +204,18 @@ fn explain_prints_decision_reason_and_rule() {
         ("example.com:8443", 1, "denied (port-not-allowed): port 8443 is not open for connect requests"),
         ("db.example.org", 1, "denied (private-destination): 10.1.2.3 is in the private 10.0.0.0/8 range"),
     ];
+    let mut failures = Vec::new();
     for (target, code, expected) in cases {
         let out = egressd("explain", &path, &[target]);
         let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(out.status.code(), Some(code), "{target}: {stdout}");
-        assert!(
-            stdout.starts_with(expected),
-            "{target}: {stdout:?} should start with {expected:?}"
-        );
+        if out.status.code() != Some(code) || !stdout.starts_with(expected) {
+            failures.push(format!(
+                "{target}: expected exit {code} and {expected:?}, got {:?} and {stdout:?}",
+                out.status.code()
+            ));
+        }
     }
+    crate::support::assert_no_failures(&failures, cases.len());
 }
 
 #[test]
@@ -264,7 +267,8 @@ fn health_exits_0_when_healthz_says_ok_and_1_when_unreachable() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "ok\n");
 
-    let closed = format!("http://127.0.0.1:{}", crate::support::closed_port());
+    let port = crate::support::closed_port();
+    let closed = format!("http://127.0.0.1:{port}");
     let out = egressd_args(&["health", "--admin", &closed, "--timeout", "2s"]);
     // Docker reads 1 as unhealthy (and reserves 2).
     assert_eq!(out.status.code(), Some(1));

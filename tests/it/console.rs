@@ -5,10 +5,11 @@
 //! Screenshots of each page land in `target/tmp/console/` (docs/console.md shows copies of them,
 //! kept in `docs/console/`).
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::support::*;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -25,19 +26,49 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// chromedriver and its session; chromedriver is killed on drop.
 struct Browser {
     client: Client,
-    driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
-impl Drop for Browser {
+/// The chromedriver process, killed on drop, also when [`browser`] fails halfway.
+struct Driver(Child);
+
+impl Drop for Driver {
     /// Kills chromedriver's whole process group: a test that panics never ends its session,
     /// and Chromium would outlive chromedriver.
     fn drop(&mut self) {
-        let group = format!("-{}", self.driver.id());
+        let group = format!("-{}", self.0.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
+}
+
+/// The line in which chromedriver names the port it listens on.
+const STARTED_ON_PORT: &str = "ChromeDriver was started successfully on port ";
+
+/// Reads chromedriver's stdout until it names its port (once it listens) and returns the
+/// port; reads and drops the rest, so that chromedriver never blocks on a full pipe.
+async fn announced_port(stdout: ChildStdout) -> u16 {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
+            let port = line
+                .strip_prefix(STARTED_ON_PORT)
+                .and_then(|rest| rest.trim_end().trim_end_matches('.').parse::<u16>().ok());
+            if let Some(port) = port {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    tokio::time::timeout(PATIENCE, rx)
+        .await
+        .expect("chromedriver to name its port in time")
+        .expect("chromedriver exited before it named its port")
 }
 
 async fn browser() -> Browser {
@@ -47,25 +78,22 @@ async fn browser() -> Browser {
             "{path} is missing: install Debian's chromium and chromium-driver (tests/run does)"
         );
     }
-    let port = closed_port();
-    let driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        // Its own process group, with Chromium in it, so that Drop can end both.
-        .process_group(0)
-        // Chromium inherits the zone: the page's "local time" is New York's.
-        .env("TZ", "America/New_York")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
+    let mut driver = Driver(
+        Command::new(CHROMEDRIVER)
+            // chromedriver binds a free port itself and names it: a port picked here and
+            // freed for it could be taken by a parallel test first.
+            .arg("--port=0")
+            // Its own process group, with Chromium in it, so that Drop can end both.
+            .process_group(0)
+            // Chromium inherits the zone: the page's "local time" is New York's.
+            .env("TZ", "America/New_York")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let port = announced_port(driver.0.stdout.take().unwrap()).await;
     let url = format!("http://127.0.0.1:{port}");
-    eventually("chromedriver to listen", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
     let profile = tempfile::tempdir().unwrap();
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -98,7 +126,7 @@ async fn browser() -> Browser {
     client.set_window_size(1280, 800 + frame).await.unwrap();
     Browser {
         client,
-        driver,
+        _driver: driver,
         _profile: profile,
     }
 }
@@ -128,18 +156,14 @@ impl Browser {
     /// Waits until the element matching `css` exists and its text satisfies `pred`; panics
     /// with the last text seen.
     async fn wait_text(&self, css: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually_explained(css, || async {
             let text = self.text(css).await;
-            if let Some(t) = text.as_deref().filter(|t| pred(t)) {
-                return t.to_string();
+            match text.as_deref().filter(|t| pred(t)) {
+                Some(t) => Ok(t.to_string()),
+                None => Err(format!("{text:?}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {css}; it shows {text:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     async fn click(&self, css: &str) {

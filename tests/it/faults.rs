@@ -159,9 +159,13 @@ async fn upstream_faults_get_a_clear_answer_and_release_everything() {
         },
     ];
     for case in cases {
-        let port = match case.upstream {
-            Some(behaviour) => faulty_upstream(behaviour).await,
-            None => closed_port(),
+        // Held for the case: the closed port stays closed.
+        let (port, _closed) = match case.upstream {
+            Some(behaviour) => (faulty_upstream(behaviour).await, None),
+            None => {
+                let closed = closed_port();
+                (*closed, Some(closed))
+            }
         };
         let proxy = http_proxy("api.test", port)
             .proxy("response_header_timeout = \"1s\"")

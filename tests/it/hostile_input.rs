@@ -223,6 +223,49 @@ const DIFFERENTIALS: &[(&str, &str, &str, Reaches)] = &[
      "HTTP/1.1 403 private-destination: :: is in the unspecified :: range; ", Reaches::Nothing),
 ];
 
+/// Sends one [`DIFFERENTIALS`] case; returns what went wrong, empty when nothing did.
+async fn differential(
+    proxy: &Egressd,
+    upstream: &Upstream,
+    request: &str,
+    answer: &str,
+    reaches: &Reaches,
+) -> Vec<String> {
+    let p = upstream.port.to_string();
+    let (request, answer) = (request.replace("{P}", &p), answer.replace("{P}", &p));
+    let before = upstream.seen().len();
+    let response = one_response(proxy.proxy, request.as_bytes()).await;
+    let mut wrong = Vec::new();
+    if !response.starts_with(&answer) {
+        wrong.push(format!("expected {answer:?}, got {response:?}"));
+    }
+    let seen = upstream.seen();
+    let reached = &seen[before..];
+    match reaches {
+        Reaches::Nothing if !reached.is_empty() => wrong.push(format!("reached {reached:?}")),
+        Reaches::Nothing => {}
+        Reaches::Allowed(line) => match reached {
+            [one] => {
+                let line = line.replace("{P}", &p);
+                let host = format!("allowed.test:{p}");
+                if !one.head.starts_with(&format!("{line}\r\n"))
+                    || header(&one.head, "host") != Some(host.as_str())
+                {
+                    wrong.push(format!(
+                        "expected {line:?} with Host: {host}, the upstream got {:?}",
+                        one.head
+                    ));
+                }
+            }
+            _ => wrong.push(format!(
+                "expected one request upstream, it got {}: {reached:?}",
+                reached.len()
+            )),
+        },
+    }
+    wrong
+}
+
 #[tokio::test]
 async fn parser_differentials_reach_the_host_egressd_checked_or_nothing() {
     let upstream = Upstream::start(ok_reply).await;
@@ -238,31 +281,14 @@ async fn parser_differentials_reach_the_host_egressd_checked_or_nothing() {
         .allow("::")
         .ports(&[p], &[p])
         .start();
+    let mut failures = Vec::new();
     for (name, request, answer, reaches) in DIFFERENTIALS {
-        let request = request.replace("{P}", &p.to_string());
-        let answer = answer.replace("{P}", &p.to_string());
-        let before = upstream.seen().len();
-        let response = one_response(proxy.proxy, request.as_bytes()).await;
-        assert!(
-            response.starts_with(&answer),
-            "{name}: expected {answer:?}, got {response:?}"
-        );
-        let seen = upstream.seen();
-        match reaches {
-            Reaches::Nothing => assert_eq!(seen.len(), before, "{name}: reached {seen:?}"),
-            Reaches::Allowed(line) => {
-                let line = line.replace("{P}", &p.to_string());
-                assert_eq!(seen.len(), before + 1, "{name}: {seen:?}");
-                let head = &seen[before].head;
-                assert!(head.starts_with(&format!("{line}\r\n")), "{name}: {head}");
-                assert_eq!(
-                    header(head, "host"),
-                    Some(format!("allowed.test:{p}").as_str()),
-                    "{name}: {head}"
-                );
-            }
+        let wrong = differential(&proxy, &upstream, request, answer, reaches).await;
+        if !wrong.is_empty() {
+            failures.push(format!("{name}: {}", wrong.join("; ")));
         }
     }
+    assert_no_failures(&failures, DIFFERENTIALS.len());
     // hyper answers an unparsable head itself, with a bare 400; each still has its
     // access-log line, naming hyper's reason, and is counted.
     let unparsable = DIFFERENTIALS
@@ -445,51 +471,92 @@ async fn misbehaving_upstreams_get_a_502_or_a_cut_response_and_their_connection_
     // One worker: each worker pools its own upstream connections, and with two the next
     // request could land on the other worker and pass without proving the discard.
     let proxy = http_proxy("bad.test", p).proxy("workers = 1").start();
-    let url = |path: &str| format!("http://bad.test:{p}{path}");
     let via = proxy.proxy_url();
+    let mut failures = Vec::new();
     for (name, path, want, discarded) in MISBEHAVIOUR {
-        let (code, out, err) = curl(&["-i", "-x", &via, &url(path)], &[]).await;
-        match want {
-            Seen502::BadGateway(why) => {
-                assert_eq!(code, 0, "{name}: {err}");
-                let line =
-                    format!("HTTP/1.1 502 upstream: egressd: the upstream failed: {why}\r\n");
-                assert!(
-                    out.starts_with(&line),
-                    "{name}: expected {line:?}, got {out:?}"
-                );
-                assert_eq!(header(&out, "x-egress-error"), Some("upstream"), "{name}");
-                assert!(!out.contains("RAW-BYTES"), "{name}: relayed raw: {out:?}");
+        let wrong = misbehaviour(&via, &upstream, path, want, *discarded).await;
+        if !wrong.is_empty() {
+            failures.push(format!("{name}: {}", wrong.join("; ")));
+        }
+    }
+    assert_no_failures(&failures, MISBEHAVIOUR.len());
+}
+
+/// Runs one [`MISBEHAVIOUR`] case through the proxy at `via` (which knows the upstream as
+/// `bad.test`); returns what went wrong, empty when nothing did.
+async fn misbehaviour(
+    via: &str,
+    upstream: &Upstream,
+    path: &str,
+    want: &Seen502,
+    discarded: bool,
+) -> Vec<String> {
+    let url = |path: &str| format!("http://bad.test:{}{path}", upstream.port);
+    let mut wrong = Vec::new();
+    let (code, out, err) = curl(&["-i", "-x", via, &url(path)], &[]).await;
+    match want {
+        Seen502::BadGateway(why) => {
+            let line = format!("HTTP/1.1 502 upstream: egressd: the upstream failed: {why}\r\n");
+            if code != 0 {
+                wrong.push(format!("curl exited {code}: {err}"));
             }
-            Seen502::Cut(exit) => assert_eq!(code, *exit, "{name}: {out:?} {err}"),
-            Seen502::Reframed(text) => {
-                assert_eq!(code, 0, "{name}: {err}");
-                assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{name}: {out:?}");
-                // Every line of the head egressd sent ends in CRLF.
-                let head = out.split_once("\r\n\r\n").unwrap().0;
-                assert!(!head.replace("\r\n", "").contains('\n'), "{name}: {out:?}");
-                assert_eq!(body(&out), *text, "{name}");
+            if !out.starts_with(&line) {
+                wrong.push(format!("expected {line:?}, got {out:?}"));
+            }
+            if header(&out, "x-egress-error") != Some("upstream") {
+                wrong.push(format!(
+                    "x-egress-error: {:?}",
+                    header(&out, "x-egress-error")
+                ));
+            }
+            if out.contains("RAW-BYTES") {
+                wrong.push(format!("relayed raw: {out:?}"));
             }
         }
-        // The next request must not ride the connection that misbehaved.
-        let (code, out, err) = curl(&["-x", &via, &url("/ok")], &[]).await;
-        assert_eq!((code, out.as_str()), (0, "ok"), "{name}: {err}");
-        let seen = upstream.seen();
-        let conn_of = |path: &str| {
-            seen.iter()
-                .rev()
-                .find(|s| s.head.contains(&format!(" {path} ")))
-                .unwrap()
-                .conn
-        };
-        // A well-framed response's connection is reused, which shows the probe can tell.
-        assert_eq!(
-            conn_of(path) != conn_of("/ok"),
-            *discarded,
-            "{name}: the connection was {}",
-            if *discarded { "reused" } else { "discarded" }
-        );
+        Seen502::Cut(exit) => {
+            if code != *exit {
+                wrong.push(format!("curl exited {code}, not {exit}: {out:?} {err}"));
+            }
+        }
+        Seen502::Reframed(text) => {
+            if code != 0 {
+                wrong.push(format!("curl exited {code}: {err}"));
+            }
+            match out.split_once("\r\n\r\n") {
+                // Every line of the head egressd sent ends in CRLF.
+                Some((head, body))
+                    if out.starts_with("HTTP/1.1 200 OK\r\n")
+                        && !head.replace("\r\n", "").contains('\n')
+                        && body == *text => {}
+                _ => wrong.push(format!(
+                    "expected a CRLF-framed 200 with body {text:?}, got {out:?}"
+                )),
+            }
+        }
     }
+    // The next request must not ride the connection that misbehaved.
+    let (code, out, err) = curl(&["-x", via, &url("/ok")], &[]).await;
+    if (code, out.as_str()) != (0, "ok") {
+        wrong.push(format!("the next request got {code} {out:?}: {err}"));
+        return wrong;
+    }
+    let seen = upstream.seen();
+    let conn_of = |path: &str| {
+        seen.iter()
+            .rev()
+            .find(|s| s.head.contains(&format!(" {path} ")))
+            .map(|s| s.conn)
+    };
+    // A well-framed response's connection is reused, which shows the probe can tell.
+    match (conn_of(path), conn_of("/ok")) {
+        (Some(bad), Some(ok)) if (bad != ok) != discarded => wrong.push(format!(
+            "the connection was {}",
+            if discarded { "reused" } else { "discarded" }
+        )),
+        (Some(_), Some(_)) => {}
+        _ => wrong.push(format!("the upstream did not see both requests: {seen:?}")),
+    }
+    wrong
 }
 
 // ---------------------------------------------------------------------------------------

@@ -569,18 +569,29 @@ async fn reload_counts(proxy: &Egressd) -> [f64; 3] {
     })
 }
 
-/// Waits (bounded) until the reload counters have not moved for two seconds, and returns them.
+/// How long the reload counters must stand still to count as settled.
+const SETTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (for at most five windows) until the reload counters have not moved for one
+/// [`SETTLE_WINDOW`], and returns them.
 async fn settled_reload_counts(proxy: &Egressd) -> [f64; 3] {
-    let mut last = reload_counts(proxy).await;
-    for _ in 0..5 {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        let now = reload_counts(proxy).await;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("the reload counters never settled: {last:?}");
+    let last = std::cell::Cell::new(reload_counts(proxy).await);
+    let last = &last;
+    eventually_explained_within(
+        "the reload counters to settle",
+        5 * SETTLE_WINDOW,
+        || async move {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            let now = reload_counts(proxy).await;
+            let before = last.replace(now);
+            if now == before {
+                Ok(now)
+            } else {
+                Err(format!("{before:?}, then {now:?}"))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 //! ranges, egressd's own port) name their [`Setup`]; each setup is one egressd for the table.
 
 use crate::support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// The `egressd_requests_total` series for one protocol, decision and reason.
 macro_rules! requests {
@@ -40,7 +42,7 @@ enum Setup {
     DeadDns,
     /// No private range open: allowed names and IPs that land on loopback or link-local.
     StrictPrivate,
-    /// egressd on a fixed port that is also an allowed destination, by IP and by name.
+    /// egressd whose own proxy port is also an allowed destination, by IP and by name.
     OwnListener,
 }
 
@@ -497,14 +499,9 @@ struct Proxies {
 }
 
 impl Proxies {
-    fn start(origin: &Origin, ports: &Ports) -> Proxies {
-        let own_listener = egressd()
-            .proxy(&format!("listen = \"127.0.0.1:{}\"", ports.own))
-            .allow("127.0.0.1")
-            .allow_local("self.test")
-            .ports(&[ports.own], &[ports.own])
-            .start();
-        assert_eq!(own_listener.proxy.port(), ports.own);
+    /// `closed` is the port [`Setup::ClosedPort`] allows, `dead_dns` the port of its name
+    /// server; the caller holds both closed for as long as the proxies run.
+    async fn start(origin: &Origin, closed: u16, dead_dns: u16) -> Proxies {
         Proxies {
             api: api_proxy(origin)
                 .allow("127.0.0.1")
@@ -514,12 +511,12 @@ impl Proxies {
                 .start(),
             closed_port: egressd()
                 .allow_local("api.test")
-                .ports(&[ports.closed], &[ports.closed])
+                .ports(&[closed], &[closed])
                 .start(),
             dead_dns: egressd()
                 .allow("nowhere.test")
                 .ports(&[443], &[80])
-                .dns_line(&format!("servers = [\"127.0.0.1:{}\"]", closed_port()))
+                .dns_line(&format!("servers = [\"127.0.0.1:{dead_dns}\"]"))
                 .dns_line("timeout = \"1s\"")
                 .start(),
             strict_private: egressd()
@@ -531,7 +528,7 @@ impl Proxies {
                 .allow("127.0.0.1")
                 .ports(&[443], &[origin.port(), 80])
                 .start(),
-            own_listener,
+            own_listener: own_listener_proxy().await,
         }
     }
 
@@ -546,75 +543,127 @@ impl Proxies {
     }
 }
 
+/// egressd for [`Setup::OwnListener`]: its proxy port is open for both protocols, and
+/// `self.test` and `127.0.0.1` are allowed. It listens on a port of its own choosing (one
+/// picked for it and freed could be taken by a parallel test first), so the port is known
+/// only once it runs, and is opened by a reload.
+async fn own_listener_proxy() -> Egressd {
+    let proxy = egressd()
+        .allow("127.0.0.1")
+        .allow_local("self.test")
+        .start();
+    let own = proxy.proxy.port();
+    let generation = proxy.generation().await;
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let opened = format!("[proxy]\nconnect_ports = [{own}]\nhttp_ports = [{own}]\n");
+    assert!(!text.contains("_ports = "), "ports set twice: {text}");
+    write_file(
+        &proxy.config_path,
+        &text.replacen("[proxy]\n", &opened, 1),
+        Write::Rename,
+    );
+    proxy.wait_generation_above(generation).await;
+    proxy
+}
+
 /// Sends a case's request; returns the response as the client saw it, and whether its body
-/// is part of that (curl never shows a refused CONNECT's body).
-async fn send(proxy: &Egressd, send: &Send) -> (String, bool) {
+/// is part of that (curl never shows a refused CONNECT's body), or what went wrong instead.
+async fn send(proxy: &Egressd, send: &Send) -> Result<(String, bool), String> {
     match send {
-        Send::Raw(request) => (one_response(proxy.proxy, request.as_bytes()).await, true),
+        Send::Raw(request) => Ok((one_response(proxy.proxy, request.as_bytes()).await, true)),
         Send::Curl(url) => {
             let (_, out, err) = curl(&["-i", "-x", &proxy.proxy_url(), url], &[]).await;
-            assert!(!out.is_empty(), "curl {url}: {err}");
-            (out, true)
+            if out.is_empty() {
+                return Err(format!("curl {url} printed nothing: {err}"));
+            }
+            Ok((out, true))
         }
         Send::CurlTunnel(url) => {
             let (code, _, err) = curl(&["-v", "-p", "-x", &proxy.proxy_url(), url], &[]).await;
-            assert_ne!(code, 0, "curl -p {url} succeeded: {err}");
+            if code == 0 {
+                return Err(format!("curl -p {url} succeeded: {err}"));
+            }
             let head: String = err
                 .lines()
                 .filter_map(|l| l.strip_prefix("< "))
                 .map(|l| format!("{l}\r\n"))
                 .collect();
-            (head, false)
+            Ok((head, false))
         }
         Send::InTunnel { to, request } => {
-            let mut tunnel = open_tunnel(proxy.proxy, to).await;
-            (exchange(&mut tunnel, request.as_bytes()).await, true)
+            let mut tunnel = TcpStream::connect(proxy.proxy).await.unwrap();
+            let connect = format!("CONNECT {to} HTTP/1.1\r\nHost: {to}\r\n\r\n");
+            tunnel.write_all(connect.as_bytes()).await.unwrap();
+            let head = read_head(&mut tunnel).await;
+            if !head.starts_with("HTTP/1.1 200") {
+                return Err(format!("the tunnel to {to} was not granted: {head:?}"));
+            }
+            Ok((exchange(&mut tunnel, request.as_bytes()).await, true))
         }
     }
+}
+
+/// Sends `case` to `proxy`; returns everything about the answer that differs from the case,
+/// empty when nothing does.
+async fn check(proxy: &Egressd, case: &Refusal) -> Vec<String> {
+    let before = proxy.metrics().await;
+    let (response, with_body) = match send(proxy, &case.send).await {
+        Ok(sent) => sent,
+        Err(why) => return vec![why],
+    };
+    let mut wrong = Vec::new();
+    if status(&response) != case.status {
+        wrong.push(format!("status {}, not {}", status(&response), case.status));
+    }
+    let (name, value) = case.header;
+    if header(&response, name) != Some(value) {
+        wrong.push(format!(
+            "{name}: {:?}, not {value:?}",
+            header(&response, name)
+        ));
+    }
+    if !response.starts_with(&case.status_line) {
+        wrong.push(format!("does not start with {:?}", case.status_line));
+    }
+    if with_body {
+        // The body has the whole explanation, which a status line may have to cut.
+        let phrase = case.status_line.trim_end_matches("\r\n");
+        let (_, explanation) = phrase.split_once(": ").unwrap();
+        if !body(&response).contains(explanation) {
+            wrong.push(format!("the body lacks {explanation:?}"));
+        }
+    }
+    let after = proxy.metrics().await;
+    for series in case.counted {
+        let moved = metric(&after, series) - metric(&before, series);
+        if moved != 1.0 {
+            wrong.push(format!("{series} moved by {moved}, not 1"));
+        }
+    }
+    if !wrong.is_empty() {
+        wrong.push(format!("response: {response:?}"));
+    }
+    wrong
 }
 
 #[tokio::test]
 async fn every_refusal_has_its_status_header_reason_and_counter() {
     let origin = origin().await;
-    let [closed, own] = closed_ports();
+    // Held until the end: the ports stay closed for as long as the cases run.
+    let (closed, dead_dns) = (closed_port(), closed_port());
+    let proxies = Proxies::start(&origin, *closed, *dead_dns).await;
     let ports = Ports {
         origin: origin.port(),
-        closed,
-        own,
+        closed: *closed,
+        own: proxies.own_listener.proxy.port(),
     };
-    let proxies = Proxies::start(&origin, &ports);
-    for case in cases(&ports) {
-        let name = case.name;
-        let proxy = proxies.get(case.on);
-        let before = proxy.metrics().await;
-        let (response, with_body) = send(proxy, &case.send).await;
-        assert_eq!(status(&response), case.status, "{name}: {response}");
-        assert_eq!(
-            header(&response, case.header.0),
-            Some(case.header.1),
-            "{name}: {response}"
-        );
-        assert!(
-            response.starts_with(&case.status_line),
-            "{name}: expected {:?}, got {response}",
-            case.status_line
-        );
-        if with_body {
-            // The body has the whole explanation, which a status line may have to cut.
-            let phrase = case.status_line.trim_end_matches("\r\n");
-            let (_, explanation) = phrase.split_once(": ").unwrap();
-            assert!(
-                body(&response).contains(explanation),
-                "{name}: the body lacks {explanation:?}: {response}"
-            );
-        }
-        let after = proxy.metrics().await;
-        for series in case.counted {
-            assert_eq!(
-                metric(&after, series),
-                metric(&before, series) + 1.0,
-                "{name}: {series}"
-            );
+    let cases = cases(&ports);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let wrong = check(proxies.get(case.on), case).await;
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {}", case.name, wrong.join("; ")));
         }
     }
+    assert_no_failures(&failures, cases.len());
 }

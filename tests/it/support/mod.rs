@@ -594,12 +594,22 @@ pub fn write_file(path: &std::path::Path, text: &str, how: Write) {
 
 /// Polls `probe` until it yields a value, for at most [`PATIENCE`]; panics naming `what`.
 /// For events that happen promptly but not synchronously (a reload, a log line).
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    eventually_explained(what, || {
+    eventually_within(what, PATIENCE, probe).await
+}
+
+/// [`eventually`] with a patience of `timeout` instead of [`PATIENCE`]: for an event that
+/// takes longer by design (a timer, a settling period), or a probe that waits itself.
+pub async fn eventually_within<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained_within(what, timeout, || {
         let probed = probe();
         async move { probed.await.ok_or_else(String::new) }
     })
@@ -609,13 +619,29 @@ where
 /// [`eventually`] for a probe that says, when the event has not happened yet, what it saw
 /// instead (`Err`); the panic reports the last such state.
 /// The state is formatted only for the panic, so it may be costly to describe.
-pub async fn eventually_explained<T, E, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually_explained<T, E, F, Fut>(what: &str, probe: F) -> T
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_explained_within(what, PATIENCE, probe).await
+}
+
+/// [`eventually_explained`] with a patience of `timeout`. The one polling loop: every other
+/// wait in the tests comes here. A probe that is slow itself counts against `timeout`; the
+/// last probe may start just before the deadline, so the wait can overrun it by one probe.
+pub async fn eventually_explained_within<T, E, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let seen = match probe().await {
             Ok(value) => return value,
@@ -623,12 +649,24 @@ where
         };
         if tokio::time::Instant::now() >= deadline {
             match seen.to_string().as_str() {
-                "" => panic!("timed out waiting for {what}"),
-                seen => panic!("timed out waiting for {what}; last seen: {seen}"),
+                "" => panic!("timed out after {timeout:?} waiting for {what}"),
+                seen => panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}"),
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The end of a table test that runs every case before it fails: panics, once, listing
+/// `failures` (one "case name: what was wrong" line per failed case) out of `cases` run.
+#[track_caller]
+pub fn assert_no_failures(failures: &[String], cases: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// What each open file descriptor of process `pid` points at (`socket:[…]`, `pipe:[…]`, a
@@ -793,19 +831,71 @@ pub async fn echo_server() -> SocketAddr {
     .await
 }
 
-/// A port with nothing listening on it.
-pub fn closed_port() -> u16 {
-    let [port] = closed_ports();
-    port
+/// A loopback port where nothing answers, reserved for as long as the value is held; it
+/// derefs to the port number and displays as it.
+///
+/// Dropping a listener and using its number later is a race in a test binary whose tests run
+/// in parallel: another test may bind the number in between. So the port stays bound, but
+/// answers nothing: a TCP socket bound without `listen`, so a connection is refused (RST,
+/// `ECONNREFUSED`), and a UDP socket bound and connected to itself, so a datagram from anyone
+/// else bounces (ICMP port unreachable, `ECONNREFUSED` to a connected sender such as a DNS
+/// client). Neither sets `SO_REUSEADDR` or `SO_REUSEPORT`, so no other socket can bind the
+/// port, not even egressd's `SO_REUSEPORT` listeners.
+pub struct ClosedPort {
+    port: u16,
+    /// Bound, not listening: holds the TCP port and refuses connections to it.
+    _tcp: socket2::Socket,
+    /// Connected to itself: holds the UDP port and takes no datagram from anyone else.
+    _udp: std::net::UdpSocket,
 }
 
-/// `N` different ports with nothing listening on them.
-pub fn closed_ports<const N: usize>() -> [u16; N] {
-    // Held together while their numbers are read, so no two are the same.
-    let listeners: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+impl ClosedPort {
+    fn reserve() -> ClosedPort {
+        // The number comes from a TCP bind to port 0; the same UDP port may be taken, then
+        // another number is tried.
+        for _ in 0..100 {
+            let tcp = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .unwrap();
+            tcp.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+                .unwrap();
+            let port = tcp.local_addr().unwrap().as_socket().unwrap().port();
+            let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) else {
+                continue;
+            };
+            udp.connect(udp.local_addr().unwrap()).unwrap();
+            return ClosedPort {
+                port,
+                _tcp: tcp,
+                _udp: udp,
+            };
+        }
+        panic!("no loopback port free for both TCP and UDP in 100 tries");
+    }
+}
+
+impl std::ops::Deref for ClosedPort {
+    type Target = u16;
+
+    fn deref(&self) -> &u16 {
+        &self.port
+    }
+}
+
+impl std::fmt::Display for ClosedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.port.fmt(f)
+    }
+}
+
+/// A port where nothing answers, held until the returned value is dropped (see
+/// [`ClosedPort`]): keep it alive for as long as the test relies on the port being closed.
+#[must_use = "the port is closed only while this is held"]
+pub fn closed_port() -> ClosedPort {
+    ClosedPort::reserve()
 }
 
 /// Sends raw bytes, reads until the peer closes (bounded), returns what came back.
