@@ -211,7 +211,7 @@ impl Iterator for WildcardMatches<'_> {
             self.depths &= !(1 << target);
             while labels > target {
                 // `labels > 1`, so there is a dot ahead.
-                start += memchr::memchr(b'.', &bytes[start..])? + 1;
+                start += bytes[start..].iter().position(|b| *b == b'.')? + 1;
                 labels -= 1;
             }
             self.at = Some((start, labels));
@@ -224,18 +224,38 @@ impl Iterator for WildcardMatches<'_> {
 }
 
 /// Calls `found` with the position of each dot in `bytes`, right to left, until it returns
-/// false. `memchr` scans a word or a vector at a time, as this walk is on every lookup that
-/// reaches the wildcards.
+/// false. Eight bytes at a time, as this walk is on every lookup that reaches the wildcards.
+/// Hand-written rather than `memchr`: host names are short (most under 40 bytes), and
+/// measured at 100k entries, alternating builds, memchr's `memrchr_iter` put a miss at
+/// 31-50 ns and its portable `One` searcher at 38-43 ns, against 29-36 ns for this scan
+/// (`cargo bench -p egressd-bench --bench allowlist -- decision_100k/`).
 fn dots_from_right(bytes: &[u8], mut found: impl FnMut(usize) -> bool) {
-    for dot in memchr::memrchr_iter(b'.', bytes) {
-        if !found(dot) {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let mut end = bytes.len();
+    while end >= 8 {
+        let word = u64::from_le_bytes(bytes[end - 8..end].try_into().expect("8 bytes"));
+        let x = word ^ u64::from_le_bytes([b'.'; 8]);
+        // The high bit of each byte of `x` that is zero, that is of each dot. Exact: unlike
+        // the shorter `(x - 0x01..) & !x & 0x80..`, no borrow crosses into the next byte.
+        let mut dots = !(((x & LOW7) + LOW7) | x | LOW7);
+        while dots != 0 {
+            let byte = (63 - dots.leading_zeros() as usize) / 8;
+            if !found(end - 8 + byte) {
+                return;
+            }
+            dots &= !(0x80 << (8 * byte));
+        }
+        end -= 8;
+    }
+    for i in (0..end).rev() {
+        if bytes[i] == b'.' && !found(i) {
             return;
         }
     }
 }
 
 fn label_count(name: &str) -> usize {
-    memchr::memchr_iter(b'.', name.as_bytes()).count() + 1
+    name.bytes().filter(|b| *b == b'.').count() + 1
 }
 
 fn try_insert<K: std::hash::Hash + Eq>(map: &mut Index<K>, key: K, id: RuleId) -> bool {
