@@ -40,6 +40,7 @@ use crate::proxy::Proxy;
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::FileStore;
+use crate::util::drain::Draining;
 
 /// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
@@ -48,6 +49,8 @@ pub struct App {
     admin_listener: TcpListener,
     admin: Arc<Admin>,
     reloader: Arc<Reloader>,
+    /// Set when shutdown begins, `drain_delay` before the listeners stop.
+    draining: Draining,
     /// Dropping it stops the watch.
     _watcher: RecommendedWatcher,
 }
@@ -76,6 +79,8 @@ impl App {
         // The policy and the client identities in force, one snapshot for every egress client.
         let snapshot = Snapshot::handle(policy, config.mtls.clone());
         let metrics = Arc::new(Metrics::new());
+        // Set at SIGTERM, before the listeners stop: readiness fails, keep-alive clients go.
+        let draining = Draining::default();
         let registry = Arc::new(Registry::default());
         let resolver = DnsResolver::new(&config.dns);
         let options = EgressOptions {
@@ -111,7 +116,8 @@ impl App {
                         settings.tunnel_relay,
                     )
                     .with_sni(settings.connect_sni, settings.header_read_timeout)
-                    .with_via(Via::new(&settings.via_name)),
+                    .with_via(Via::new(&settings.via_name))
+                    .with_draining(draining.clone()),
                 );
                 Worker { listener, proxy }
             })
@@ -187,6 +193,7 @@ impl App {
                 egress: audit_egress,
             },
             loopback: settings.admin_listen.ip().is_loopback(),
+            draining: draining.clone(),
         });
         Ok(App {
             settings,
@@ -194,6 +201,7 @@ impl App {
             admin_listener,
             admin,
             reloader,
+            draining,
             _watcher: watcher,
         })
     }
@@ -209,13 +217,32 @@ impl App {
         self.admin_listener.local_addr().expect("bound listener")
     }
 
-    /// Serves until `shutdown` is cancelled, then drains for the grace period. Each message on
-    /// `reload_signal` (SIGHUP) reloads the config.
+    /// Serves until `shutdown` is cancelled; then fails readiness and answers keep-alive
+    /// requests with `Connection: close` for `drain_delay` while still accepting, then stops
+    /// accepting and drains for the grace period. Each message on `reload_signal` (SIGHUP)
+    /// reloads the config.
     pub async fn run(
         self,
         shutdown: CancellationToken,
         mut reload_signal: mpsc::Receiver<()>,
     ) -> anyhow::Result<()> {
+        // What the listeners and the scheduler stop on: `shutdown` plus the drain delay.
+        let stop = CancellationToken::new();
+        {
+            let (stop, draining) = (stop.clone(), self.draining.clone());
+            let delay = self.settings.drain_delay;
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                draining.start();
+                tracing::info!(
+                    ?delay,
+                    "draining: /readyz fails and keep-alive clients are told to close; still accepting"
+                );
+                tokio::time::sleep(delay).await;
+                stop.cancel();
+            });
+        }
+        let shutdown = stop;
         tokio::spawn(reload::retry_refused_reloads(self.reloader.clone()));
         tokio::spawn(trim_after_spikes(self.admin.metrics.clone()));
         tokio::spawn(self.admin.scheduler.clone().serve(shutdown.clone()));

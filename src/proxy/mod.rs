@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::HeaderValue;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +31,18 @@ use crate::egress::{EgressClient, Permit};
 use crate::metrics::Metrics;
 use crate::policy::Protocol;
 use crate::util::body::HttpBody;
+use crate::util::drain::Draining;
 use crate::util::time::now_ms;
 use access::AccessRecord;
 use server::ClientConn;
 use sni::SniCheck;
+
+/// Whether `response` hands its connection over to a tunnel (a CONNECT's 2xx, a 101): then
+/// the connection is no longer HTTP, and nothing about keep-alive applies.
+fn becomes_a_tunnel<B>(response: &Response<B>, connect: bool) -> bool {
+    (connect && response.status().is_success())
+        || response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+}
 
 /// Shared state of the proxy listener.
 pub struct Proxy {
@@ -56,6 +65,8 @@ pub struct Proxy {
     pub hello_timeout: Duration,
     /// This instance's `Via` entry, added to every response and forwarded request.
     pub via: headers::Via,
+    /// Set at SIGTERM: answers then close their keep-alive connections.
+    pub draining: Draining,
 }
 
 impl Proxy {
@@ -77,6 +88,7 @@ impl Proxy {
             sni: SniCheck::default(),
             hello_timeout: Duration::from_secs(10),
             via: headers::Via::default(),
+            draining: Draining::default(),
         }
     }
 
@@ -114,7 +126,20 @@ impl Proxy {
         } else {
             self.forward(conn, req).await
         };
-        Ok(self.with_our_via(response, connect))
+        let mut response = self.with_our_via(response, connect);
+        if self.draining.is_draining() && !becomes_a_tunnel(&response, connect) {
+            // The client reconnects for its next request, to a replica that is not leaving.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(response)
+    }
+
+    /// Shares `draining` with the rest of the process (set at SIGTERM).
+    pub fn with_draining(mut self, draining: Draining) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// The access record of a request on `conn`.

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod deadline;
+pub mod drain;
 pub mod fdlimit;
 pub mod fsio;
 pub mod listener;

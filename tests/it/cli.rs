@@ -321,3 +321,39 @@ fn man_prints_a_roff_page_and_writes_one_per_command() {
     assert!(run.contains(".TH egressd-run 1"), "{run}");
     assert!(run.contains("config"), "{run}");
 }
+
+/// The README's `egressd explain` examples, run on the example config (with a state dir of
+/// their own, as on a first start): each prints what the README says it prints.
+#[test]
+fn the_readme_explain_examples_print_what_the_readme_says() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string("config/egressd.toml").unwrap();
+    let config = dir.path().join("egressd.toml");
+    std::fs::write(&config, example).unwrap();
+    let mut lines = readme.lines();
+    let mut examples = 0;
+    let mut wrong = Vec::new();
+    while let Some(line) = lines.next() {
+        let Some(target) = line.strip_prefix("$ egressd explain --config config/egressd.toml ")
+        else {
+            continue;
+        };
+        let said = lines.next().unwrap_or("");
+        examples += 1;
+        let out = Command::cargo_bin("egressd")
+            .unwrap()
+            .current_dir(dir.path())
+            .args(["explain", "--config", "egressd.toml", target])
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+        if printed != said {
+            wrong.push(format!(
+                "{target}: the README says\n  {said}\nbut egressd prints\n  {printed}"
+            ));
+        }
+    }
+    assert!(examples >= 2, "the README's explain examples were found");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

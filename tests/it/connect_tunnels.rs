@@ -186,6 +186,48 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert!(TcpStream::connect(proxy.proxy).await.is_err());
 }
 
+/// A rolling update: from SIGTERM on, readiness fails while liveness holds, the listener
+/// still accepts for `drain_delay`, and every answer closes its keep-alive connection so the
+/// client reconnects elsewhere; then the listener stops and egressd exits.
+#[tokio::test]
+async fn sigterm_fails_readiness_and_closes_keep_alive_during_the_drain_delay() {
+    let origin = origin().await;
+    let mut proxy = api_proxy(&origin).drain_delay("3s").start();
+    assert_eq!(proxy.admin_get("/readyz").await, (200, "ready\n".into()));
+    let request = http_get(&format!("api.test:{}", origin.port()), "/");
+    let mut keep_alive = TcpStream::connect(proxy.proxy).await.unwrap();
+    let before = exchange(&mut keep_alive, request.as_bytes()).await;
+    assert_eq!(status(&before), 200, "{before}");
+    assert_eq!(
+        header(&before, "connection"),
+        None,
+        "kept alive before: {before}"
+    );
+
+    proxy.signal("TERM");
+    eventually("readiness to fail", || async {
+        (proxy.admin_get("/readyz").await == (503, "draining\n".into())).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.admin_get("/healthz").await.0, 200, "still alive");
+    // The open keep-alive connection gets its answer, told to close, and is closed.
+    let during = exchange(&mut keep_alive, request.as_bytes()).await;
+    assert_eq!(status(&during), 200, "{during}");
+    assert_eq!(header(&during, "connection"), Some("close"), "{during}");
+    let _ = read_to_close(&mut keep_alive, "the drained keep-alive connection").await;
+    // A new client is still served during the drain, and told to close too.
+    let mut late = TcpStream::connect(proxy.proxy).await.unwrap();
+    let answer = exchange(&mut late, request.as_bytes()).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert_eq!(header(&answer, "connection"), Some("close"), "{answer}");
+
+    assert_eq!(proxy.wait_exit().await, Some(0));
+    assert!(
+        TcpStream::connect(proxy.proxy).await.is_err(),
+        "the listener is gone"
+    );
+}
+
 #[tokio::test]
 async fn connect_to_an_http_port_is_served_as_http() {
     let origin = origin().await;

@@ -6,7 +6,7 @@
 //! other than a form's. So:
 //! - **Host**: on a loopback listener the API and console answer only a loopback name, so
 //!   a page on a rebound name of its own cannot reach them (DNS rebinding). Probes and
-//!   scrapers (`/healthz`, `/metrics`) answer any `Host`.
+//!   scrapers (`/healthz`, `/readyz`, `/metrics`) answer any `Host`.
 //! - **Origin**: a state change that a browser sent from another origin (scheme, host and
 //!   port, compared whole) is refused (CSRF). Clients that are not browsers send none.
 //! - **Token**: with `admin_token_file`, a state change needs `Authorization: Bearer`.
@@ -40,7 +40,10 @@ impl Guards<'_> {
     /// Runs every guard `route` needs; the refusal to send when one fails.
     #[allow(clippy::result_large_err)]
     pub fn check(&self, route: &Route, headers: &HeaderMap) -> Result<(), Response<HttpBody>> {
-        let probe = matches!(route.endpoint, Endpoint::Health | Endpoint::Metrics);
+        let probe = matches!(
+            route.endpoint,
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics
+        );
         if probe {
             return Ok(());
         }

@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::function::DeployState;
 use crate::schedule::service::Scheduler;
 use crate::util::body::{text_response, HttpBody};
+use crate::util::drain::Draining;
 use crate::util::listener::accept;
 use crate::util::time::{format_utc, unix_ms};
 
@@ -58,6 +59,8 @@ pub struct Admin {
     /// Whether the admin listener is on loopback: then requests must name a loopback host,
     /// so a DNS-rebinding page cannot reach the API by a name of its own.
     pub loopback: bool,
+    /// Set at SIGTERM: `/readyz` then fails, so a load balancer stops sending connections.
+    pub draining: Draining,
 }
 
 /// Admin connections served at once; more are closed at accept. Scrapers and operators need
@@ -107,6 +110,10 @@ impl Admin {
         }
         match route.endpoint {
             Endpoint::Health => text_response(StatusCode::OK, "ok\n"),
+            Endpoint::Ready if self.draining.is_draining() => {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            Endpoint::Ready => text_response(StatusCode::OK, "ready\n"),
             Endpoint::Metrics => {
                 self.update_expiry_gauges();
                 let mut r = text_response(StatusCode::OK, self.metrics.render());

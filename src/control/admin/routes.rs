@@ -13,6 +13,8 @@ use crate::schedule::store::MAX_PAYLOAD_CHARS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Endpoint {
     Health,
+    /// Readiness: fails from SIGTERM on, while `/healthz` still answers.
+    Ready,
     Metrics,
     Allowlist,
     Mtls,
@@ -162,6 +164,7 @@ const fn change(method: Method, path: &'static str, body: Body, endpoint: Endpoi
 /// Every admin route.
 pub(super) const ROUTES: &[Route] = &[
     read("/healthz", Endpoint::Health),
+    read("/readyz", Endpoint::Ready),
     read("/metrics", Endpoint::Metrics),
     read("/v1/allowlist", Endpoint::Allowlist),
     read("/v1/mtls", Endpoint::Mtls),

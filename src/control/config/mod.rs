@@ -57,6 +57,9 @@ pub struct ProxySettings {
     /// A forwarded request's upstream must send its response head within this time.
     pub response_header_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long readiness fails while the listeners still accept, before
+    /// `shutdown_grace` starts: time for a load balancer to stop sending new connections.
+    pub drain_delay: Duration,
     /// How long a newly added allowlist pattern waits before it allows anything.
     pub activation_delay: Duration,
     /// Where activation state survives restarts.
@@ -94,6 +97,7 @@ impl Config {
             header_read_timeout,
             response_header_timeout,
             shutdown_grace,
+            drain_delay,
             // Applied on reload: entries added by it wait out the longer of old and new.
             activation_delay: _,
             state_dir,
@@ -124,6 +128,7 @@ impl Config {
                 format!("{response_header_timeout:?}"),
             ),
             ("proxy.shutdown_grace", format!("{shutdown_grace:?}")),
+            ("proxy.drain_delay", format!("{drain_delay:?}")),
             ("proxy.state_dir", format!("{}", state_dir.display())),
             (
                 "proxy.max_request_head_bytes",

@@ -52,6 +52,7 @@ pub struct RawProxy {
     pub header_read_timeout: Option<Spanned<String>>,
     pub response_header_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub drain_delay: Option<Spanned<String>>,
     pub activation_delay: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub max_request_head_bytes: Option<Spanned<i64>>,

@@ -111,6 +111,11 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
             "proxy.shutdown_grace",
             Duration::from_secs(30),
         ),
+        drain_delay: p.duration(
+            &raw.drain_delay,
+            "proxy.drain_delay",
+            Duration::from_secs(5),
+        ),
         activation_delay: p.duration(
             &raw.activation_delay,
             "proxy.activation_delay",

@@ -150,6 +150,9 @@ pub fn egressd() -> EgressdBuilder {
         proxy_lines: vec![
             "allow_private_cidrs = [\"127.0.0.0/8\"]".into(),
             "via_name = \"egressd\"".into(),
+            // No load balancer to wait for: SIGTERM stops accepting at once (a test that
+            // checks the drain sets its own).
+            "drain_delay = \"0s\"".into(),
         ],
         overrides: Vec::new(),
         dns_lines: Vec::new(),
@@ -179,6 +182,12 @@ impl EgressdBuilder {
         self.proxy_lines
             .retain(|l| !l.starts_with("allow_private_cidrs"));
         self
+    }
+
+    /// Replaces the default `drain_delay` of 0 s.
+    pub fn drain_delay(mut self, delay: &str) -> Self {
+        self.proxy_lines.retain(|l| !l.starts_with("drain_delay"));
+        self.proxy(&format!("drain_delay = \"{delay}\""))
     }
 
     /// Replaces the fixed `via_name`.
