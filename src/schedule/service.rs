@@ -56,8 +56,8 @@ pub struct Scheduler {
     /// The scheduler's own; its policy holds the functions in force.
     egress: Arc<EgressClient>,
     clock: Arc<dyn Clock>,
-    /// Schedules with a run in progress, scheduled or by hand.
-    running: Mutex<HashSet<String>>,
+    /// Schedules with a run in progress, scheduled or by hand ([`RunSlot`]).
+    running: Arc<Mutex<HashSet<String>>>,
     /// The runs started and not yet recorded, so shutdown can wait for them.
     runs: TaskTracker,
     /// Cancelled when shutdown's grace is over: runs still going are cut.
@@ -81,7 +81,7 @@ impl Scheduler {
             store,
             egress,
             clock,
-            running: Mutex::default(),
+            running: Arc::default(),
             runs: TaskTracker::new(),
             cut: CancellationToken::new(),
             wake: Notify::new(),
@@ -183,12 +183,11 @@ impl Scheduler {
             .store
             .get(id)
             .ok_or_else(|| RunNowError::NotFound(id.to_string()))?;
-        if !lock(&self.running).insert(schedule.id.clone()) {
+        let Some(_slot) = RunSlot::take(&self.running, id) else {
             return Err(RunNowError::Busy(id.to_string()));
-        }
+        };
         let run = self.invoke(&schedule, self.clock.now()).await;
         self.record(id, run.clone()).await;
-        lock(&self.running).remove(id);
         Ok(run)
     }
 
@@ -284,11 +283,11 @@ impl Scheduler {
 
     /// Starts a run, or records it as skipped while the previous one is still going.
     async fn fire(self: &Arc<Self>, schedule: Schedule, nominal: DateTime<Utc>) {
-        if !lock(&self.running).insert(schedule.id.clone()) {
+        let Some(slot) = RunSlot::take(&self.running, &schedule.id) else {
             self.record(&schedule.id, skipped_or_missed(nominal, RunState::Skipped))
                 .await;
             return;
-        }
+        };
         let lag = (self.clock.now() - nominal).num_milliseconds();
         self.metrics.schedule_lag(lag.max(0) as f64 / 1000.0);
         tracing::debug!(schedule = %schedule.id, lag_ms = lag, "firing");
@@ -310,7 +309,7 @@ impl Scheduler {
                 "scheduled run"
             );
             scheduler.record(&schedule.id, run).await;
-            lock(&scheduler.running).remove(&schedule.id);
+            drop(slot);
         });
     }
 
@@ -325,6 +324,30 @@ impl Scheduler {
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(err) => tracing::error!(schedule = id, error = %err, "cannot record a run"),
         }
+    }
+}
+
+/// A schedule's place in the running set while one of its runs goes, given back however the
+/// run ends: recorded, cut, panicked, or dropped with the admin request that asked for it (a
+/// client that hangs up must not leave the schedule skipped for good).
+struct RunSlot {
+    running: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl RunSlot {
+    /// The slot of `id`, unless a run of it is going.
+    fn take(running: &Arc<Mutex<HashSet<String>>>, id: &str) -> Option<RunSlot> {
+        lock(running).insert(id.to_string()).then(|| RunSlot {
+            running: running.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        lock(&self.running).remove(&self.id);
     }
 }
 

@@ -802,6 +802,48 @@ mod on_a_test_clock {
         assert!(run.reason.as_deref().unwrap().contains("shutdown_grace"));
     }
 
+    /// An operator who starts a run by hand and hangs up (the admin request is dropped)
+    /// does not leave the schedule counted as running for good.
+    #[tokio::test]
+    async fn a_run_by_hand_whose_request_is_dropped_frees_the_schedule() {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let port = {
+            let (release, calls) = (release.clone(), calls.clone());
+            serve_function(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let (release, calls) = (release.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    Ok(Response::new(Full::new(Bytes::from("ok"))))
+                }
+            })
+            .await
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
+        let running = start(dir.path(), port, &clock);
+        let id = running.create("@yearly").await.id;
+        let by_hand = |scheduler: Arc<Scheduler>, id: String| {
+            tokio::spawn(async move { scheduler.run_now(&id).await })
+        };
+        let first = by_hand(running.scheduler.clone(), id.clone());
+        eventually("the first run to reach the function", || async {
+            (calls.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+        first.abort();
+        let _ = first.await;
+        let second = by_hand(running.scheduler.clone(), id.clone());
+        eventually("a second run by hand to reach the function", || async {
+            (calls.load(std::sync::atomic::Ordering::SeqCst) == 2).then_some(())
+        })
+        .await;
+        release.add_permits(2);
+        assert!(second.await.unwrap().is_ok());
+        running.stop().await;
+    }
+
     #[tokio::test]
     async fn runs_missed_while_down_are_recorded_and_only_the_newest_fires() {
         let (port, received) = function_server().await;
