@@ -665,6 +665,30 @@ mod on_a_test_clock {
         }
     }
 
+    /// A function that counts its calls and answers each only when the test adds a permit:
+    /// (port, permits, calls).
+    async fn held_function() -> (
+        u16,
+        Arc<tokio::sync::Semaphore>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let port = {
+            let (release, calls) = (release.clone(), calls.clone());
+            serve_function(move |_req: hyper::Request<hyper::body::Incoming>| {
+                let (release, calls) = (release.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    Ok(Response::new(Full::new(Bytes::from("ok"))))
+                }
+            })
+            .await
+        };
+        (port, release, calls)
+    }
+
     /// Lets the scheduler's task see the clock's move.
     async fn settle() {
         for _ in 0..20 {
@@ -699,21 +723,7 @@ mod on_a_test_clock {
 
     #[tokio::test]
     async fn runs_of_one_schedule_never_overlap() {
-        // The function answers only when the test lets it.
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let port = {
-            let (release, calls) = (release.clone(), calls.clone());
-            serve_function(move |_req: hyper::Request<hyper::body::Incoming>| {
-                let (release, calls) = (release.clone(), calls.clone());
-                async move {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    release.acquire().await.unwrap().forget();
-                    Ok(Response::new(Full::new(Bytes::from("late"))))
-                }
-            })
-            .await
-        };
+        let (port, release, calls) = held_function().await;
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
         let running = start(dir.path(), port, &clock);
@@ -806,20 +816,7 @@ mod on_a_test_clock {
     /// does not leave the schedule counted as running for good.
     #[tokio::test]
     async fn a_run_by_hand_whose_request_is_dropped_frees_the_schedule() {
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let port = {
-            let (release, calls) = (release.clone(), calls.clone());
-            serve_function(move |_req: hyper::Request<hyper::body::Incoming>| {
-                let (release, calls) = (release.clone(), calls.clone());
-                async move {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    release.acquire().await.unwrap().forget();
-                    Ok(Response::new(Full::new(Bytes::from("ok"))))
-                }
-            })
-            .await
-        };
+        let (port, release, calls) = held_function().await;
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(at("2026-12-03T10:00:30Z"));
         let running = start(dir.path(), port, &clock);
