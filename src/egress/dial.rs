@@ -274,7 +274,6 @@ where
 mod tests {
     use super::*;
     use crate::egress::resolve::ResolveFuture;
-    use crate::policy::allowlist::Allowlist;
     use crate::policy::netguard::PrivateAllow;
     use crate::policy::PortSet;
     use std::net::IpAddr;
@@ -296,13 +295,10 @@ mod tests {
 
     fn policy(open: &str) -> Policy {
         Policy {
-            allowlist: Allowlist::default(),
             connect_ports: PortSet::new(vec![]),
             http_ports: PortSet::new(vec![]),
             private: PrivateAllow::new(vec![open.parse().unwrap()]),
-            dns_overrides: Default::default(),
-            origination: Default::default(),
-            functions: Default::default(),
+            ..Policy::for_tests(&[])
         }
     }
 

@@ -196,19 +196,9 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::allowlist::{Allowlist, Pattern};
-    use crate::policy::PortSet;
 
     fn policy(entries: &[&str]) -> Policy {
-        Policy {
-            allowlist: Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap())),
-            connect_ports: PortSet::new(vec![443]),
-            http_ports: PortSet::new(vec![80]),
-            private: Default::default(),
-            dns_overrides: Default::default(),
-            origination: Default::default(),
-            functions: Default::default(),
-        }
+        Policy::for_tests(entries)
     }
 
     fn tunnel(registry: &Arc<Registry>, authority: &str) -> Registration {

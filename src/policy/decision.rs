@@ -341,11 +341,12 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::allowlist::Pattern;
-
-    fn policy(entries: &[&str]) -> Policy {
+impl Policy {
+    /// A policy for unit tests: `entries` on the allowlist, CONNECT to 443 and HTTP to 80,
+    /// every other rule at its default. The one place a test builds a policy field by field,
+    /// so a new field is added here once.
+    pub(crate) fn for_tests(entries: &[&str]) -> Policy {
+        use crate::policy::allowlist::Pattern;
         Policy {
             allowlist: Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap())),
             connect_ports: PortSet::new(vec![443]),
@@ -355,6 +356,16 @@ mod tests {
             origination: Originations::default(),
             functions: Functions::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::allowlist::Pattern;
+
+    fn policy(entries: &[&str]) -> Policy {
+        Policy::for_tests(entries)
     }
 
     fn target(s: &str) -> Target {
