@@ -270,15 +270,8 @@ fn try_insert<K: std::hash::Hash + Eq>(map: &mut Index<K>, key: K, id: RuleId) -
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{allowed, list};
     use super::*;
-
-    fn list(entries: &[&str]) -> Allowlist {
-        Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))
-    }
-
-    fn allowed(list: &Allowlist, host: &str) -> bool {
-        list.find(&Host::parse(host).unwrap()).is_some()
-    }
 
     #[test]
     fn pending_rules_fall_back_to_active_ones() {

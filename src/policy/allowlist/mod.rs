@@ -125,11 +125,13 @@ mod tests {
     use super::*;
     use crate::policy::host::Host;
 
-    fn list(entries: &[&str]) -> Allowlist {
+    /// An allowlist of `entries` (the index's tests use it too).
+    pub(super) fn list(entries: &[&str]) -> Allowlist {
         Allowlist::new(entries.iter().map(|e| Pattern::parse(e).unwrap()))
     }
 
-    fn allowed(list: &Allowlist, host: &str) -> bool {
+    /// Whether `list` lets `host` through.
+    pub(super) fn allowed(list: &Allowlist, host: &str) -> bool {
         list.find(&Host::parse(host).unwrap()).is_some()
     }
 
