@@ -147,8 +147,14 @@ impl App {
             metrics.clone(),
             Arc::new(SystemClock),
         );
-        // Functions undeployed while egressd was down lose their schedules now.
-        scheduler.reconcile_functions();
+        // Functions undeployed while egressd was down lose their schedules now; the store
+        // writes (and fsyncs), so not on an async worker.
+        {
+            let scheduler = scheduler.clone();
+            tokio::task::spawn_blocking(move || scheduler.reconcile_functions())
+                .await
+                .context("deleting the schedules of undeployed functions")?;
+        }
         let after_swap = {
             let (rotator, scheduler) = (rotator.clone(), scheduler.clone());
             Box::new(move |old: &Snapshot, new: &Snapshot| {
