@@ -39,7 +39,10 @@ use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::Proxy;
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
-use crate::schedule::store::FileStore;
+use crate::schedule::store::{FileStore, ScheduleStore};
+use crate::state::postgres::schedules::PgScheduleStore;
+use crate::state::postgres::Database;
+use crate::state::StateSettings;
 use crate::util::drain::Draining;
 
 /// A ready egressd: listeners bound, state restored, config watched.
@@ -138,10 +141,9 @@ impl App {
         rotator
             .watch(&config.mtls)
             .context("cannot watch the [[mtls]] certificate files")?;
-        let store = FileStore::open(&settings.state_dir)
-            .context("cannot read the schedules in proxy.state_dir")?;
+        let store = open_schedule_store(&config).await?;
         let scheduler = Scheduler::new(
-            Arc::new(store),
+            store,
             schedule_egress.clone(),
             settings.schedule_timeout,
             metrics.clone(),
@@ -344,6 +346,32 @@ impl Worker {
             }
             Ok(())
         })
+    }
+}
+
+/// The schedules: in `proxy.state_dir` (one replica), or in the shared database, whose
+/// schema is brought up to date first.
+async fn open_schedule_store(config: &Config) -> anyhow::Result<Arc<dyn ScheduleStore>> {
+    match &config.state {
+        StateSettings::File => {
+            let store = FileStore::open(&config.proxy.state_dir)
+                .context("cannot read the schedules in proxy.state_dir")?;
+            Ok(Arc::new(store))
+        }
+        StateSettings::Postgres(pg) => {
+            let db = Database::open(pg, &config.proxy.via_name)
+                .await
+                .with_context(|| format!("[state] backend = \"postgres\" ({})", pg.source))?;
+            tracing::info!(
+                database = db.target(),
+                replica = db.replica(),
+                "shared state in PostgreSQL"
+            );
+            Ok(Arc::new(PgScheduleStore::new(
+                db,
+                tokio::runtime::Handle::current(),
+            )))
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! | layer | owns |
 //! |---|---|
 //! | [`control`] | config file, reload (watch, SIGHUP, API), admin listener and console, `explain`, the redirect audit |
+//! | [`state`] | shared state for several replicas: the PostgreSQL backend (schema, schedules and the run ledger) |
 //! | [`proxy`] | the client-facing listener, request parsing, CONNECT and forwarding, access log |
 //! | [`schedule`] | beside [`proxy`]: cron schedules of functions, invoked through the same [`egress::EgressClient`] |
 //! | [`egress`] | resolve → check every address → pin → dial, the upstream pool, the tunnel relay, and the [`egress::EgressClient`], the one way out |
@@ -35,4 +36,5 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod schedule;
+pub mod state;
 pub mod util;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use super::load_or_report;
 use crate::policy::allowlist::Pattern;
+use crate::state::postgres::{schema, Database};
+use crate::state::{PgSettings, StateSettings};
 
 /// Exit 0 with a summary, or 1 listing every problem.
 pub fn check(path: &Path) -> ExitCode {
@@ -75,6 +77,16 @@ pub fn check(path: &Path) -> ExitCode {
         p.activation_delay,
         p.state_dir.display()
     );
+    let state_ok = match &config.state {
+        StateSettings::File => {
+            say!(
+                "  state      file backend in {} (one replica)",
+                p.state_dir.display()
+            );
+            true
+        }
+        StateSettings::Postgres(pg) => check_database(pg),
+    };
     for entry in config.mtls.entries() {
         let cert = &entry.identity.certificate;
         say!(
@@ -96,5 +108,34 @@ pub fn check(path: &Path) -> ExitCode {
     for warning in &config.warnings {
         say!("warning: {warning}");
     }
-    ExitCode::SUCCESS
+    match state_ok {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    }
+}
+
+/// Connects to the shared database and reads its schema version; writes nothing.
+fn check_database(pg: &PgSettings) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the database check");
+    let latest = schema::latest();
+    match runtime.block_on(Database::probe(pg)) {
+        Ok((target, found)) => {
+            let schema = match found {
+                0 => format!("no schema yet; egressd run applies version {latest}"),
+                v if v < latest => {
+                    format!("schema version {v}; egressd run migrates it to {latest}")
+                }
+                v => format!("schema version {v} (current)"),
+            };
+            say!("  state      postgres {target} ({}): {schema}", pg.source);
+            true
+        }
+        Err(err) => {
+            eprintln!("error: [state] postgres ({}): {err}", pg.source);
+            false
+        }
+    }
 }

@@ -56,6 +56,9 @@ pub enum RunStatus {
     Missed,
     /// egressd shut down before the run finished.
     Shutdown,
+    /// The replica that claimed the run stopped before recording how it ended (its lease
+    /// ran out); the run is not invoked again, since the function may have had it.
+    Abandoned,
 }
 
 impl RunStatus {
@@ -69,6 +72,7 @@ impl RunStatus {
             RunStatus::Skipped => "skipped",
             RunStatus::Missed => "missed",
             RunStatus::Shutdown => "shutdown",
+            RunStatus::Abandoned => "abandoned",
         })
     }
 
@@ -82,6 +86,7 @@ impl RunStatus {
             RunStatus::Skipped,
             RunStatus::Missed,
             RunStatus::Shutdown,
+            RunStatus::Abandoned,
         ];
         fixed
             .into_iter()
@@ -158,6 +163,7 @@ mod tests {
             (RunStatus::Skipped, "skipped"),
             (RunStatus::Missed, "missed"),
             (RunStatus::Shutdown, "shutdown"),
+            (RunStatus::Abandoned, "abandoned"),
         ];
         for (status, wire) in cases {
             assert_eq!(status.to_string(), wire);

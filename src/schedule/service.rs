@@ -24,9 +24,9 @@ use tokio_util::task::TaskTracker;
 use super::clock::Clock;
 use super::cron::CronExpr;
 use super::invoke::invoke;
-use super::runner::{plan, sleep_until_next};
+use super::runner::{plan, sleep_until_next, Due};
 use super::store::{
-    NewSchedule, RunRecord, RunState, RunStatus, Schedule, ScheduleStore, StoreError,
+    Claim, NewSchedule, RunRecord, RunState, RunStatus, Schedule, ScheduleStore, StoreError,
 };
 use crate::egress::EgressClient;
 use crate::metrics::Metrics;
@@ -49,7 +49,16 @@ pub enum RunNowError {
     /// A run of the schedule is going: runs of one schedule never overlap.
     #[error("a run of schedule {0:?} is still going; try again when it has finished")]
     Busy(String),
+    #[error("{0}")]
+    Store(StoreError),
 }
+
+/// How long past its deadline (`schedule_timeout`) a claimed run may go unrecorded before
+/// other replicas mark it abandoned: time to write the outcome after the deadline.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// How soon the loop tries again when the store could not be read or a claim failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Scheduler {
     store: Arc<dyn ScheduleStore>,
@@ -109,14 +118,15 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    /// The schedules, as last written (no I/O).
-    pub fn list(&self) -> Vec<Schedule> {
-        self.store.list()
+    /// The schedules, oldest first.
+    pub async fn list(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.blocking(|store| store.list()).await
     }
 
-    /// One schedule, as last written (no I/O).
-    pub fn get(&self, id: &str) -> Option<Schedule> {
-        self.store.get(id)
+    /// One schedule.
+    pub async fn get(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |store| store.get(&id)).await
     }
 
     /// Creates a schedule (checked against the rules already) and plans it at once.
@@ -149,9 +159,16 @@ impl Scheduler {
     /// or full). `retry` marks a later attempt, which logs only its success.
     fn delete_undeployed(&self, functions: &Functions, retry: bool) -> bool {
         // Each function once, however many schedules it has: one write, one error.
-        let undeployed: std::collections::BTreeSet<String> = self
-            .store
-            .list()
+        let schedules = match self.store.list() {
+            Ok(schedules) => schedules,
+            Err(err) => {
+                if !retry {
+                    tracing::error!(error = %err, "cannot read the schedules to delete those of undeployed functions; retrying every {UNDEPLOY_RETRY:?}");
+                }
+                return true;
+            }
+        };
+        let undeployed: std::collections::BTreeSet<String> = schedules
             .into_iter()
             .map(|schedule| schedule.function)
             .filter(|function| !functions.is_productive(function))
@@ -180,13 +197,21 @@ impl Scheduler {
     /// of the same schedule is going.
     pub async fn run_now(&self, id: &str) -> Result<RunRecord, RunNowError> {
         let schedule = self
-            .store
             .get(id)
+            .await
+            .map_err(RunNowError::Store)?
             .ok_or_else(|| RunNowError::NotFound(id.to_string()))?;
         let Some(_slot) = RunSlot::take(&self.running, id) else {
             return Err(RunNowError::Busy(id.to_string()));
         };
-        let run = self.invoke(&schedule, self.clock.now()).await;
+        let now = self.clock.now();
+        match self.claim(id, now).await {
+            Ok(Claim::Won) => {}
+            Ok(Claim::Busy | Claim::Taken) => return Err(RunNowError::Busy(id.to_string())),
+            Err(StoreError::NotFound(_)) => return Err(RunNowError::NotFound(id.to_string())),
+            Err(err) => return Err(RunNowError::Store(err)),
+        }
+        let run = self.invoke(&schedule, now).await;
         self.record(id, run.clone()).await;
         Ok(run)
     }
@@ -219,53 +244,95 @@ impl Scheduler {
         // The last nominal time handled per schedule, from the store at first sight.
         let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
-            let now = self.clock.now();
-            let policy = self.policy();
-            let functions = &policy.functions;
-            let mut sleep = MAX_SLEEP;
-            let undeployed_left = {
-                let (scheduler, policy) = (self.clone(), policy.clone());
-                tokio::task::spawn_blocking(move || {
-                    scheduler.delete_undeployed(&policy.functions, true)
-                })
-                .await
-                .unwrap_or(true)
-            };
-            if undeployed_left {
-                sleep = UNDEPLOY_RETRY;
-            }
-            let schedules = self.store.list();
-            handled.retain(|id, _| schedules.iter().any(|s| &s.id == id));
-            for schedule in &schedules {
-                // Left only because its deletion failed: never planned, never fired.
-                if !functions.is_productive(&schedule.function) {
-                    continue;
-                }
-                let Ok(cron) = CronExpr::parse(&schedule.cron) else {
-                    continue;
-                };
-                let since = *handled
-                    .entry(schedule.id.clone())
-                    .or_insert_with(|| first_handled(schedule));
-                let due = plan(&cron, since, now);
-                for missed in due.missed.iter().rev() {
-                    self.record(&schedule.id, skipped_or_missed(*missed, RunState::Missed))
-                        .await;
-                }
-                if let Some(nominal) = due.fire {
-                    self.fire(schedule.clone(), nominal).await;
-                }
-                handled.insert(schedule.id.clone(), due.handled_through);
-                if let Some(next) = sleep_until_next(&cron, due.handled_through, self.clock.now()) {
-                    sleep = sleep.min(next);
-                }
-            }
+            let sleep = self.plan_and_fire(&mut handled).await;
             tokio::select! {
                 _ = self.clock.sleep(sleep) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// One pass of the loop: fires what is due and records what was missed; returns how
+    /// long to sleep. A schedule whose due runs could not be claimed or recorded (the
+    /// database is away) keeps its place: the next pass plans it again, so a run missed
+    /// during an outage follows the missed-run policy once the store answers.
+    async fn plan_and_fire(
+        self: &Arc<Self>,
+        handled: &mut HashMap<String, DateTime<Utc>>,
+    ) -> Duration {
+        let policy = self.policy();
+        let functions = &policy.functions;
+        let mut sleep = MAX_SLEEP;
+        let undeployed_left = {
+            let (scheduler, policy) = (self.clone(), policy.clone());
+            tokio::task::spawn_blocking(move || {
+                scheduler.delete_undeployed(&policy.functions, true)
+            })
+            .await
+            .unwrap_or(true)
+        };
+        if undeployed_left {
+            sleep = UNDEPLOY_RETRY;
+        }
+        match self.blocking(|store| store.abandon_expired()).await {
+            Ok(abandoned) => {
+                for (schedule, nominal) in abandoned {
+                    tracing::warn!(schedule = %schedule, scheduled_for = %nominal, "a claimed run was never recorded (its replica stopped); marked abandoned, not invoked again");
+                    self.metrics
+                        .schedule_run(&schedule, RunState::Failure.as_str());
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot look for abandoned runs"),
+        }
+        let schedules = match self.list().await {
+            Ok(schedules) => schedules,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the schedules; nothing is claimed or fired until the store answers");
+                return STORE_RETRY;
+            }
+        };
+        handled.retain(|id, _| schedules.iter().any(|s| &s.id == id));
+        let now = self.clock.now();
+        for schedule in &schedules {
+            // Left only because its deletion failed: never planned, never fired.
+            if !functions.is_productive(&schedule.function) {
+                continue;
+            }
+            let Ok(cron) = CronExpr::parse(&schedule.cron) else {
+                continue;
+            };
+            let since = *handled
+                .entry(schedule.id.clone())
+                .or_insert_with(|| first_handled(schedule));
+            let due = plan(&cron, since, now);
+            if let Err(err) = self.handle_due(schedule, &due).await {
+                tracing::warn!(schedule = %schedule.id, error = %err, "cannot claim or record a due run; trying again");
+                sleep = sleep.min(STORE_RETRY);
+                continue;
+            }
+            handled.insert(schedule.id.clone(), due.handled_through);
+            if let Some(next) = sleep_until_next(&cron, due.handled_through, self.clock.now()) {
+                sleep = sleep.min(next);
+            }
+        }
+        sleep
+    }
+
+    /// Records what `due` says was missed and fires what it says is due.
+    async fn handle_due(
+        self: &Arc<Self>,
+        schedule: &Schedule,
+        due: &Due,
+    ) -> Result<(), StoreError> {
+        for missed in due.missed.iter().rev() {
+            self.try_record(&schedule.id, skipped_or_missed(*missed, RunState::Missed))
+                .await?;
+        }
+        if let Some(nominal) = due.fire {
+            self.fire(schedule.clone(), nominal).await?;
+        }
+        Ok(())
     }
 
     /// Waits up to `grace` for the runs still going, then cuts them (each is recorded as cut).
@@ -281,13 +348,27 @@ impl Scheduler {
         }
     }
 
-    /// Starts a run, or records it as skipped while the previous one is still going.
-    async fn fire(self: &Arc<Self>, schedule: Schedule, nominal: DateTime<Utc>) {
+    /// Claims a due run and starts it, or records it as skipped while the previous one is
+    /// still going; another replica's claim leaves the run to it.
+    async fn fire(
+        self: &Arc<Self>,
+        schedule: Schedule,
+        nominal: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let skipped = skipped_or_missed(nominal, RunState::Skipped);
         let Some(slot) = RunSlot::take(&self.running, &schedule.id) else {
-            self.record(&schedule.id, skipped_or_missed(nominal, RunState::Skipped))
-                .await;
-            return;
+            return self.try_record(&schedule.id, skipped).await;
         };
+        match self.claim(&schedule.id, nominal).await {
+            Ok(Claim::Won) => {}
+            Ok(Claim::Taken) => {
+                tracing::debug!(schedule = %schedule.id, scheduled_for = %nominal, "claimed by another replica");
+                return Ok(());
+            }
+            Ok(Claim::Busy) => return self.try_record(&schedule.id, skipped).await,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(err) => return Err(err),
+        }
         let lag = (self.clock.now() - nominal).num_milliseconds();
         self.metrics.schedule_lag(lag.max(0) as f64 / 1000.0);
         tracing::debug!(schedule = %schedule.id, lag_ms = lag, "firing");
@@ -311,18 +392,38 @@ impl Scheduler {
             scheduler.record(&schedule.id, run).await;
             drop(slot);
         });
+        Ok(())
     }
 
-    /// Counts the run and writes it to the store, on a blocking thread.
+    /// Claims a run for this replica, on a blocking thread.
+    async fn claim(&self, id: &str, nominal: DateTime<Utc>) -> Result<Claim, StoreError> {
+        let (id, lease) = (id.to_string(), self.timeout + LEASE_MARGIN);
+        self.blocking(move |store| store.claim(&id, nominal, lease))
+            .await
+    }
+
+    /// Writes the outcome of a run this replica invoked, on a blocking thread. A failed
+    /// write is logged: the run happened and is not repeated.
     async fn record(&self, id: &str, run: RunRecord) {
-        self.metrics.schedule_run(id, run.state.as_str());
+        if let Err(err) = self.try_record(id, run).await {
+            tracing::error!(schedule = id, error = %err, "cannot record a run");
+        }
+    }
+
+    /// Counts the run and writes it to the store, on a blocking thread; a schedule deleted
+    /// meanwhile is not an error.
+    async fn try_record(&self, id: &str, run: RunRecord) -> Result<(), StoreError> {
         let owned = id.to_string();
+        let state = run.state;
         match self
             .blocking(move |store| store.record_run(&owned, run))
             .await
         {
-            Ok(()) | Err(StoreError::NotFound(_)) => {}
-            Err(err) => tracing::error!(schedule = id, error = %err, "cannot record a run"),
+            Ok(()) | Err(StoreError::NotFound(_)) => {
+                self.metrics.schedule_run(id, state.as_str());
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Schedules and their run records, persisted in `state_dir/schedules.json`.
 //!
-//! The store sits behind [`ScheduleStore`]: one replica owns the schedules today
-//! ([`FileStore`]); a shared database can take its place so that several replicas fire each
-//! tick exactly once. Every change is written before it is acknowledged (temp file, fsync,
+//! The store sits behind [`ScheduleStore`]: one replica owns the schedules in a file
+//! ([`FileStore`]), or several share them in PostgreSQL (`crate::state`), where a run is
+//! [claimed](ScheduleStore::claim) before it is invoked so that each tick fires once. In the
+//! file store every change is written before it is acknowledged (temp file, fsync,
 //! rename, fsync of the directory), so a `kill -9` at any moment leaves the last
 //! acknowledged state readable. Creating checks the limit and inserts under one lock, so
 //! concurrent creates can never exceed it.
@@ -115,12 +116,28 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The shared state (the database) cannot be reached or answered with an error.
+    #[error("the shared state is unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// Where schedules live. One replica owns them today ([`FileStore`]).
+/// Who invokes a due run when several replicas see it due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica invokes it, and records how it ended.
+    Won,
+    /// Another replica claimed this tick first: it invokes it.
+    Taken,
+    /// A run of the schedule is still going (on any replica): this one is skipped.
+    Busy,
+}
+
+/// Where schedules live: [`FileStore`] for one replica, PostgreSQL for several. Every method
+/// may block (a write is fsynced, or a query waits for the database): call them from a
+/// blocking thread.
 pub trait ScheduleStore: Send + Sync {
-    fn list(&self) -> Vec<Schedule>;
-    fn get(&self, id: &str) -> Option<Schedule>;
+    fn list(&self) -> Result<Vec<Schedule>, StoreError>;
+    fn get(&self, id: &str) -> Result<Option<Schedule>, StoreError>;
     /// Checks the limit and inserts in one step.
     fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError>;
     fn delete(&self, id: &str) -> Result<Schedule, StoreError>;
@@ -128,6 +145,18 @@ pub trait ScheduleStore: Send + Sync {
     fn record_run(&self, id: &str, run: RunRecord) -> Result<(), StoreError>;
     /// Deletes every schedule of `function` (it was undeployed); returns them.
     fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError>;
+    /// Claims the run of `id` due at `nominal` (or asked for by hand then) for this replica,
+    /// for at most `lease`: of several replicas that see it due, one wins. A run claimed and
+    /// not recorded within its lease is marked abandoned, never invoked again.
+    fn claim(
+        &self,
+        id: &str,
+        nominal: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Claim, StoreError>;
+    /// Marks the claimed runs whose lease ran out without an outcome as abandoned (their
+    /// replica stopped); returns them as (schedule, nominal time).
+    fn abandon_expired(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
 }
 
 /// Schedules in a JSON file in `state_dir`. Its methods block (a change is written and
@@ -221,7 +250,7 @@ impl FileStore {
 }
 
 /// A new random schedule id: `sch_` and 16 hex digits.
-fn new_id() -> String {
+pub fn new_id() -> String {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
     ring::rand::SystemRandom::new()
@@ -231,16 +260,41 @@ fn new_id() -> String {
     format!("sch_{hex}")
 }
 
-impl ScheduleStore for FileStore {
-    fn list(&self) -> Vec<Schedule> {
+impl FileStore {
+    /// The schedules, oldest first (no I/O).
+    pub fn schedules(&self) -> Vec<Schedule> {
         let schedules = self.current();
         let mut list: Vec<Schedule> = schedules.values().cloned().collect();
         list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         list
     }
+}
 
-    fn get(&self, id: &str) -> Option<Schedule> {
-        self.current().get(id).cloned()
+impl ScheduleStore for FileStore {
+    fn list(&self) -> Result<Vec<Schedule>, StoreError> {
+        Ok(self.schedules())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.current().get(id).cloned())
+    }
+
+    /// One replica owns the file: every run is its own (overlap within the replica is the
+    /// scheduler's running set).
+    fn claim(
+        &self,
+        id: &str,
+        _nominal: DateTime<Utc>,
+        _lease: std::time::Duration,
+    ) -> Result<Claim, StoreError> {
+        match self.current().contains_key(id) {
+            true => Ok(Claim::Won),
+            false => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    fn abandon_expired(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        Ok(Vec::new())
     }
 
     fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError> {
@@ -283,7 +337,7 @@ impl ScheduleStore for FileStore {
     }
 
     fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError> {
-        if !self.list().iter().any(|s| s.function == function) {
+        if !self.current().values().any(|s| s.function == function) {
             return Ok(Vec::new());
         }
         self.change(|schedules| {
@@ -364,7 +418,7 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(created.iter().filter(|ok| **ok).count(), MAX_SCHEDULES);
-        assert_eq!(store.list().len(), MAX_SCHEDULES);
+        assert_eq!(store.schedules().len(), MAX_SCHEDULES);
         assert!(matches!(
             store.create(new("one more"), now()),
             Err(StoreError::LimitReached)
@@ -391,7 +445,7 @@ mod tests {
         drop(store);
 
         let store = FileStore::open(dir.path()).unwrap();
-        let list = store.list();
+        let list = store.schedules();
         assert_eq!(list.len(), 1);
         let schedule = &list[0];
         assert_eq!(schedule.payload, "{\"a\":1}");
@@ -423,7 +477,7 @@ mod tests {
             store.create(new("lost"), now()),
             Err(StoreError::Write { .. })
         ));
-        assert_eq!(store.list().len(), 1, "the refused create is not kept");
+        assert_eq!(store.schedules().len(), 1, "the refused create is not kept");
     }
 
     #[test]
@@ -433,7 +487,7 @@ mod tests {
         store.create(new("a"), now()).unwrap();
         store.create(new("b"), now()).unwrap();
         assert_eq!(store.delete_for_function("refresh-token").unwrap().len(), 2);
-        assert!(store.list().is_empty());
+        assert!(store.schedules().is_empty());
         assert!(store
             .delete_for_function("refresh-token")
             .unwrap()

@@ -13,8 +13,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy", &["egress", "metrics", "policy", "util"]),
     ("schedule", &["egress", "metrics", "policy", "util"]),
     (
+        "state",
+        &["egress", "metrics", "policy", "schedule", "util"],
+    ),
+    (
         "control",
-        &["egress", "metrics", "policy", "proxy", "schedule", "util"],
+        &[
+            "egress", "metrics", "policy", "proxy", "schedule", "state", "util",
+        ],
     ),
 ];
 

@@ -22,6 +22,7 @@ mod mtls;
 mod properties;
 mod refusals;
 mod schedules;
+mod shared_state;
 mod sni;
 mod soak;
 mod trace;

@@ -14,10 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// What the function server received: (request line and headers, body).
-type Received = Arc<Mutex<Vec<(String, String)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, String)>>>;
 
 /// A function server on loopback answering every request with `answer`; returns its port.
-async fn serve_function<F, Fut>(answer: F) -> u16
+pub(crate) async fn serve_function<F, Fut>(answer: F) -> u16
 where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, hyper::Error>> + Send + 'static,
@@ -38,7 +38,7 @@ where
 }
 
 /// A function server that answers 200 and records every request.
-async fn function_server() -> (u16, Received) {
+pub(crate) async fn function_server() -> (u16, Received) {
     let received: Received = Arc::default();
     let sink = received.clone();
     let port = serve_function(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -61,7 +61,7 @@ async fn function_server() -> (u16, Received) {
 
 /// egressd with three functions: `refresh-token` (productive, allowlisted), `blocked`
 /// (productive, its host not allowlisted) and `old` (undeployed).
-fn scheduler_proxy(port: u16) -> EgressdBuilder {
+pub(crate) fn scheduler_proxy(port: u16) -> EgressdBuilder {
     let functions = format!(
         "[[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
          [[functions]]\nname = \"blocked\"\nstate = \"productive\"\nurl = \"http://blocked.test:{port}/invoke\"\n\
@@ -75,7 +75,7 @@ fn scheduler_proxy(port: u16) -> EgressdBuilder {
 }
 
 /// Creates a schedule through the API (`body` is the JSON request) and returns its id.
-async fn create_schedule(proxy: &Egressd, body: &str) -> String {
+pub(crate) async fn create_schedule(proxy: &Egressd, body: &str) -> String {
     let (status, answer) = proxy.admin_json("POST", "/v1/schedules", body).await;
     assert_eq!(status, 201, "{answer}");
     json(&answer)["id"].as_str().unwrap().to_string()
@@ -644,8 +644,8 @@ mod on_a_test_clock {
         }
 
         /// The states of `id`'s runs, oldest first.
-        fn states(&self, id: &str) -> Vec<(String, String)> {
-            let schedule = self.scheduler.get(id).unwrap();
+        async fn states(&self, id: &str) -> Vec<(String, String)> {
+            let schedule = self.scheduler.get(id).await.unwrap().unwrap();
             schedule
                 .runs
                 .iter()
@@ -742,7 +742,7 @@ mod on_a_test_clock {
         // The next boundary finds it still going: skipped, not started.
         clock.advance(Duration::from_secs(60));
         let states = eventually("the 10:02 run to be skipped", || async {
-            let states = running.states(&id);
+            let states = running.states(&id).await;
             (!states.is_empty()).then_some(states)
         })
         .await;
@@ -755,7 +755,7 @@ mod on_a_test_clock {
         );
         release.add_permits(1);
         eventually("the 10:01 run to finish", || async {
-            (running.states(&id).len() == 2).then_some(())
+            (running.states(&id).await.len() == 2).then_some(())
         })
         .await;
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -773,6 +773,7 @@ mod on_a_test_clock {
         eventually("the 10:03 run to be skipped", || async {
             running
                 .states(&id)
+                .await
                 .iter()
                 .any(|(at, state)| at == "2026-12-03T10:03:00+00:00" && state == "skipped")
                 .then_some(())
@@ -806,7 +807,7 @@ mod on_a_test_clock {
         running.stop.cancel();
         // The function never answers: only the cut at the end of the grace records the run.
         running.scheduler.drain(Duration::from_millis(300)).await;
-        let schedule = running.scheduler.get(&id).unwrap();
+        let schedule = running.scheduler.get(&id).await.unwrap().unwrap();
         let run = schedule.runs.back().expect("the cut run is recorded");
         assert_eq!(run.status.to_string(), "shutdown", "{run:?}");
         assert!(run.reason.as_deref().unwrap().contains("shutdown_grace"));
@@ -853,7 +854,7 @@ mod on_a_test_clock {
         clock.set(at("2026-12-03T10:02:01Z"));
         let running = start(dir.path(), port, &clock);
         let states = eventually("the restart to handle the missed runs", || async {
-            let states = running.states(&id);
+            let states = running.states(&id).await;
             (states.len() == 2).then_some(states)
         })
         .await;

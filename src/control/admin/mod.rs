@@ -128,18 +128,17 @@ impl Admin {
             Endpoint::Allowlist => json(StatusCode::OK, &self.allowlist()),
             Endpoint::Mtls => json(StatusCode::OK, &self.mtls()),
             Endpoint::Reload => self.reload().await,
-            Endpoint::SchedulesList => {
-                let now = self.scheduler.now();
-                let views: Vec<ScheduleView> = self
-                    .scheduler
-                    .list()
-                    .iter()
-                    .map(|s| schedule_view(s, now))
-                    .collect();
-                json(StatusCode::OK, &views)
-            }
+            Endpoint::SchedulesList => match self.scheduler.list().await {
+                Ok(schedules) => {
+                    let now = self.scheduler.now();
+                    let views: Vec<ScheduleView> =
+                        schedules.iter().map(|s| schedule_view(s, now)).collect();
+                    json(StatusCode::OK, &views)
+                }
+                Err(err) => store_error(err),
+            },
             Endpoint::SchedulesCreate => self.create_schedule(req, route).await,
-            Endpoint::ScheduleGet => self.schedule(&id),
+            Endpoint::ScheduleGet => self.schedule(&id).await,
             Endpoint::ScheduleDelete => match self.scheduler.delete(&id).await {
                 Ok(schedule) => json(
                     StatusCode::OK,
@@ -184,7 +183,7 @@ impl Admin {
                 r
             }
             Endpoint::ScheduleRun => match self.scheduler.run_now(&id).await {
-                Ok(_) => self.schedule(&id),
+                Ok(_) => self.schedule(&id).await,
                 Err(err) => run_now_error(err),
             },
         }

@@ -7,7 +7,9 @@ use hyper::body::Incoming;
 
 use super::guard::read_json;
 use super::routes::Route;
-use super::views::{api_error, json, rfc3339, schedule_view, CronExample, CronView};
+use super::views::{
+    api_error, json, rfc3339, schedule_view, state_unavailable, CronExample, CronView,
+};
 use super::Admin;
 use crate::schedule::cron::{self, CronExpr};
 use crate::schedule::service::RunNowError;
@@ -66,13 +68,14 @@ impl Admin {
     }
 
     /// `GET /v1/schedules/{id}`, and the answer of a run by hand.
-    pub(super) fn schedule(&self, id: &str) -> Response<HttpBody> {
-        match self.scheduler.get(id) {
-            Some(schedule) => json(
+    pub(super) async fn schedule(&self, id: &str) -> Response<HttpBody> {
+        match self.scheduler.get(id).await {
+            Ok(Some(schedule)) => json(
                 StatusCode::OK,
                 &schedule_view(&schedule, self.scheduler.now()),
             ),
-            None => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
+            Ok(None) => api_error(StatusCode::NOT_FOUND, format!("no schedule {id:?}"), None),
+            Err(err) => store_error(err),
         }
     }
 }
@@ -81,6 +84,7 @@ pub(super) fn run_now_error(err: RunNowError) -> Response<HttpBody> {
     let status = match err {
         RunNowError::NotFound(_) => StatusCode::NOT_FOUND,
         RunNowError::Busy(_) => StatusCode::CONFLICT,
+        RunNowError::Store(err) => return store_error(err),
     };
     api_error(status, err.to_string(), None)
 }
@@ -90,6 +94,7 @@ pub(super) fn store_error(err: StoreError) -> Response<HttpBody> {
         StoreError::LimitReached => StatusCode::CONFLICT,
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
         StoreError::Write { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Unavailable(_) => return state_unavailable(&err.to_string()),
     };
     api_error(status, err.to_string(), None)
 }

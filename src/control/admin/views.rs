@@ -128,6 +128,17 @@ pub(super) fn api_error(
     )
 }
 
+/// `503` with `X-Egress-Error: state-unavailable`: the shared state (the database) cannot be
+/// reached, so nothing was changed. The proxy keeps serving with the state it has.
+pub(super) fn state_unavailable(reason: &str) -> Response<HttpBody> {
+    let mut r = api_error(StatusCode::SERVICE_UNAVAILABLE, reason.to_string(), None);
+    r.headers_mut().insert(
+        "x-egress-error",
+        HeaderValue::from_static("state-unavailable"),
+    );
+    r
+}
+
 pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<HttpBody> {
     let mut r = text_response(
         status,

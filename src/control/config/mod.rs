@@ -26,6 +26,7 @@ use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
 use crate::policy::Policy;
 use crate::proxy::sni::SniCheck;
+use crate::state::StateSettings;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub policy: Policy,
     /// `[[mtls]]` entries with their identities loaded and checked.
     pub mtls: MtlsTable,
+    /// Where shared state lives (`[state]`), read at start only.
+    pub state: StateSettings,
     /// Things that are valid but probably not what was meant (a client certificate about to
     /// expire, an `[[mtls]]` host no allowlist entry covers); printed by `check`, logged by
     /// `run` and on reload.
@@ -140,6 +143,14 @@ impl Config {
             ("proxy.via_name", via_name.clone()),
             ("proxy.workers", format!("{workers}")),
             ("proxy.schedule_timeout", format!("{schedule_timeout:?}")),
+            ("state.backend", self.state.backend().to_string()),
+            (
+                "state.url",
+                match &self.state {
+                    StateSettings::File => String::new(),
+                    StateSettings::Postgres(pg) => pg.source.clone(),
+                },
+            ),
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
         ]
@@ -239,6 +250,8 @@ impl Config {
         let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
         policy.origination = mtls.originations();
         policy.functions = validate::functions(&raw.functions, &mut problems);
+        let state =
+            validate::state_settings(&raw.state, path, secrets, &mut problems, &mut warnings);
         match (proxy, problems.list.is_empty()) {
             (Some(proxy), true) => Ok(Config {
                 path: path.to_path_buf(),
@@ -246,6 +259,7 @@ impl Config {
                 dns,
                 policy,
                 mtls,
+                state,
                 warnings,
             }),
             _ => Err(ConfigError::Invalid(problems.list)),

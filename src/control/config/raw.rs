@@ -14,6 +14,17 @@ pub struct RawConfig {
     pub mtls: Vec<Spanned<RawMtls>>,
     pub functions: Vec<Spanned<RawFunction>>,
     pub allowlist: RawAllowlist,
+    pub state: RawState,
+}
+
+/// `[state]`: where shared state lives.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub url_file: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// One `[[functions]]` table.

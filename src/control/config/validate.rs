@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::problems::Problems;
-use super::raw::{RawConfig, RawDns, RawFunction, RawMtls, RawProxy};
+use super::raw::{RawConfig, RawDns, RawFunction, RawMtls, RawProxy, RawState};
 use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
 use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsSpec, MtlsTable, EXPIRY_WARNING};
@@ -20,6 +20,7 @@ use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
 use crate::proxy::headers::is_pseudonym;
 use crate::proxy::sni::SniCheck;
+use crate::state::{parse_url, PgSettings, StateSettings};
 
 /// Whether parsing reads secret files.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -487,4 +488,105 @@ pub fn functions(raw: &[toml::Spanned<RawFunction>], p: &mut Problems) -> Functi
         functions.push(Function { name, state, url });
     }
     Functions::new(functions)
+}
+
+/// `[state]`: the backend, and for postgres where the URL comes from. `url_file` is a secret
+/// read only at start (`secrets`); a password written into `url` is taken, with a warning.
+pub fn state_settings(
+    raw: &RawState,
+    path: &Path,
+    secrets: Secrets,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> StateSettings {
+    let backend = raw.backend.as_ref();
+    match backend.map(|b| b.get_ref().as_str()) {
+        None | Some("file") => {
+            for (key, value) in [("state.url", &raw.url), ("state.url_file", &raw.url_file)] {
+                if let Some(value) = value {
+                    p.at(value, key, None, "only the postgres backend reads it; set state.backend = \"postgres\" or remove it");
+                }
+            }
+            StateSettings::File
+        }
+        Some("postgres") => {
+            let ca_file = raw.ca_file.as_ref().map(|f| relative_to(path, f.get_ref()));
+            let (url, source) = match (&raw.url, &raw.url_file) {
+                (Some(url), None) => {
+                    let parsed = parse_url(url.get_ref());
+                    if let Ok(config) = &parsed {
+                        if config.get_password().is_some() {
+                            warnings.push(format!(
+                                "{}: state.url holds a password; put the URL in a file and name it with state.url_file",
+                                path.display()
+                            ));
+                        }
+                    }
+                    let parsed = parsed.map_err(|e| p.at(url, "state.url", None, e)).ok();
+                    (parsed, "state.url".to_string())
+                }
+                (None, Some(file)) => {
+                    let file_path = relative_to(path, file.get_ref());
+                    let source = format!("state.url_file {}", file_path.display());
+                    if secrets == Secrets::Skip {
+                        (None, source)
+                    } else {
+                        let read = std::fs::read_to_string(&file_path)
+                            .map_err(|e| format!("cannot read {}: {e}", file_path.display()))
+                            .and_then(|text| {
+                                parse_url(&text)
+                                    .map_err(|e| format!("{}: {e}", file_path.display()))
+                            });
+                        let value = Some(file.get_ref().clone());
+                        (
+                            read.map_err(|e| p.at(file, "state.url_file", value, e))
+                                .ok(),
+                            source,
+                        )
+                    }
+                }
+                (Some(url), Some(_)) => {
+                    p.at(
+                        url,
+                        "state.url",
+                        None,
+                        "set state.url or state.url_file, not both",
+                    );
+                    (None, String::new())
+                }
+                (None, None) => {
+                    p.at(
+                        backend.expect("matched postgres"),
+                        "state.backend",
+                        Some("postgres".into()),
+                        "the postgres backend needs state.url_file (or state.url), e.g. url_file = \"/run/secrets/egressd-db-url\"",
+                    );
+                    (None, String::new())
+                }
+            };
+            StateSettings::Postgres(Box::new(PgSettings {
+                url,
+                source,
+                ca_file,
+            }))
+        }
+        Some(other) => {
+            p.at(
+                backend.expect("matched some"),
+                "state.backend",
+                Some(other.to_string()),
+                "expected \"file\" (one replica, proxy.state_dir) or \"postgres\" (several replicas)",
+            );
+            StateSettings::File
+        }
+    }
+}
+
+/// A path from the config, relative to the config file's directory.
+fn relative_to(config: &Path, value: &str) -> PathBuf {
+    let value = Path::new(value);
+    match config.parent() {
+        Some(dir) if value.is_relative() => dir.join(value),
+        _ => value.to_path_buf(),
+    }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod mtls;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
