@@ -289,3 +289,265 @@ async fn three_replicas_invoke_each_tick_once_even_when_one_is_killed() {
         assert_eq!(run["state"], "success", "{run}");
     }
 }
+
+/// Schedulers in this process on one database, each with a clock of its own: the ledger
+/// and the claim rule seen up close, over hundreds of simulated minutes.
+mod in_process {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use egressd::control::config::Config;
+    use egressd::egress::resolve::DnsResolver;
+    use egressd::egress::{EgressClient, EgressOptions, Snapshot};
+    use egressd::metrics::Metrics;
+    use egressd::schedule::clock::ManualClock;
+    use egressd::schedule::service::Scheduler;
+    use egressd::schedule::store::{Claim, NewSchedule, ScheduleStore};
+    use egressd::state::postgres::schedules::PgScheduleStore;
+    use egressd::state::postgres::Database;
+    use egressd::state::{parse_url, PgSettings};
+    use tokio_util::sync::CancellationToken;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    async fn open_store(db: &TestDb, replica: &str) -> Arc<PgScheduleStore> {
+        let settings = PgSettings {
+            url: Some(parse_url(&db.url).unwrap()),
+            source: "test".into(),
+            ca_file: None,
+        };
+        let database = Database::open(&settings, replica).await.unwrap();
+        Arc::new(PgScheduleStore::new(
+            database,
+            tokio::runtime::Handle::current(),
+        ))
+    }
+
+    /// One scheduler replica serving on `clock` until stopped.
+    struct Replica {
+        scheduler: Arc<Scheduler>,
+        stop: CancellationToken,
+        served: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(db: &TestDb, name: &str, port: u16, clock: &ManualClock) -> Replica {
+        let text = format!(
+            "[proxy]\nallow_private_cidrs = [\"127.0.0.0/8\"]\nhttp_ports = [{port}]\n\
+             [dns]\noverrides = {{ \"fn.test\" = \"127.0.0.1\" }}\n\
+             [[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
+             [allowlist]\ndomains = [\"fn.test\"]\n"
+        );
+        let config = Config::parse(std::path::Path::new("egressd.toml"), &text).unwrap();
+        let egress = EgressClient::new(
+            Snapshot::handle(config.policy.clone(), config.mtls.clone()),
+            DnsResolver::new(&config.dns),
+            vec![],
+            EgressOptions {
+                connect_timeout: Duration::from_secs(5),
+                response_header_timeout: Duration::from_secs(60),
+            },
+        );
+        let scheduler = Scheduler::new(
+            open_store(db, name).await,
+            Arc::new(egress),
+            Duration::from_secs(30),
+            Arc::new(Metrics::new()),
+            Arc::new(clock.clone()),
+        );
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(scheduler.clone().serve(stop.clone()));
+        Replica {
+            scheduler,
+            stop,
+            served,
+        }
+    }
+
+    impl Replica {
+        async fn stop(self) {
+            self.stop.cancel();
+            self.served.await.unwrap();
+            self.scheduler.drain(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// xorshift64: a seeded sequence, so a failure can be replayed with its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Three schedulers whose clocks differ by seconds, two every-minute schedules, 90
+    /// simulated minutes with replicas stopped and started at random (sometimes all of them
+    /// at once). Every tick is invoked at most once; a tick with a replica alive is invoked
+    /// exactly once; the ledger's successes are exactly the invocations; a tick with none
+    /// alive is recorded missed once one returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_schedulers_fire_each_tick_once_through_random_stops_and_restarts() {
+        let seed = std::env::var("EGRESSD_REPLICA_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        let mut rng = Rng(seed);
+        let (port, received) = function_server().await;
+        let db = postgres::database();
+        let base = at("2026-12-03T10:00:30Z");
+        let skews = [-3i64, 0, 2];
+        let clocks: Vec<ManualClock> = skews
+            .iter()
+            .map(|s| ManualClock::new(base + chrono::Duration::seconds(*s)))
+            .collect();
+        let mut replicas: Vec<Option<Replica>> = Vec::new();
+        for (n, clock) in clocks.iter().enumerate() {
+            replicas.push(Some(start(&db, &format!("r{n}"), port, clock).await));
+        }
+        for _ in 0..2 {
+            let new = NewSchedule::new("refresh-token", "* * * * *", "", |_| true).unwrap();
+            replicas[0]
+                .as_ref()
+                .unwrap()
+                .scheduler
+                .create(new)
+                .await
+                .unwrap();
+        }
+        let minutes = 90;
+        let mut alive_at = Vec::new();
+        for minute in 1..=minutes {
+            // Stop or start one replica now and then.
+            let n = rng.below(3) as usize;
+            match (rng.below(6), replicas[n].is_some()) {
+                (0, true) => replicas[n].take().unwrap().stop().await,
+                (0..=2, false) => {
+                    replicas[n] =
+                        Some(start(&db, &format!("r{n}-{minute}"), port, &clocks[n]).await)
+                }
+                _ => {}
+            }
+            for clock in &clocks {
+                clock.advance(Duration::from_secs(60));
+            }
+            let tick = base + chrono::Duration::minutes(minute) - chrono::Duration::seconds(30);
+            let alive = replicas.iter().any(Option::is_some);
+            alive_at.push(alive);
+            if alive {
+                let sql = format!(
+                    "SELECT count(*)::text FROM egressd_runs WHERE scheduled_for = '{}' AND state <> 'running'",
+                    tick.to_rfc3339()
+                );
+                eventually(
+                    &format!("minute {minute} recorded (seed {seed})"),
+                    || async { (db.query_text(&sql).as_deref() == Some("2")).then_some(()) },
+                )
+                .await;
+            }
+        }
+        for replica in replicas.into_iter().flatten() {
+            replica.stop().await;
+        }
+        let counts = invocations(&received);
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 2).collect();
+        assert!(
+            twice.is_empty(),
+            "each tick invoked once per schedule (two schedules), seed {seed}: {twice:?}"
+        );
+        let invoked: usize = counts.values().sum();
+        let successes = db
+            .query_text("SELECT count(*)::text FROM egressd_runs WHERE state = 'success'")
+            .unwrap();
+        assert_eq!(successes, invoked.to_string(), "seed {seed}");
+        let alive_minutes = alive_at.iter().filter(|a| **a).count();
+        assert!(
+            invoked >= 2 * alive_minutes,
+            "every minute with a replica alive fired, seed {seed}: {invoked} invocations, {alive_minutes} such minutes"
+        );
+        let open = db.query_text(
+            "SELECT count(*)::text FROM egressd_runs WHERE state = 'running' OR status = 'abandoned'",
+        );
+        assert_eq!(open.as_deref(), Some("0"), "seed {seed}");
+    }
+
+    /// The claim rule up close: one winner per tick; a run due while another is going is
+    /// busy; a claim whose lease runs out without an outcome is marked abandoned and never
+    /// claimed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_whose_replica_dies_is_abandoned_not_run_twice() {
+        let db = postgres::database();
+        let a = open_store(&db, "a").await;
+        let b = open_store(&db, "b").await;
+        let new = NewSchedule::new("refresh-token", "* * * * *", "", |_| true).unwrap();
+        let id = {
+            let a = a.clone();
+            tokio::task::spawn_blocking(move || a.create(new, at("2026-12-03T10:00:00Z")))
+                .await
+                .unwrap()
+                .unwrap()
+                .id
+        };
+        let claim = |store: &Arc<PgScheduleStore>, nominal: &str, lease_ms: u64| {
+            let (store, id, nominal) = (store.clone(), id.clone(), at(nominal));
+            tokio::task::spawn_blocking(move || {
+                store
+                    .claim(&id, nominal, Duration::from_millis(lease_ms))
+                    .unwrap()
+            })
+        };
+        // (who, tick, lease, expected)
+        let steps: [(&Arc<PgScheduleStore>, &str, u64, Claim); 3] = [
+            (&a, "2026-12-03T10:01:00Z", 300, Claim::Won),
+            (&b, "2026-12-03T10:01:00Z", 300, Claim::Taken),
+            (&b, "2026-12-03T10:02:00Z", 300, Claim::Busy),
+        ];
+        for (n, (store, tick, lease, expected)) in steps.into_iter().enumerate() {
+            assert_eq!(
+                claim(store, tick, lease).await.unwrap(),
+                expected,
+                "step {n}"
+            );
+        }
+        // `a` dies holding its claim: after the lease, `b` marks it abandoned.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let abandoned = {
+            let b = b.clone();
+            tokio::task::spawn_blocking(move || b.abandon_expired().unwrap())
+                .await
+                .unwrap()
+        };
+        assert_eq!(abandoned, vec![(id.clone(), at("2026-12-03T10:01:00Z"))]);
+        assert_eq!(
+            claim(&b, "2026-12-03T10:01:00Z", 300).await.unwrap(),
+            Claim::Taken,
+            "an abandoned tick is never claimed again"
+        );
+        assert_eq!(
+            claim(&b, "2026-12-03T10:02:00Z", 300).await.unwrap(),
+            Claim::Won,
+            "the next tick is free once the dead claim is settled"
+        );
+        let schedule = {
+            let b = b.clone();
+            tokio::task::spawn_blocking(move || b.get(&id).unwrap().unwrap())
+                .await
+                .unwrap()
+        };
+        let first = &schedule.runs[0];
+        assert_eq!(
+            (first.state.as_str(), first.status.to_string().as_str()),
+            ("failure", "abandoned")
+        );
+    }
+}
