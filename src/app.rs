@@ -141,7 +141,10 @@ impl App {
         rotator
             .watch(&config.mtls)
             .context("cannot watch the [[mtls]] certificate files")?;
-        let store = open_schedule_store(&config).await?;
+        let (store, database) = open_state(&config).await?;
+        if let Some(db) = &database {
+            tokio::spawn(watch_state_backend(db.clone(), metrics.clone()));
+        }
         let scheduler = Scheduler::new(
             store,
             schedule_egress.clone(),
@@ -202,6 +205,7 @@ impl App {
             },
             loopback: settings.admin_listen.ip().is_loopback(),
             draining: draining.clone(),
+            database,
         });
         Ok(App {
             settings,
@@ -350,28 +354,48 @@ impl Worker {
 }
 
 /// The schedules: in `proxy.state_dir` (one replica), or in the shared database, whose
-/// schema is brought up to date first.
-async fn open_schedule_store(config: &Config) -> anyhow::Result<Arc<dyn ScheduleStore>> {
+/// schema is brought up to date first. A database that cannot be reached now does not stop
+/// the start (the proxy serves; admin writes and the scheduler wait for it); one that
+/// refuses egressd (a wrong password, a schema from a newer egressd) does.
+async fn open_state(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn ScheduleStore>, Option<Arc<Database>>)> {
     match &config.state {
         StateSettings::File => {
             let store = FileStore::open(&config.proxy.state_dir)
                 .context("cannot read the schedules in proxy.state_dir")?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         StateSettings::Postgres(pg) => {
-            let db = Database::open(pg, &config.proxy.via_name)
-                .await
-                .with_context(|| format!("[state] backend = \"postgres\" ({})", pg.source))?;
+            let context = || format!("[state] backend = \"postgres\" ({})", pg.source);
+            let db = match Database::open(pg, &config.proxy.via_name).await {
+                Ok(db) => db,
+                Err(err) if Database::is_transient(&err) => {
+                    tracing::error!(error = %err, "the shared state is unavailable at start; serving, and trying again every second");
+                    Arc::new(Database::connect(pg, &config.proxy.via_name).with_context(context)?)
+                }
+                Err(err) => return Err(err).with_context(context),
+            };
             tracing::info!(
                 database = db.target(),
                 replica = db.replica(),
                 "shared state in PostgreSQL"
             );
-            Ok(Arc::new(PgScheduleStore::new(
-                db,
-                tokio::runtime::Handle::current(),
-            )))
+            let store = PgScheduleStore::new(db.clone(), tokio::runtime::Handle::current());
+            Ok((Arc::new(store), Some(db)))
         }
+    }
+}
+
+/// Checks the shared database every second: the `state_backend_up` metric, and the schema
+/// applied once a database that was away at start comes back.
+async fn watch_state_backend(db: Arc<Database>, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let up = db.ping().await.is_ok();
+        metrics.state_backend_up.set(up as i64);
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub config_generation: Gauge,
     /// Reloads refused because the activation state could not be written.
     pub state_persist_failures: Counter,
+    /// 1 while the shared state backend answers (always 1 for the file backend).
+    pub state_backend_up: Gauge,
     /// mTLS handshakes by `[[mtls]]` entry and outcome (full, resumed, failed).
     mtls_handshakes: Family<Vec<(&'static str, String)>, Counter>,
     /// Seconds until each `[[mtls]]` client certificate expires (negative once expired).
@@ -138,6 +140,13 @@ impl Metrics {
         let revocations = Family::default();
         let config_generation = Gauge::default();
         let state_persist_failures = Counter::default();
+        let state_backend_up = Gauge::default();
+        state_backend_up.set(1);
+        registry.register(
+            "state_backend_up",
+            "1 while the shared state backend ([state]) answers; 0 while it cannot be reached",
+            state_backend_up.clone(),
+        );
         let mtls_handshakes: Family<Vec<(&'static str, String)>, Counter> = Family::default();
         let mtls_expiry: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
         registry.register(
@@ -253,6 +262,7 @@ impl Metrics {
             reloads,
             revocations,
             config_generation,
+            state_backend_up,
             state_persist_failures,
             mtls_handshakes,
             mtls_expiry,

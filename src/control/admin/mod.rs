@@ -50,6 +50,8 @@ pub struct Admin {
     pub rotator: Arc<Rotator>,
     /// Schedules: the API's store and runs.
     pub scheduler: Arc<Scheduler>,
+    /// The shared database, with the postgres backend.
+    pub database: Option<Arc<crate::state::postgres::Database>>,
     /// Required on state-changing endpoints when set.
     pub token: Option<AdminToken>,
     /// The console's Add button and bin icon.
@@ -313,6 +315,23 @@ impl Admin {
             activation_delay_secs: status.activation_delay.as_secs(),
             schedule_limit: crate::schedule::store::MAX_SCHEDULES,
             payload_limit: crate::schedule::store::MAX_PAYLOAD_CHARS,
+            state: match &self.database {
+                None => StateView {
+                    backend: "file",
+                    database: None,
+                    up: true,
+                    error: None,
+                },
+                Some(db) => {
+                    let health = db.health();
+                    StateView {
+                        backend: "postgres",
+                        database: Some(db.target().to_string()),
+                        up: health.up,
+                        error: health.error,
+                    }
+                }
+            },
         }
     }
 

@@ -165,6 +165,21 @@ pub(super) struct StatusView {
     pub activation_delay_secs: u64,
     pub schedule_limit: usize,
     pub payload_limit: usize,
+    /// Where shared state lives and whether it answers.
+    pub state: StateView,
+}
+
+/// `state` in `/v1/status`.
+#[derive(Serialize)]
+pub(super) struct StateView {
+    /// `file` or `postgres`.
+    pub backend: &'static str,
+    /// `user@host:port/dbname` (never the password).
+    pub database: Option<String>,
+    /// Whether the backend answered its last check; while not, admin writes get 503
+    /// `state-unavailable` and nothing scheduled fires.
+    pub up: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]

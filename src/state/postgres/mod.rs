@@ -82,6 +82,11 @@ fn chain(err: &dyn std::error::Error) -> String {
 pub struct Database {
     pool: Pool,
     target: String,
+    /// Set once the schema is known to be current; until then every operation first tries
+    /// to bring it there (a replica may start while the database is away).
+    schema_ready: std::sync::atomic::AtomicBool,
+    /// Whether the last operation reached the database, and what failed if not.
+    health: std::sync::Mutex<Health>,
     /// This process, as it signs its claims: the `via_name` (the pod name) and a random
     /// suffix, so a restarted pod never mistakes its predecessor's claims for its own.
     replica: String,
@@ -95,13 +100,62 @@ impl Database {
     /// database and the problem; nothing is written when the schema is newer than ours.
     pub async fn open(settings: &PgSettings, replica_name: &str) -> Result<Arc<Database>, DbError> {
         let db = Self::connect(settings, replica_name)?;
-        let (mut client, _task) = db.dedicated().await?;
-        schema::migrate(&mut client)
-            .await
-            .map_err(|e| e.at(&db.target))?;
+        db.ready().await?;
         // One connection up front: a wrong password fails the start, not the first request.
         drop(db.client().await?);
         Ok(Arc::new(db))
+    }
+
+    /// Brings the schema up to date unless that is known done (under the migration lock,
+    /// on a connection of its own).
+    pub async fn ready(&self) -> Result<(), DbError> {
+        use std::sync::atomic::Ordering;
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let migrated = async {
+            let (mut client, _task) = self.dedicated().await?;
+            schema::migrate(&mut client)
+                .await
+                .map_err(|e| e.at(&self.target))
+        };
+        let result = tokio::time::timeout(OP_TIMEOUT * 2, migrated)
+            .await
+            .map_err(|_| DbError::Timeout(OP_TIMEOUT * 2))
+            .and_then(|r| r);
+        self.note(&result);
+        result?;
+        self.schema_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the database answered the last operation, and the error if it did not.
+    pub fn health(&self) -> Health {
+        crate::util::sync::lock(&self.health).clone()
+    }
+
+    /// Records how an operation went, logging a change between up and down once.
+    fn note<T>(&self, result: &Result<T, DbError>) {
+        let mut health = crate::util::sync::lock(&self.health);
+        match result {
+            Ok(_) if !health.up => {
+                tracing::info!(database = %self.target, "the shared state is reachable again");
+                *health = Health {
+                    up: true,
+                    error: None,
+                };
+            }
+            Err(err) if !matches!(err, DbError::Query(_)) => {
+                if health.up {
+                    tracing::error!(database = %self.target, error = %err, "the shared state is unavailable; serving with the last state, admin writes refused, nothing scheduled is fired");
+                }
+                *health = Health {
+                    up: false,
+                    error: Some(err.to_string()),
+                };
+            }
+            _ => {}
+        }
     }
 
     /// Connects once and reads the schema version, writing nothing (`egressd check`).
@@ -110,7 +164,7 @@ impl Database {
         let db = Self::connect(settings, "check")?;
         let (client, _task) = db.dedicated().await?;
         let found = db
-            .timed(async { schema::version(&client).await.map_err(|e| db.error(e)) })
+            .within_deadline(async { schema::version(&client).await.map_err(|e| db.error(e)) })
             .await?;
         if found > schema::latest() {
             return Err(DbError::SchemaNewer {
@@ -153,6 +207,11 @@ impl Database {
         Ok(Database {
             pool,
             target,
+            schema_ready: std::sync::atomic::AtomicBool::new(false),
+            health: std::sync::Mutex::new(Health {
+                up: true,
+                error: None,
+            }),
             replica: format!("{replica_name}/{}", random_suffix()),
             pg,
             tls,
@@ -199,19 +258,60 @@ impl Database {
     }
 
     /// `work` within [`OP_TIMEOUT`].
+    /// `work` within [`OP_TIMEOUT`], once the schema is current; the outcome updates
+    /// [`Database::health`].
     pub async fn timed<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, DbError>>,
     ) -> Result<T, DbError> {
-        tokio::time::timeout(OP_TIMEOUT, work)
+        self.ready().await?;
+        self.within_deadline(work).await
+    }
+
+    /// `work` within [`OP_TIMEOUT`], schema or not (the check reads the version with it);
+    /// the outcome updates [`Database::health`].
+    async fn within_deadline<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        let result = tokio::time::timeout(OP_TIMEOUT, work)
             .await
-            .map_err(|_| DbError::Timeout(OP_TIMEOUT))?
+            .map_err(|_| DbError::Timeout(OP_TIMEOUT))
+            .and_then(|r| r);
+        self.note(&result);
+        result
+    }
+
+    /// One round trip, for the health check.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.timed(async {
+            let client = self.client().await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| self.error(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether this error means the database cannot be used for now (rather than that
+    /// egressd is misconfigured for it: a wrong password, a newer schema).
+    pub fn is_transient(err: &DbError) -> bool {
+        matches!(err, DbError::Unreachable { .. } | DbError::Timeout(_))
     }
 
     /// A driver error, classified against this database.
     pub fn error(&self, err: tokio_postgres::Error) -> DbError {
         DbError::from_pg(&self.target, err)
     }
+}
+
+/// The shared state's reachability, for `/v1/status`, the console and the metric.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub up: bool,
+    pub error: Option<String>,
 }
 
 /// The TLS connector: the configured CA, or the Mozilla roots. Used when the URL's

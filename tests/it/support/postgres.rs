@@ -92,9 +92,13 @@ impl Server {
         let bin = server_binaries().ok_or(
             "no PostgreSQL server binaries (initdb, postgres); install Debian's postgresql, or set EGRESSD_TEST_DATABASE_URL",
         )?;
-        let root = std::env::temp_dir().join(format!("egressd-it-pg-{}", std::process::id()));
+        // One directory per server: a test's own server lives beside the shared one.
+        let root = std::env::temp_dir().join(format!(
+            "egressd-it-pg-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         remove_stale_servers();
-        let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         let data = root.join("data");
         let pwfile = root.join("pw");
@@ -172,8 +176,9 @@ impl Server {
             .arg(data)
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(root)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            // Durable as configured by default (fsync on): the outage tests crash the server
+            // with `pg_ctl stop -m immediate` and expect every acknowledged write back.
+            .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -342,7 +347,10 @@ fn remove_stale_servers() {
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(pid) = name.strip_prefix("egressd-it-pg-") {
+        if let Some(pid) = name
+            .strip_prefix("egressd-it-pg-")
+            .and_then(|rest| rest.split('-').next())
+        {
             if !Path::new("/proc").join(pid).exists() {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
