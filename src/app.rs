@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::admin::{serve_admin, Admin};
 use crate::control::config::{Config, ProxySettings};
 use crate::control::edit::AllowlistEditor;
-use crate::control::reload::{self, Reloader, Trigger};
+use crate::control::reload::{self, Reloader, SharedStart, Trigger};
 use crate::control::rotate::Rotator;
 use crate::control::trace::Auditor;
 use crate::egress::resolve::DnsResolver;
@@ -40,10 +40,12 @@ use crate::proxy::Proxy;
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::{FileStore, ScheduleStore};
+use crate::state::postgres::allowlist::SharedAllowlist;
 use crate::state::postgres::schedules::PgScheduleStore;
 use crate::state::postgres::Database;
 use crate::state::StateSettings;
 use crate::util::drain::Draining;
+use tokio::runtime::Handle;
 
 /// A ready egressd: listeners bound, state restored, config watched.
 pub struct App {
@@ -77,11 +79,15 @@ impl App {
             })?;
         let own_addrs = vec![listeners[0].local_addr()?, admin_listener.local_addr()?];
 
+        let metrics = Arc::new(Metrics::new());
+        let (store, database) = open_state(&config).await?;
+        let shared = database
+            .as_ref()
+            .map(|db| Arc::new(SharedAllowlist::new(db.clone(), Handle::current())));
         let mut policy = config.policy.clone();
-        let book = open_activation_book(&config, &mut policy)?;
+        let (book, shared_start) = open_activation_book(&config, &mut policy, shared).await?;
         // The policy and the client identities in force, one snapshot for every egress client.
         let snapshot = Snapshot::handle(policy, config.mtls.clone());
-        let metrics = Arc::new(Metrics::new());
         // Set at SIGTERM, before the listeners stop: readiness fails, keep-alive clients go.
         let draining = Draining::default();
         let registry = Arc::new(Registry::default());
@@ -141,10 +147,7 @@ impl App {
         rotator
             .watch(&config.mtls)
             .context("cannot watch the [[mtls]] certificate files")?;
-        let (store, database) = open_state(&config).await?;
-        if let Some(db) = &database {
-            tokio::spawn(watch_state_backend(db.clone(), metrics.clone()));
-        }
+
         let scheduler = Scheduler::new(
             store,
             schedule_egress.clone(),
@@ -188,7 +191,17 @@ impl App {
             metrics.clone(),
             config_text,
             after_swap,
+            shared_start,
         );
+        if let Some(shared) = reloader.shared() {
+            let changed = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(shared.clone().listen(changed.clone()));
+            tokio::spawn(follow_shared_state(
+                reloader.clone(),
+                changed,
+                metrics.clone(),
+            ));
+        }
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
         let admin = Arc::new(Admin {
             metrics,
@@ -387,28 +400,46 @@ async fn open_state(
     }
 }
 
-/// Checks the shared database every second: the `state_backend_up` metric, and the schema
-/// applied once a database that was away at start comes back.
-async fn watch_state_backend(db: Arc<Database>, metrics: Arc<Metrics>) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Follows the shared state: at each NOTIFY from another replica, and every second as the
+/// fallback, checks the change counter and swaps in what changed. The same round trip sets
+/// `egressd_state_backend_up`, and applies the schema once a database that was away at
+/// start comes back.
+async fn follow_shared_state(
+    reloader: Arc<Reloader>,
+    changed: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+) {
+    let Some(db) = reloader.shared().map(|s| s.database().clone()) else {
+        return;
+    };
     loop {
-        every.tick().await;
-        let up = db.ping().await.is_ok();
-        metrics.state_backend_up.set(up as i64);
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(SHARED_POLL) => {}
+        }
+        let reloader = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || reloader.refresh_shared(Trigger::Shared)).await;
+        metrics.state_backend_up.set(db.health().up as i64);
     }
 }
 
-/// Restores activation times from the state dir (creating it on first start), applies them to
-/// the start-up policy and writes the book back.
-fn open_activation_book(config: &Config, policy: &mut Policy) -> anyhow::Result<ActivationBook> {
+/// How often the shared state's change counter is polled when no NOTIFY came: an edit on
+/// another replica is in force here within this (plus one round trip).
+const SHARED_POLL: Duration = Duration::from_secs(1);
+
+/// Restores activation times from the state dir (creating it on first start) and, with the
+/// postgres backend, agrees on them with the other replicas and merges the shared entries
+/// in (from the local copy when the database is away); applies them to the start-up
+/// policy and writes the book back.
+async fn open_activation_book(
+    config: &Config,
+    policy: &mut Policy,
+    shared: Option<Arc<SharedAllowlist>>,
+) -> anyhow::Result<(ActivationBook, Option<SharedStart>)> {
     let dir = &config.proxy.state_dir;
-    let (book, opened) = ActivationBook::open(
-        Some(dir),
-        &policy.allowlist,
-        config.proxy.activation_delay,
-        SystemTime::now(),
-    );
+    let delay = config.proxy.activation_delay;
+    let now = SystemTime::now();
+    let (mut book, opened) = ActivationBook::open(Some(dir), &policy.allowlist, delay, now);
     match &opened {
         Opened::FirstStart => {
             tracing::info!(state_dir = %dir.display(), "first start: every configured pattern is active")
@@ -424,6 +455,34 @@ fn open_activation_book(config: &Config, policy: &mut Policy) -> anyhow::Result<
             "activation state is unreadable; every pattern starts its activation delay now"
         ),
     }
+    let mut shared_start = None;
+    if let Some(shared) = shared {
+        let patterns = policy.allowlist.patterns().to_vec();
+        let agreeing = shared.clone();
+        let (delay_ms, now_ms) = (delay.as_millis() as u64, crate::util::time::unix_ms(now));
+        let view =
+            tokio::task::spawn_blocking(move || agreeing.agree(&patterns, &[], delay_ms, now_ms))
+                .await
+                .context("agreeing on activation times")?;
+        let (entries, version, agreed, stale) = match view {
+            Ok(view) => (view.entries, view.version, Some(view.stamps), false),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the shared allowlist; serving the local copy in proxy.state_dir until the database answers");
+                (crate::state::local::load_entries(dir), 0, None, true)
+            }
+        };
+        policy.allowlist = policy.allowlist.with_shared(&entries);
+        book.update(&policy.allowlist, delay, now);
+        if let Some(agreed) = &agreed {
+            book.agree_with(agreed);
+        }
+        shared_start = Some(SharedStart {
+            allowlist: shared,
+            entries,
+            version,
+            stale,
+        });
+    }
     book.apply(&mut policy.allowlist, 0);
     book.persist().with_context(|| {
         format!(
@@ -431,7 +490,12 @@ fn open_activation_book(config: &Config, policy: &mut Policy) -> anyhow::Result<
             dir.display()
         )
     })?;
-    Ok(book)
+    if let Some(start) = &shared_start {
+        if let Err(err) = crate::state::local::save_entries(dir, &start.entries) {
+            tracing::warn!(error = %err, "cannot keep the local copy of the shared allowlist entries");
+        }
+    }
+    Ok((book, shared_start))
 }
 
 /// Lifts the open-files soft limit to the hard one and says when even that cannot carry

@@ -31,10 +31,14 @@ use notify::RecommendedWatcher;
 
 use super::config::Config;
 use crate::egress::revoke::Registry;
+use crate::egress::tls::MtlsTable;
 use crate::egress::{Snapshot, SnapshotHandle};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
+use crate::policy::allowlist::Pattern;
 use crate::policy::Policy;
+use crate::state::postgres::allowlist::{SharedAllowlist, SharedView};
+use crate::state::postgres::DbError;
 use crate::util::sync::lock;
 use crate::util::time::unix_ms;
 use crate::util::watch::{watch_files, WatchError};
@@ -51,6 +55,8 @@ pub enum Trigger {
     AdminEdit,
     /// The retry of a reload refused for unwritable activation state.
     Retry,
+    /// Another replica changed the shared state (an edit, an agreed activation time).
+    Shared,
 }
 
 impl Trigger {
@@ -61,6 +67,7 @@ impl Trigger {
             Trigger::Admin => "admin",
             Trigger::AdminEdit => "admin-edit",
             Trigger::Retry => "retry",
+            Trigger::Shared => "shared-state",
         }
     }
 }
@@ -110,6 +117,32 @@ pub struct Reloader {
     /// Set while the last reload was refused because activation state could not be written;
     /// the retry task reloads until it can.
     persist_failed: AtomicBool,
+    /// The allowlist's shared half (postgres backend): entries added from the console and
+    /// the activation times every replica agrees on.
+    shared: Option<Arc<SharedAllowlist>>,
+    /// Set while the shared state could not be read or written: the next refresh agrees
+    /// again (with the removals it missed).
+    shared_stale: AtomicBool,
+}
+
+/// The shared half as found at start.
+pub struct SharedStart {
+    pub allowlist: Arc<SharedAllowlist>,
+    pub entries: Vec<Pattern>,
+    pub version: i64,
+    /// The database was away at start: the entries are the local copy.
+    pub stale: bool,
+}
+
+/// A config file read and validated, or the file's policy in force when the shared state
+/// changed: what [`Reloader::apply`] puts in force.
+struct Parsed {
+    policy: Policy,
+    identities: Arc<MtlsTable>,
+    delay: Duration,
+    /// The file's text; `None` for a change of the shared state.
+    text: Option<String>,
+    parsed_in: Duration,
 }
 
 /// How often a reload refused for unwritable activation state is tried again.
@@ -121,10 +154,21 @@ struct Inner {
     /// The activation delay in force. A reload that shortens it still gives the entries it
     /// adds the longer one, so one edit cannot add an entry and skip its delay.
     delay: Duration,
+    /// The config file's policy as parsed, before shared entries are merged in: what a
+    /// change of the shared state is applied to.
+    file_policy: Policy,
+    /// The shared entries in force, and the change counter they were read at.
+    shared_entries: Vec<Pattern>,
+    shared_version: i64,
+    /// Patterns dropped from the file while the shared state was away, to be marked
+    /// removed there once it answers.
+    unmarked_removals: Vec<Pattern>,
 }
 
 impl Reloader {
-    /// Takes over the activation book opened at start-up.
+    /// Takes over the activation book opened at start-up, and the shared half of the
+    /// allowlist when there is one.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         book: ActivationBook,
@@ -133,8 +177,13 @@ impl Reloader {
         metrics: Arc<Metrics>,
         loaded_text: String,
         after_swap: AfterSwap,
+        shared: Option<SharedStart>,
     ) -> Arc<Self> {
         metrics.config_generation.set(1);
+        let (shared, entries, version, stale) = match shared {
+            Some(s) => (Some(s.allowlist), s.entries, s.version, s.stale),
+            None => (None, Vec::new(), 0, false),
+        };
         Arc::new(Reloader {
             path: config.path.clone(),
             snapshot,
@@ -145,6 +194,10 @@ impl Reloader {
                 book,
                 last_text: loaded_text,
                 delay: config.proxy.activation_delay,
+                file_policy: config.policy.clone(),
+                shared_entries: entries,
+                shared_version: version,
+                unmarked_removals: Vec::new(),
             }),
             status: Mutex::new(Status {
                 generation: 1,
@@ -154,7 +207,64 @@ impl Reloader {
             }),
             after_swap,
             persist_failed: AtomicBool::new(false),
+            shared,
+            shared_stale: AtomicBool::new(stale),
         })
+    }
+
+    /// The shared half of the allowlist, with the postgres backend.
+    pub fn shared(&self) -> Option<&Arc<SharedAllowlist>> {
+        self.shared.as_ref()
+    }
+
+    /// Whether `pattern` is a shared entry (added from the console or the API) rather than
+    /// one of the config file's.
+    pub fn is_shared_entry(&self, pattern: &Pattern) -> bool {
+        lock(&self.inner).shared_entries.contains(pattern)
+    }
+
+    /// Follows the shared state: when its change counter moved (or the last attempt
+    /// failed), reads the shared entries and agreed times and swaps them in. Blocking
+    /// (database round trips): call it from a blocking thread.
+    pub fn refresh_shared(&self, trigger: Trigger) -> Outcome {
+        let Some(shared) = self.shared.clone() else {
+            return Outcome::Unchanged;
+        };
+        let mut inner = lock(&self.inner);
+        let started = std::time::Instant::now();
+        let stale = self.shared_stale.load(Ordering::Relaxed);
+        match shared.version() {
+            Ok(version) if version == inner.shared_version && !stale => return Outcome::Unchanged,
+            Ok(_) => {}
+            Err(_) => return Outcome::Unchanged,
+        }
+        let file_policy = inner.file_policy.clone();
+        let patterns = file_policy.allowlist.patterns().to_vec();
+        let view = match stale {
+            // The last reload could not agree: agree now, with what it could not mark.
+            true => shared.agree(
+                &patterns,
+                &inner.unmarked_removals,
+                inner.delay.as_millis() as u64,
+                unix_ms(SystemTime::now()),
+            ),
+            false => shared.read(&patterns),
+        };
+        let identities = self.snapshot.load().identities.clone();
+        let delay = inner.delay;
+        self.apply(
+            &mut inner,
+            Parsed {
+                policy: file_policy,
+                identities,
+                delay,
+                text: None,
+                parsed_in: Duration::ZERO,
+            },
+            Some(view),
+            trigger,
+            started,
+        )
     }
 
     /// Whether the last reload was refused because activation state could not be written.
@@ -215,15 +325,89 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!(trigger = trigger.as_str(), "{warning}");
         }
-        let identities = Arc::new(config.mtls);
-        let mut policy = config.policy;
+        let removed_from_file: Vec<Pattern> = inner
+            .file_policy
+            .allowlist
+            .patterns()
+            .iter()
+            .filter(|p| !config.policy.allowlist.contains(p))
+            .cloned()
+            .collect();
+        let view = self.shared.as_ref().map(|shared| {
+            let mut removed = std::mem::take(&mut inner.unmarked_removals);
+            removed.extend(removed_from_file.iter().cloned());
+            let view = shared.agree(
+                config.policy.allowlist.patterns(),
+                &removed,
+                new_delay.max(inner.delay).as_millis() as u64,
+                unix_ms(now),
+            );
+            if view.is_err() {
+                inner.unmarked_removals = removed;
+            }
+            view
+        });
+        self.apply(
+            &mut inner,
+            Parsed {
+                policy: config.policy,
+                identities: Arc::new(config.mtls),
+                delay: new_delay,
+                text: Some(text),
+                parsed_in,
+            },
+            view,
+            trigger,
+            started,
+        )
+    }
+
+    /// Merges the shared entries into the file's policy, updates and persists activation
+    /// times (agreed ones win), swaps the snapshot and cuts what it no longer allows. A
+    /// refresh of the shared state (`parsed.text` none) that changes nothing swaps nothing.
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        parsed: Parsed,
+        view: Option<Result<SharedView, DbError>>,
+        trigger: Trigger,
+        started: std::time::Instant,
+    ) -> Outcome {
+        let now = SystemTime::now();
+        let Parsed {
+            policy: file_policy,
+            identities,
+            delay: new_delay,
+            text,
+            parsed_in,
+        } = parsed;
+        let (entries, agreed, version) = match view {
+            None => (Vec::new(), None, 0),
+            Some(Ok(view)) => {
+                self.shared_stale.store(false, Ordering::Relaxed);
+                (view.entries, Some(view.stamps), view.version)
+            }
+            Some(Err(err)) => {
+                if !self.shared_stale.swap(true, Ordering::Relaxed) {
+                    tracing::error!(trigger = trigger.as_str(), error = %err, "cannot agree on activation times with the shared state; added entries wait out their delay locally, removals act now, and the agreement is retried every second");
+                }
+                (inner.shared_entries.clone(), None, inner.shared_version)
+            }
+        };
+        let mut policy = file_policy.clone();
+        policy.allowlist = file_policy.allowlist.with_shared(&entries);
         let delay_for_added = new_delay.max(inner.delay);
         let mut book = inner.book.clone();
         let (added, removed) = book.update(&policy.allowlist, delay_for_added, now);
+        let times_changed = agreed.as_ref().is_some_and(|a| book.agree_with(a));
+        if text.is_none() && added.is_empty() && removed == 0 && !times_changed {
+            inner.shared_version = version;
+            return Outcome::Unchanged;
+        }
         // Written before the swap: a stop at any moment leaves a state file that records at
         // least every pattern in force, with its real times.
         let persist_started = std::time::Instant::now();
-        if !added.is_empty() || removed > 0 {
+        if !added.is_empty() || removed > 0 || times_changed {
             if let Err(err) = book.persist() {
                 self.metrics.state_persist_failures.inc();
                 self.persist_failed.store(true, Ordering::Relaxed);
@@ -237,10 +421,18 @@ impl Reloader {
                 );
             }
         }
+        if let (Some(_), Some(dir)) = (&self.shared, book.dir()) {
+            if let Err(err) = crate::state::local::save_entries(dir, &entries) {
+                tracing::warn!(error = %err, "cannot keep the local copy of the shared allowlist entries");
+            }
+        }
         let persisted_in = persist_started.elapsed();
         self.persist_failed.store(false, Ordering::Relaxed);
         inner.book = book;
         inner.delay = new_delay;
+        inner.file_policy = file_policy;
+        inner.shared_entries = entries;
+        inner.shared_version = version;
         inner.book.apply(&mut policy.allowlist, 0);
         let policy = Arc::new(policy);
         let next = Arc::new(Snapshot {
@@ -254,11 +446,15 @@ impl Reloader {
             status.generation += 1;
             status.loaded_at = now;
             status.activation_delay = new_delay;
-            status.last_error = None;
+            if text.is_some() {
+                status.last_error = None;
+            }
             (old, status.generation)
         };
         let effective_in = started.elapsed();
-        inner.last_text = text;
+        if let Some(text) = text {
+            inner.last_text = text;
+        }
 
         let revoked = self.registry.revoke_denied(&policy, unix_ms(now), |kind, target| {
             self.metrics.revoked(kind);
@@ -266,7 +462,6 @@ impl Reloader {
         });
         // Last: the new snapshot is in force and what it denies is cut, whatever a follower does.
         (self.after_swap)(&old, &next);
-        drop(inner);
         // The old policy is freed here, on this blocking thread, unless a request still holds
         // it: freeing a large index should not land on a proxy worker.
         drop(old);
@@ -397,6 +592,7 @@ mod tests {
                         panic!("a bug in a follower of the swap");
                     }
                 }),
+                None,
             );
             Fixture {
                 dir,

@@ -153,6 +153,19 @@ impl ActivationBook {
         (added, removed)
     }
 
+    /// Takes the times agreed with the other replicas for the patterns this book has;
+    /// returns whether any changed.
+    pub fn agree_with(&mut self, agreed: &HashMap<Pattern, Stamp>) -> bool {
+        let mut changed = false;
+        for (pattern, stamp) in &mut self.stamps {
+            if let Some(theirs) = agreed.get(pattern) {
+                changed |= stamp != theirs;
+                *stamp = *theirs;
+            }
+        }
+        changed
+    }
+
     pub fn len(&self) -> usize {
         self.stamps.len()
     }

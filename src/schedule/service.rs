@@ -405,12 +405,20 @@ impl Scheduler {
     /// Writes the outcome of a run this replica invoked, on a blocking thread. A failed
     /// write is logged: the run happened and is not repeated.
     async fn record(&self, id: &str, run: RunRecord) {
-        if let Err(err) = self.try_record(id, run).await {
-            tracing::error!(schedule = id, error = %err, "cannot record a run");
+        // Counted whether or not it can be written: the run happened.
+        self.metrics.schedule_run(id, run.state.as_str());
+        let owned = id.to_string();
+        match self
+            .blocking(move |store| store.record_run(&owned, run))
+            .await
+        {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(err) => tracing::error!(schedule = id, error = %err, "cannot record a run"),
         }
     }
 
-    /// Counts the run and writes it to the store, on a blocking thread; a schedule deleted
+    /// Writes a skipped or missed run to the store, on a blocking thread, and counts it once
+    /// written (a failed write is tried again by the next pass); a schedule deleted
     /// meanwhile is not an error.
     async fn try_record(&self, id: &str, run: RunRecord) -> Result<(), StoreError> {
         let owned = id.to_string();

@@ -8,6 +8,7 @@
 //! the request path waits for a backend: decisions read the policy in memory, which the
 //! backend only feeds.
 
+pub mod local;
 pub mod postgres;
 
 use std::fmt;

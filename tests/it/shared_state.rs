@@ -672,3 +672,106 @@ mod in_process {
         );
     }
 }
+
+/// A replica whose file allows `domains`, on `db`, with the activation delay `delay`,
+/// tunnelling to loopback port `port`.
+fn allowlist_replica(db: &TestDb, domains: &[&str], delay: &str, port: u16) -> EgressdBuilder {
+    let mut builder = egressd()
+        .proxy(&format!("activation_delay = \"{delay}\""))
+        .ports(&[port], &[port])
+        .table(&state_table(&db.url));
+    for name in ["file.test", "shared.test", "late.test"] {
+        builder = builder.dns(name, "127.0.0.1");
+    }
+    for domain in domains {
+        builder = builder.allow(domain);
+    }
+    builder
+}
+
+/// `GET /v1/allowlist`'s entry for `pattern`.
+async fn entry(replica: &Egressd, pattern: &str) -> Option<serde_json::Value> {
+    let (_, body) = replica.admin_get("/v1/allowlist").await;
+    json(&body)["entries"]
+        .as_array()?
+        .iter()
+        .find(|e| e["pattern"] == pattern)
+        .cloned()
+}
+
+/// The console's Add on one replica is in force on the other within two seconds, with the
+/// same activation time; the file's entries are shown as such and are not removable there;
+/// the bin icon's remove on the other replica cuts a tunnel open through the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_edit_on_one_replica_is_in_force_on_every_replica() {
+    use tokio::io::AsyncWriteExt;
+    let echo = echo_server().await;
+    let db = postgres::database();
+    let a = allowlist_replica(&db, &["file.test"], "0s", echo.port()).start();
+    let b = allowlist_replica(&db, &["file.test"], "0s", echo.port()).start();
+
+    let (status, answer) = a
+        .admin_json("POST", "/v1/allowlist", r#"{"domain": "shared.test"}"#)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    let on_b = eventually_within(
+        "the entry on the other replica",
+        Duration::from_secs(2),
+        || async { entry(&b, "shared.test").await },
+    )
+    .await;
+    let on_a = entry(&a, "shared.test").await.unwrap();
+    assert_eq!(on_a["active_at"], on_b["active_at"], "{on_a} {on_b}");
+    assert_eq!(on_b["source"], "shared");
+    assert_eq!(on_b["removable"], true);
+    let file_entry = entry(&b, "file.test").await.unwrap();
+    assert_eq!(
+        (&file_entry["source"], &file_entry["removable"]),
+        (&"file".into(), &false.into())
+    );
+    let (status, answer) = b.admin_json("DELETE", "/v1/allowlist/file.test", "").await;
+    assert_eq!(
+        status, 409,
+        "the file's entries are changed in the file: {answer}"
+    );
+    assert!(answer.contains("config file"), "{answer}");
+
+    let mut tunnel = open_tunnel(b.proxy, &format!("shared.test:{}", echo.port())).await;
+    tunnel.write_all(b"still open").await.unwrap();
+    let (status, answer) = a
+        .admin_json("DELETE", "/v1/allowlist/shared.test", "")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let cut = tokio::time::timeout(
+        Duration::from_secs(2),
+        read_to_close(&mut tunnel, "the tunnel"),
+    );
+    assert!(
+        cut.await.is_ok(),
+        "the removal on one replica cuts the tunnel through the other within 2 s"
+    );
+    assert_eq!(entry(&b, "shared.test").await, None);
+}
+
+/// Replicas agree on the activation time of an entry of their file: the one whose file
+/// gets it first writes it, the other takes it when its file catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_on_the_activation_time_of_a_file_entry() {
+    let echo = echo_server().await;
+    let db = postgres::database();
+    let a = allowlist_replica(&db, &["file.test"], "60s", echo.port()).start();
+    let b = allowlist_replica(&db, &["file.test", "late.test"], "60s", echo.port()).start();
+    let first = entry(&b, "late.test").await.unwrap();
+    assert_eq!(first["state"], "pending", "{first}");
+    assert_eq!(
+        entry(&a, "file.test").await.unwrap()["state"],
+        "active",
+        "the first start activates the file's entries at once"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.set_domains(&["file.test", "late.test"], Write::Rename);
+    a.wait_generation_above(1).await;
+    let later = entry(&a, "late.test").await.unwrap();
+    assert_eq!(later["active_at"], first["active_at"], "{later} {first}");
+    assert_eq!(later["added_at"], first["added_at"]);
+}

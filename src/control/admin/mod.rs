@@ -36,8 +36,10 @@ use super::reload::{Outcome, Reloader, Trigger};
 use super::rotate::Rotator;
 use super::trace::Auditor;
 use crate::metrics::Metrics;
+use crate::policy::allowlist::Pattern;
 use crate::policy::function::DeployState;
 use crate::schedule::service::Scheduler;
+use crate::state::postgres::allowlist::{SharedAllowlist, SharedEditError};
 use crate::util::body::{text_response, HttpBody};
 use crate::util::drain::Draining;
 use crate::util::listener::accept;
@@ -246,6 +248,8 @@ impl Admin {
         let (policy, status) = self.reloader.snapshot();
         let list = &policy.allowlist;
         let now = unix_ms(SystemTime::now());
+        let shared_backend = self.reloader.shared().is_some();
+        let file_writable = self.editor.writable();
         let entries = list
             .patterns()
             .iter()
@@ -253,7 +257,10 @@ impl Admin {
             .map(|(id, pattern)| {
                 let key = pattern.to_string();
                 let active_at = list.active_at(id as u32);
+                let shared = shared_backend && self.reloader.is_shared_entry(pattern);
                 EntryView {
+                    source: if shared { "shared" } else { "file" },
+                    removable: shared || (!shared_backend && file_writable.is_ok()),
                     added_at: list.added_at(id as u32).map(format_utc),
                     pattern: key,
                     kind: pattern_kind(pattern),
@@ -267,7 +274,12 @@ impl Admin {
                 }
             })
             .collect();
-        let writable = self.editor.writable();
+        // With the postgres backend the console edits the shared allowlist, whatever the
+        // file's mount; the file's own entries are changed in the file.
+        let writable = match shared_backend {
+            true => Ok(()),
+            false => file_writable,
+        };
         AllowlistView {
             now: format_utc(now),
             editable: writable.is_ok(),
@@ -387,6 +399,9 @@ impl Admin {
                 }
             }
         };
+        if let Some(shared) = self.reloader.shared().cloned() {
+            return self.edit_shared(shared, entry, action).await;
+        }
         let reloader = self.reloader.clone();
         let editor = self.editor.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -414,6 +429,87 @@ impl Admin {
             }
         };
         tracing::info!(entry = %pattern, action = action.as_str(), "allowlist edited through the admin API");
+        let (status, reload) = reload_view(outcome, self.reloader.status().generation);
+        let status = if status == StatusCode::OK && action == EditAction::Add {
+            StatusCode::CREATED
+        } else {
+            status
+        };
+        json(
+            status,
+            &EditView {
+                entry: pattern.to_string(),
+                action: action.as_str(),
+                reload,
+            },
+        )
+    }
+
+    /// An edit of the shared allowlist (postgres backend): the entry is added to or removed
+    /// from the database, then this replica follows at once (the others on NOTIFY or
+    /// their next poll). The config file's entries are not removable here.
+    async fn edit_shared(
+        &self,
+        shared: Arc<SharedAllowlist>,
+        entry: String,
+        action: EditAction,
+    ) -> Response<HttpBody> {
+        let pattern = match Pattern::parse(entry.trim()) {
+            Ok(pattern) => pattern,
+            Err(err) => {
+                return api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{:?}: {err}", entry.trim()),
+                    Some("domain"),
+                )
+            }
+        };
+        let in_file = {
+            let (policy, _) = self.reloader.snapshot();
+            policy.allowlist.contains(&pattern) && !self.reloader.is_shared_entry(&pattern)
+        };
+        if in_file {
+            let where_ = self.reloader.path().display();
+            let message = match action {
+                EditAction::Add => format!("{pattern} is in the config file {where_} already"),
+                EditAction::Remove => format!(
+                    "{pattern} is in the config file {where_}; remove it there (the console removes only entries added here)"
+                ),
+            };
+            return api_error(StatusCode::CONFLICT, message, Some("domain"));
+        }
+        let reloader = self.reloader.clone();
+        let edited = pattern.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = unix_ms(SystemTime::now());
+            let delay = reloader.status().activation_delay.as_millis() as u64;
+            let done = match action {
+                EditAction::Add => shared.add(&edited, delay, now, "admin-api"),
+                EditAction::Remove => shared.remove(&edited, now),
+            };
+            done.map(|()| reloader.refresh_shared(Trigger::AdminEdit))
+        })
+        .await
+        .expect("the edit task does not panic");
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(SharedEditError::Duplicate(e)) => {
+                return api_error(
+                    StatusCode::CONFLICT,
+                    format!("{e} is on the allowlist already"),
+                    Some("domain"),
+                )
+            }
+            Err(SharedEditError::NotFound(e)) => {
+                return api_error(
+                    StatusCode::NOT_FOUND,
+                    format!("{e} is not on the allowlist"),
+                    Some("domain"),
+                )
+            }
+            Err(SharedEditError::Db(err)) => return state_unavailable(&err.to_string()),
+        };
+        tracing::info!(entry = %pattern, action = action.as_str(), "shared allowlist edited through the admin API");
         let (status, reload) = reload_view(outcome, self.reloader.status().generation);
         let status = if status == StatusCode::OK && action == EditAction::Add {
             StatusCode::CREATED

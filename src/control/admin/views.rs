@@ -36,6 +36,12 @@ pub(super) struct EntryView {
     pub added_at: Option<String>,
     pub active_at: String,
     pub line: Option<u32>,
+    /// `file` (the config file, at `line`) or `shared` (added from the console or the
+    /// API with the postgres backend, shared by every replica).
+    pub source: &'static str,
+    /// Whether the console may remove it: shared entries, or the file's when the console
+    /// edits the file.
+    pub removable: bool,
 }
 
 /// `GET /v1/mtls`: what each client identity is, never key material.

@@ -129,6 +129,11 @@ async function loadStatus() {
   $("version").textContent = `v${s.version}`;
   $("generation").textContent = `config generation ${s.generation}`;
   $("activation-delay").textContent = humanDelay(s.activation_delay_secs);
+  $("state-backend").textContent = s.state.backend === "postgres" ? `shared state ${s.state.database}` : "";
+  const down = $("state-down");
+  down.hidden = s.state.up;
+  down.textContent = s.state.up ? "" : "Shared state unavailable: serving with the last state; changes are refused";
+  down.title = s.state.error || "";
   $("token-button").hidden = !s.token_required;
   if (s.token_required && !sessionStorage.getItem(TOKEN_KEY)) {
     askForToken("This egressd requires an admin token for changes.");
@@ -363,8 +368,9 @@ async function loadAllowlist() {
       el("td", { class: "mono" }, e.pattern),
       el("td", {}, e.kind),
       stateCell,
-      el("td", { class: "mono" }, e.line ? `line ${e.line}` : "—"),
-      el("td", { class: "actions" }, a.editable
+      el("td", { class: "mono", title: e.source === "shared" ? "Added here; shared by every replica" : "In the config file; change it there" },
+        e.source === "shared" ? "added here" : (e.line ? `file, line ${e.line}` : "file")),
+      el("td", { class: "actions" }, a.editable && e.removable
         ? confirmButton("", "Remove?", `Remove ${e.pattern}`, async () => {
           await api("DELETE", `/v1/allowlist/${encodeURIComponent(e.pattern)}`);
           await loadAllowlist();

@@ -87,6 +87,16 @@ impl Allowlist {
         &self.patterns
     }
 
+    /// This list with `shared` added after it (entries from the shared state, with no
+    /// config line); patterns already on it are not added twice.
+    pub fn with_shared<'a>(&self, shared: impl IntoIterator<Item = &'a Pattern>) -> Allowlist {
+        let mut merged = self.clone();
+        for pattern in shared {
+            merged.insert(pattern.clone(), 0);
+        }
+        merged
+    }
+
     pub fn len(&self) -> usize {
         self.patterns.len()
     }

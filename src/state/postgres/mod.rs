@@ -6,6 +6,7 @@
 //! into [`DbError`] quickly, which callers report as "state unavailable" and retry; it never
 //! holds a proxied request, since none waits for it.
 
+pub mod allowlist;
 pub mod schedules;
 pub mod schema;
 
@@ -258,6 +259,29 @@ impl Database {
     }
 
     /// `work` within [`OP_TIMEOUT`].
+    /// A connection outside the pool with its connection half returned undriven, for LISTEN
+    /// (the caller polls it for notifications).
+    pub async fn connect_raw(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
+        ),
+        DbError,
+    > {
+        let connecting = self.pg.connect(self.tls.clone());
+        tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
+            .await
+            .map_err(|_| DbError::Timeout(CONNECT_TIMEOUT * 2))?
+            .map_err(|e| DbError::from_pg(&self.target, e))
+    }
+
     /// `work` within [`OP_TIMEOUT`], once the schema is current; the outcome updates
     /// [`Database::health`].
     pub async fn timed<T>(

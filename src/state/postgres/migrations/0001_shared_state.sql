@@ -42,3 +42,12 @@ CREATE TABLE egressd_allowlist (
     added_at    timestamptz NOT NULL DEFAULT now(),
     added_by    text NOT NULL
 );
+
+-- One row: bumped by every change to the two tables above, so replicas poll one number
+-- (and LISTEN egressd_state) instead of re-reading every entry. 0: activation times never
+-- recorded yet (the first replica's start activates the file's entries at once).
+CREATE TABLE egressd_changes (
+    id       integer PRIMARY KEY CHECK (id = 1),
+    version  bigint NOT NULL
+);
+INSERT INTO egressd_changes (id, version) VALUES (1, 0);
