@@ -775,3 +775,128 @@ async fn replicas_agree_on_the_activation_time_of_a_file_entry() {
     assert_eq!(later["active_at"], first["active_at"], "{later} {first}");
     assert_eq!(later["added_at"], first["added_at"]);
 }
+
+/// Keep-alive GETs through `addr` until `stop`, reconnecting after a response that says
+/// `Connection: close` (as real clients do), and on a connection closed between requests
+/// before anything was sent. Returns (ok, the failures).
+fn keep_alive_client(
+    addr: std::net::SocketAddr,
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let request = http_get(&format!("fn.test:{port}"), "/ping");
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut stream: Option<tokio::net::TcpStream> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let conn = match stream.as_mut() {
+                Some(conn) => conn,
+                None => match tokio::net::TcpStream::connect(addr).await {
+                    Ok(conn) => stream.insert(conn),
+                    Err(err) => {
+                        failed.push(format!("connect: {err}"));
+                        continue;
+                    }
+                },
+            };
+            if let Err(err) = conn.write_all(request.as_bytes()).await {
+                failed.push(format!("write: {err}"));
+                stream = None;
+                continue;
+            }
+            // The head, then the Content-Length body.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            let complete = loop {
+                match conn.read(&mut byte).await {
+                    Ok(1) => {
+                        head.push(byte[0]);
+                        if head.ends_with(b"\r\n\r\n") {
+                            break true;
+                        }
+                    }
+                    _ => break false,
+                }
+            };
+            let head = String::from_utf8_lossy(&head).to_string();
+            if !complete {
+                failed.push(format!("no response on a kept-alive connection: {head:?}"));
+                stream = None;
+                continue;
+            }
+            let len: usize = header(&head, "content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            if conn.read_exact(&mut body).await.is_err() {
+                failed.push("a cut body".into());
+                stream = None;
+                continue;
+            }
+            match head.starts_with("HTTP/1.1 200") {
+                true => ok += 1,
+                false => failed.push(head.lines().next().unwrap_or("").to_string()),
+            }
+            if header(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                stream = None;
+            }
+        }
+        (ok, failed)
+    })
+}
+
+/// A rolling restart of three replicas behind a balancer that follows `/readyz`, as a
+/// Deployment with `maxUnavailable: 0` does it: a new replica starts, is ready, and only then
+/// is an old one sent SIGTERM. Clients on keep-alive connections see no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_behind_a_balancer_fails_no_request() {
+    use crate::support::balancer::Balancer;
+    let (port, _) = function_server().await;
+    let db = postgres::database();
+    let builder = || replica(port, &db).drain_delay("1s");
+    let balancer = Balancer::start().await;
+    let mut replicas: Vec<Egressd> = (0..3).map(|_| builder().start()).collect();
+    for r in &replicas {
+        balancer.add(r.proxy, r.admin);
+    }
+    for r in &replicas {
+        let proxy = r.proxy;
+        eventually("every replica ready", || async {
+            balancer.is_ready(proxy).then_some(())
+        })
+        .await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| keep_alive_client(balancer.addr, port, stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let fresh = builder().start();
+        balancer.add(fresh.proxy, fresh.admin);
+        let proxy = fresh.proxy;
+        eventually("the new replica ready", || async {
+            balancer.is_ready(proxy).then_some(())
+        })
+        .await;
+        let mut old = replicas.remove(0);
+        old.signal("TERM");
+        assert_eq!(
+            old.wait_exit().await,
+            Some(0),
+            "a clean exit after the drain"
+        );
+        balancer.remove(old.proxy);
+        replicas.push(fresh);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+        total += ok;
+    }
+    assert!(total > 100, "the clients ran: {total} requests");
+}

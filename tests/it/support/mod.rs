@@ -4,6 +4,7 @@
 //! `allow_private_cidrs = ["127.0.0.0/8"]` so loopback origins are reachable.
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod mtls;
 pub mod postgres;
 
