@@ -22,6 +22,7 @@
 //! removal of the config file or of `..data` — never accesses (each reload reads the file,
 //! and counting that read would reload forever) and never other files in the directory.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,9 @@ pub struct Status {
     pub activation_delay: Duration,
     /// The last failed reload, until a good one clears it.
     pub last_error: Option<(String, SystemTime)>,
+    /// The shared entries in force (postgres backend): the console shows them as added
+    /// there, and only they can be removed there.
+    pub shared_entries: Arc<HashSet<Pattern>>,
 }
 
 /// The result of one reload attempt.
@@ -184,6 +188,7 @@ impl Reloader {
             Some(s) => (Some(s.allowlist), s.entries, s.version, s.stale),
             None => (None, Vec::new(), 0, false),
         };
+        let shared_set = Arc::new(entries.iter().cloned().collect());
         Arc::new(Reloader {
             path: config.path.clone(),
             snapshot,
@@ -204,6 +209,7 @@ impl Reloader {
                 loaded_at: SystemTime::now(),
                 activation_delay: config.proxy.activation_delay,
                 last_error: None,
+                shared_entries: shared_set,
             }),
             after_swap,
             persist_failed: AtomicBool::new(false),
@@ -217,11 +223,6 @@ impl Reloader {
         self.shared.as_ref()
     }
 
-    /// Whether `pattern` is a shared entry (added from the console or the API) rather than
-    /// one of the config file's.
-    pub fn is_shared_entry(&self, pattern: &Pattern) -> bool {
-        lock(&self.inner).shared_entries.contains(pattern)
-    }
 
     /// Follows the shared state: when its change counter moved (or the last attempt
     /// failed), reads the shared entries and agreed times and swaps them in. Blocking
@@ -440,12 +441,14 @@ impl Reloader {
             identities,
         });
 
+        let shared_set = Arc::new(inner.shared_entries.iter().cloned().collect());
         let (old, generation) = {
             let mut status = lock(&self.status);
             let old = self.snapshot.swap(next.clone());
             status.generation += 1;
             status.loaded_at = now;
             status.activation_delay = new_delay;
+            status.shared_entries = shared_set;
             if text.is_some() {
                 status.last_error = None;
             }

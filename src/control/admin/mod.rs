@@ -250,6 +250,7 @@ impl Admin {
         let now = unix_ms(SystemTime::now());
         let shared_backend = self.reloader.shared().is_some();
         let file_writable = self.editor.writable();
+        let shared_entries = status.shared_entries.clone();
         let entries = list
             .patterns()
             .iter()
@@ -257,7 +258,7 @@ impl Admin {
             .map(|(id, pattern)| {
                 let key = pattern.to_string();
                 let active_at = list.active_at(id as u32);
-                let shared = shared_backend && self.reloader.is_shared_entry(pattern);
+                let shared = shared_backend && shared_entries.contains(pattern);
                 EntryView {
                     source: if shared { "shared" } else { "file" },
                     removable: shared || (!shared_backend && file_writable.is_ok()),
@@ -465,8 +466,8 @@ impl Admin {
             }
         };
         let in_file = {
-            let (policy, _) = self.reloader.snapshot();
-            policy.allowlist.contains(&pattern) && !self.reloader.is_shared_entry(&pattern)
+            let (policy, status) = self.reloader.snapshot();
+            policy.allowlist.contains(&pattern) && !status.shared_entries.contains(&pattern)
         };
         if in_file {
             let where_ = self.reloader.path().display();
