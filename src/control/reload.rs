@@ -223,7 +223,6 @@ impl Reloader {
         self.shared.as_ref()
     }
 
-
     /// Follows the shared state: when its change counter moved (or the last attempt
     /// failed), reads the shared entries and agreed times and swaps them in. Blocking
     /// (database round trips): call it from a blocking thread.

@@ -42,6 +42,18 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A schedule as created from `new` at `now`, with no runs yet.
+    pub fn new(id: String, new: NewSchedule, now: DateTime<Utc>) -> Schedule {
+        Schedule {
+            id,
+            function: new.function,
+            cron: new.cron.to_string(),
+            payload: new.payload,
+            created_at: now,
+            runs: VecDeque::new(),
+        }
+    }
+
     pub fn last_run(&self) -> Option<&RunRecord> {
         self.runs.back()
     }
@@ -302,14 +314,7 @@ impl ScheduleStore for FileStore {
             if schedules.len() >= MAX_SCHEDULES {
                 return Err(StoreError::LimitReached);
             }
-            let schedule = Schedule {
-                id: new_id(),
-                function: new.function,
-                cron: new.cron.to_string(),
-                payload: new.payload,
-                created_at: now,
-                runs: VecDeque::new(),
-            };
+            let schedule = Schedule::new(new_id(), new, now);
             schedules.insert(schedule.id.clone(), schedule.clone());
             Ok(schedule)
         })

@@ -575,7 +575,7 @@ async fn an_https_function_is_invoked_over_verified_tls() {
 // downtime in milliseconds. The store, the egress client and the function server are the
 // real ones, over loopback.
 
-mod on_a_test_clock {
+pub(crate) mod on_a_test_clock {
     use super::*;
     use chrono::{DateTime, Utc};
     use egressd::control::config::Config;
@@ -602,15 +602,18 @@ mod on_a_test_clock {
         served: tokio::task::JoinHandle<()>,
     }
 
-    fn start(dir: &std::path::Path, port: u16, clock: &ManualClock) -> Running {
+    /// An egress client allowing `refresh-token` at the function server on `port`, as a
+    /// scheduler in this process uses it.
+    pub(crate) fn function_egress(port: u16) -> EgressClient {
         let text = format!(
             "[proxy]\nallow_private_cidrs = [\"127.0.0.0/8\"]\nhttp_ports = [{port}]\n\
              [dns]\noverrides = {{ \"fn.test\" = \"127.0.0.1\" }}\n\
              [[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
              [allowlist]\ndomains = [\"fn.test\"]\n"
         );
-        let config = Config::parse(&dir.join("egressd.toml"), &text).expect("a valid config");
-        let egress = EgressClient::new(
+        let config =
+            Config::parse(std::path::Path::new("egressd.toml"), &text).expect("a valid config");
+        EgressClient::new(
             Snapshot::handle(config.policy.clone(), config.mtls.clone()),
             DnsResolver::new(&config.dns),
             vec![],
@@ -618,7 +621,11 @@ mod on_a_test_clock {
                 connect_timeout: Duration::from_secs(5),
                 response_header_timeout: Duration::from_secs(60),
             },
-        );
+        )
+    }
+
+    fn start(dir: &std::path::Path, port: u16, clock: &ManualClock) -> Running {
+        let egress = function_egress(port);
         let store = FileStore::open(dir).expect("the store opens");
         let scheduler = Scheduler::new(
             Arc::new(store),

@@ -50,6 +50,16 @@ fn check_with_state(state: &str) -> (i32, String) {
     )
 }
 
+/// A database whose schema a newer egressd wrote: its version table says 99.
+fn newer_schema() -> TestDb {
+    let db = postgres::database();
+    db.execute(
+        "CREATE TABLE egressd_schema (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO egressd_schema (version, name) VALUES (99, 'from the future');",
+    );
+    db
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -57,12 +67,7 @@ fn json(body: &str) -> serde_json::Value {
 #[test]
 fn check_reports_the_database_and_its_schema() {
     let fresh = postgres::database();
-    let newer = postgres::database();
-    // A schema from a newer egressd: its version table says 99.
-    newer.execute(
-        "CREATE TABLE egressd_schema (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO egressd_schema (version, name) VALUES (99, 'from the future');",
-    );
+    let newer = newer_schema();
     let closed = closed_port();
     let missing = format!(
         "postgres://{0}:{1}@127.0.0.1:{2}/no_such_db",
@@ -134,11 +139,7 @@ fn check_reports_the_database_and_its_schema() {
 #[tokio::test]
 async fn a_database_egressd_cannot_use_stops_the_start_and_writes_nothing() {
     let (port, _) = function_server().await;
-    let newer = postgres::database();
-    newer.execute(
-        "CREATE TABLE egressd_schema (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO egressd_schema (version, name) VALUES (99, 'from the future');",
-    );
+    let newer = newer_schema();
     let fresh = postgres::database();
     // (name, url, words in the error)
     let cases = [
@@ -291,33 +292,6 @@ async fn three_replicas_invoke_each_tick_once_even_when_one_is_killed() {
     }
 }
 
-/// Keep-alive GETs through `proxy` to the function server until `stop`: (ok, failed).
-fn request_loop(
-    proxy: std::net::SocketAddr,
-    port: u16,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
-    use tokio::io::AsyncWriteExt;
-    tokio::spawn(async move {
-        let request = http_get(&format!("fn.test:{port}"), "/ping");
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if stream.write_all(request.as_bytes()).await.is_err() {
-                stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-                continue;
-            }
-            let response = read_response(&mut stream).await;
-            match response.starts_with("HTTP/1.1 200") {
-                true => ok += 1,
-                false => failed.push(response.lines().next().unwrap_or("").to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    })
-}
-
 /// The database stopped with `pg_ctl stop -m immediate` while two replicas serve, then
 /// started again: allowed requests keep passing through all of it; admin writes are refused
 /// with 503 `state-unavailable` while it is away and the status and the metric say so; once
@@ -339,7 +313,7 @@ async fn a_database_outage_fails_no_request_and_fires_nothing_twice() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loads: Vec<_> = replicas
         .iter()
-        .map(|r| request_loop(r.proxy, port, stop.clone()))
+        .map(|r| keep_alive_client(r.proxy, port, stop.clone()))
         .collect();
 
     server.stop_immediately();
@@ -416,9 +390,6 @@ async fn a_database_outage_fails_no_request_and_fires_nothing_twice() {
 mod in_process {
     use super::*;
     use chrono::{DateTime, Utc};
-    use egressd::control::config::Config;
-    use egressd::egress::resolve::DnsResolver;
-    use egressd::egress::{EgressClient, EgressOptions, Snapshot};
     use egressd::metrics::Metrics;
     use egressd::schedule::clock::ManualClock;
     use egressd::schedule::service::Scheduler;
@@ -455,25 +426,9 @@ mod in_process {
     }
 
     async fn start(db: &TestDb, name: &str, port: u16, clock: &ManualClock) -> Replica {
-        let text = format!(
-            "[proxy]\nallow_private_cidrs = [\"127.0.0.0/8\"]\nhttp_ports = [{port}]\n\
-             [dns]\noverrides = {{ \"fn.test\" = \"127.0.0.1\" }}\n\
-             [[functions]]\nname = \"refresh-token\"\nstate = \"productive\"\nurl = \"http://fn.test:{port}/invoke\"\n\
-             [allowlist]\ndomains = [\"fn.test\"]\n"
-        );
-        let config = Config::parse(std::path::Path::new("egressd.toml"), &text).unwrap();
-        let egress = EgressClient::new(
-            Snapshot::handle(config.policy.clone(), config.mtls.clone()),
-            DnsResolver::new(&config.dns),
-            vec![],
-            EgressOptions {
-                connect_timeout: Duration::from_secs(5),
-                response_header_timeout: Duration::from_secs(60),
-            },
-        );
         let scheduler = Scheduler::new(
             open_store(db, name).await,
-            Arc::new(egress),
+            Arc::new(crate::schedules::on_a_test_clock::function_egress(port)),
             Duration::from_secs(30),
             Arc::new(Metrics::new()),
             Arc::new(clock.clone()),

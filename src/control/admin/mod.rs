@@ -430,6 +430,17 @@ impl Admin {
             }
         };
         tracing::info!(entry = %pattern, action = action.as_str(), "allowlist edited through the admin API");
+        self.edit_answer(&pattern, action, outcome)
+    }
+
+    /// What an edit answers: the entry, the action and the reload that put it in force
+    /// (201 for an add that went through).
+    fn edit_answer(
+        &self,
+        pattern: &Pattern,
+        action: EditAction,
+        outcome: Outcome,
+    ) -> Response<HttpBody> {
         let (status, reload) = reload_view(outcome, self.reloader.status().generation);
         let status = if status == StatusCode::OK && action == EditAction::Add {
             StatusCode::CREATED
@@ -511,20 +522,7 @@ impl Admin {
             Err(SharedEditError::Db(err)) => return state_unavailable(&err.to_string()),
         };
         tracing::info!(entry = %pattern, action = action.as_str(), "shared allowlist edited through the admin API");
-        let (status, reload) = reload_view(outcome, self.reloader.status().generation);
-        let status = if status == StatusCode::OK && action == EditAction::Add {
-            StatusCode::CREATED
-        } else {
-            status
-        };
-        json(
-            status,
-            &EditView {
-                entry: pattern.to_string(),
-                action: action.as_str(),
-                reload,
-            },
-        )
+        self.edit_answer(&pattern, action, outcome)
     }
 
     async fn trace(&self, req: Request<Incoming>, route: &Route) -> Response<HttpBody> {

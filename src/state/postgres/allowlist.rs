@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Database, DbError};
+use super::{snapshot, Database, DbError};
 use crate::policy::activation::Stamp;
 use crate::policy::allowlist::Pattern;
 
@@ -66,21 +66,15 @@ impl SharedAllowlist {
 
     /// The change counter: cheap enough to poll every second.
     pub fn version(&self) -> Result<i64, DbError> {
-        let db = &self.db;
-        self.runtime.block_on(db.timed(async {
-            let client = db.client().await?;
-            let row = client
-                .query_one("SELECT version FROM egressd_changes WHERE id = 1", &[])
-                .await
-                .map_err(|e| db.error(e))?;
-            Ok(row.get(0))
-        }))
+        self.runtime
+            .block_on(self.db.run(async |client| version(&*client).await))
     }
 
-    /// Agrees on the activation times of `patterns` (this replica's merged allowlist): rows
+    /// Agrees on the activation times of `patterns` (this replica's file entries): rows
     /// that exist are taken, missing ones are written (`now + delay`, or `now` at the very
-    /// first agreement), and `removed` (patterns this replica just dropped) are marked so a
-    /// later add starts over. Returns the shared entries and the agreed times.
+    /// first agreement), and `removed` (patterns this replica just dropped from its file)
+    /// are marked so a later add starts over. Returns the shared entries and the agreed
+    /// times of `patterns` and the entries.
     pub fn agree(
         &self,
         patterns: &[Pattern],
@@ -90,33 +84,24 @@ impl SharedAllowlist {
     ) -> Result<SharedView, DbError> {
         let texts: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
         let removed: Vec<String> = removed.iter().map(|p| p.to_string()).collect();
-        let db = &self.db;
-        self.runtime.block_on(db.timed(async {
-            let mut client = db.client().await?;
-            let pg = |e| db.error(e);
-            let tx = client.transaction().await.map_err(pg)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOWLIST_LOCK])
-                .await
-                .map_err(pg)?;
-            let version: i64 = tx
-                .query_one("SELECT version FROM egressd_changes WHERE id = 1", &[])
-                .await
-                .map_err(pg)?
-                .get(0);
+        self.runtime.block_on(self.db.run(async |client| {
+            let tx = locked(client).await?;
+            let version = version(&tx).await?;
             let now = now_ms as i64;
             let active_at = if version == 0 {
                 now
             } else {
                 now + delay_ms as i64
             };
+            // A pattern that is also a shared entry stays in force: not marked.
             let mut changed = tx
                 .execute(
                     "UPDATE egressd_activation SET removed_at = $2
-                     WHERE pattern = ANY($1) AND removed_at IS NULL",
+                     WHERE pattern = ANY($1) AND removed_at IS NULL
+                       AND pattern NOT IN (SELECT pattern FROM egressd_allowlist)",
                     &[&removed, &now],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             changed += tx
                 .execute(
                     "INSERT INTO egressd_activation (pattern, added_at, active_at)
@@ -127,15 +112,13 @@ impl SharedAllowlist {
                      WHERE egressd_activation.removed_at IS NOT NULL",
                     &[&texts, &now, &active_at],
                 )
-                .await
-                .map_err(pg)?;
-            let version = if changed > 0 || version == 0 {
-                bump(&tx).await.map_err(pg)?
-            } else {
-                version
+                .await?;
+            let version = match changed > 0 || version == 0 {
+                true => bump(&tx).await?,
+                false => version,
             };
-            let view = read_view(&tx, &texts, version).await.map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
+            let view = read_view(&tx, &texts, version).await?;
+            tx.commit().await?;
             Ok(view)
         }))
     }
@@ -143,25 +126,11 @@ impl SharedAllowlist {
     /// The entries and the times of `patterns` and of the entries, as they are now.
     pub fn read(&self, patterns: &[Pattern]) -> Result<SharedView, DbError> {
         let texts: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
-        let db = &self.db;
-        self.runtime.block_on(db.timed(async {
-            let mut client = db.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(|e| db.error(e))?;
-            let version: i64 = tx
-                .query_one("SELECT version FROM egressd_changes WHERE id = 1", &[])
-                .await
-                .map_err(|e| db.error(e))?
-                .get(0);
-            let view = read_view(&tx, &texts, version)
-                .await
-                .map_err(|e| db.error(e))?;
-            tx.commit().await.map_err(|e| db.error(e))?;
+        self.runtime.block_on(self.db.run(async |client| {
+            let tx = snapshot(client).await?;
+            let version = version(&tx).await?;
+            let view = read_view(&tx, &texts, version).await?;
+            tx.commit().await?;
             Ok(view)
         }))
     }
@@ -175,22 +144,15 @@ impl SharedAllowlist {
         by: &str,
     ) -> Result<(), SharedEditError> {
         let text = pattern.to_string();
-        let db = &self.db;
-        let added = self.runtime.block_on(db.timed(async {
-            let mut client = db.client().await?;
-            let pg = |e| db.error(e);
-            let tx = client.transaction().await.map_err(pg)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOWLIST_LOCK])
-                .await
-                .map_err(pg)?;
+        let added = self.runtime.block_on(self.db.run(async |client| {
+            let tx = locked(client).await?;
             let inserted = tx
                 .execute(
                     "INSERT INTO egressd_allowlist (pattern, added_by) VALUES ($1, $2)
                      ON CONFLICT (pattern) DO NOTHING",
                     &[&text, &by],
                 )
-                .await
-                .map_err(pg)?;
+                .await?;
             if inserted == 0 {
                 return Ok(false);
             }
@@ -204,10 +166,9 @@ impl SharedAllowlist {
                  WHERE egressd_activation.removed_at IS NOT NULL",
                 &[&text, &now, &(now + delay_ms as i64)],
             )
-            .await
-            .map_err(pg)?;
-            bump(&tx).await.map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
+            .await?;
+            bump(&tx).await?;
+            tx.commit().await?;
             Ok(true)
         }))?;
         match added {
@@ -216,23 +177,16 @@ impl SharedAllowlist {
         }
     }
 
-    /// Removes a shared entry; its activation row is marked removed. `in_force_elsewhere`
-    /// is false: a replica whose file has the pattern writes its row back on its next
-    /// agreement, with the delay starting over (the safe side).
+    /// Removes a shared entry and marks its activation row removed, so adding it again
+    /// starts the delay over. A replica whose file also lists the pattern keeps it, with
+    /// the times it has.
     pub fn remove(&self, pattern: &Pattern, now_ms: u64) -> Result<(), SharedEditError> {
         let text = pattern.to_string();
-        let db = &self.db;
-        let removed = self.runtime.block_on(db.timed(async {
-            let mut client = db.client().await?;
-            let pg = |e| db.error(e);
-            let tx = client.transaction().await.map_err(pg)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOWLIST_LOCK])
-                .await
-                .map_err(pg)?;
+        let removed = self.runtime.block_on(self.db.run(async |client| {
+            let tx = locked(client).await?;
             let deleted = tx
                 .execute("DELETE FROM egressd_allowlist WHERE pattern = $1", &[&text])
-                .await
-                .map_err(pg)?;
+                .await?;
             if deleted == 0 {
                 return Ok(false);
             }
@@ -240,10 +194,9 @@ impl SharedAllowlist {
                 "UPDATE egressd_activation SET removed_at = $2 WHERE pattern = $1",
                 &[&text, &(now_ms as i64)],
             )
-            .await
-            .map_err(pg)?;
-            bump(&tx).await.map_err(pg)?;
-            tx.commit().await.map_err(pg)?;
+            .await?;
+            bump(&tx).await?;
+            tx.commit().await?;
             Ok(true)
         }))?;
         match removed {
@@ -296,6 +249,26 @@ impl SharedAllowlist {
 }
 
 use std::future::Future;
+
+/// A transaction holding the allowlist lock: changes to entries and times, one at a time.
+async fn locked(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ALLOWLIST_LOCK])
+        .await?;
+    Ok(tx)
+}
+
+/// The change counter, `egressd_changes.version`.
+async fn version(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT version FROM egressd_changes WHERE id = 1", &[])
+        .await?;
+    Ok(row.get(0))
+}
 
 /// Bumps the change counter and notifies the other replicas (delivered at commit).
 async fn bump(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, tokio_postgres::Error> {

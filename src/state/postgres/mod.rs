@@ -282,6 +282,19 @@ impl Database {
             .map_err(|e| DbError::from_pg(&self.target, e))
     }
 
+    /// `work` on a pooled connection within [`OP_TIMEOUT`], once the schema is current;
+    /// a driver error is classified against this database.
+    pub async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, DbError> {
+        self.timed(async {
+            let mut client = self.client().await?;
+            work(&mut client).await.map_err(|e| self.error(e))
+        })
+        .await
+    }
+
     /// `work` within [`OP_TIMEOUT`], once the schema is current; the outcome updates
     /// [`Database::health`].
     pub async fn timed<T>(
@@ -336,6 +349,18 @@ impl Database {
 pub struct Health {
     pub up: bool,
     pub error: Option<String>,
+}
+
+/// A read-only transaction that sees one snapshot of the database.
+pub async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }
 
 /// The TLS connector: the configured CA, or the Mozilla roots. Used when the URL's

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
-use super::{Database, DbError};
+use super::{snapshot, Database, DbError};
 use crate::schedule::store::{
     new_id, Claim, NewSchedule, RunRecord, RunState, RunStatus, Schedule, ScheduleStore,
     StoreError, MAX_SCHEDULES, RUNS_KEPT,
@@ -58,49 +58,40 @@ impl PgScheduleStore {
     }
 
     async fn load(&self, only: Option<&str>) -> Result<Vec<Schedule>, StoreError> {
-        let db = &self.db;
-        db.timed(async {
-            let mut client = db.client().await?;
-            // One snapshot for the schedules and their runs.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(|e| db.error(e))?;
-            let rows = tx
-                .query(
-                    "SELECT id, function, cron, payload, created_at FROM egressd_schedules
-                     WHERE $1::text IS NULL OR id = $1 ORDER BY created_at, id",
-                    &[&only],
-                )
-                .await
-                .map_err(|e| db.error(e))?;
-            let runs = tx
-                .query(
-                    "SELECT schedule_id, scheduled_for, state, status, duration_ms, reason FROM (
-                         SELECT *, row_number() OVER (PARTITION BY schedule_id
-                                                      ORDER BY scheduled_for DESC) AS n
-                         FROM egressd_runs
-                         WHERE state <> 'running' AND ($1::text IS NULL OR schedule_id = $1)
-                     ) newest WHERE n <= $2 ORDER BY scheduled_for",
-                    &[&only, &(RUNS_KEPT as i64)],
-                )
-                .await
-                .map_err(|e| db.error(e))?;
-            tx.commit().await.map_err(|e| db.error(e))?;
-            let mut schedules: Vec<Schedule> = rows.iter().map(schedule_from).collect();
-            for row in &runs {
-                let id: &str = row.get("schedule_id");
-                if let Some(schedule) = schedules.iter_mut().find(|s| s.id == id) {
-                    schedule.runs.push_back(run_from(row));
+        self.db
+            .run(async |client| {
+                // One snapshot for the schedules and their runs.
+                let tx = snapshot(client).await?;
+                let rows = tx
+                    .query(
+                        "SELECT id, function, cron, payload, created_at FROM egressd_schedules
+                         WHERE $1::text IS NULL OR id = $1 ORDER BY created_at, id",
+                        &[&only],
+                    )
+                    .await?;
+                let runs = tx
+                    .query(
+                        "SELECT schedule_id, scheduled_for, state, status, duration_ms, reason FROM (
+                             SELECT *, row_number() OVER (PARTITION BY schedule_id
+                                                          ORDER BY scheduled_for DESC) AS n
+                             FROM egressd_runs
+                             WHERE state <> 'running' AND ($1::text IS NULL OR schedule_id = $1)
+                         ) newest WHERE n <= $2 ORDER BY scheduled_for",
+                        &[&only, &(RUNS_KEPT as i64)],
+                    )
+                    .await?;
+                tx.commit().await?;
+                let mut schedules: Vec<Schedule> = rows.iter().map(schedule_from).collect();
+                for row in &runs {
+                    let id: &str = row.get("schedule_id");
+                    if let Some(schedule) = schedules.iter_mut().find(|s| s.id == id) {
+                        schedule.runs.push_back(run_from(row));
+                    }
                 }
-            }
-            Ok(schedules)
-        })
-        .await
-        .map_err(unavailable)
+                Ok(schedules)
+            })
+            .await
+            .map_err(unavailable)
     }
 }
 
@@ -146,27 +137,16 @@ impl ScheduleStore for PgScheduleStore {
     }
 
     fn create(&self, new: NewSchedule, now: DateTime<Utc>) -> Result<Schedule, StoreError> {
-        let db = &self.db;
-        let schedule = Schedule {
-            id: new_id(),
-            function: new.function,
-            cron: new.cron.to_string(),
-            payload: new.payload,
-            created_at: now,
-            runs: VecDeque::new(),
-        };
-        self.block_on(async {
-            let created = db
-                .timed(async {
-                    let mut client = db.client().await?;
-                    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+        let schedule = Schedule::new(new_id(), new, now);
+        let created = self.block_on(async {
+            self.db
+                .run(async |client| {
+                    let tx = client.transaction().await?;
                     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
-                        .await
-                        .map_err(|e| db.error(e))?;
+                        .await?;
                     let count: i64 = tx
                         .query_one("SELECT count(*) FROM egressd_schedules", &[])
-                        .await
-                        .map_err(|e| db.error(e))?
+                        .await?
                         .get(0);
                     if count >= MAX_SCHEDULES as i64 {
                         return Ok(false);
@@ -182,18 +162,17 @@ impl ScheduleStore for PgScheduleStore {
                             &schedule.created_at,
                         ],
                     )
-                    .await
-                    .map_err(|e| db.error(e))?;
-                    tx.commit().await.map_err(|e| db.error(e))?;
+                    .await?;
+                    tx.commit().await?;
                     Ok(true)
                 })
                 .await
-                .map_err(unavailable)?;
-            match created {
-                true => Ok(schedule.clone()),
-                false => Err(StoreError::LimitReached),
-            }
-        })
+                .map_err(unavailable)
+        })?;
+        match created {
+            true => Ok(schedule),
+            false => Err(StoreError::LimitReached),
+        }
     }
 
     fn delete(&self, id: &str) -> Result<Schedule, StoreError> {
@@ -204,14 +183,12 @@ impl ScheduleStore for PgScheduleStore {
                 .into_iter()
                 .next()
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-            let db = &self.db;
-            let deleted = db
-                .timed(async {
-                    let client = db.client().await?;
+            let deleted = self
+                .db
+                .run(async |client| {
                     client
                         .execute("DELETE FROM egressd_schedules WHERE id = $1", &[&id])
                         .await
-                        .map_err(|e| db.error(e))
                 })
                 .await
                 .map_err(unavailable)?;
@@ -223,7 +200,6 @@ impl ScheduleStore for PgScheduleStore {
     }
 
     fn record_run(&self, id: &str, run: RunRecord) -> Result<(), StoreError> {
-        let db = &self.db;
         let state = run.state.as_str();
         let status = run.status.to_string();
         let duration = run.duration_ms.min(i64::MAX as u64) as i64;
@@ -247,44 +223,41 @@ impl ScheduleStore for PgScheduleStore {
                  WHERE egressd_runs.claimed_by = EXCLUDED.claimed_by"
             }
         };
-        self.block_on(async {
-            db.timed(async {
-                let client = db.client().await?;
-                let written = client
-                    .execute(
-                        sql,
-                        &[
-                            &id,
-                            &run.scheduled_for,
-                            &state,
-                            &status,
-                            &duration,
-                            &run.reason,
-                            &db.replica(),
-                        ],
-                    )
-                    .await;
-                match written {
-                    Ok(_) => {}
-                    Err(err) if is_foreign_key_violation(&err) => return Ok(false),
-                    Err(err) => return Err(db.error(err)),
-                }
-                client
-                    .execute(
-                        "DELETE FROM egressd_runs WHERE schedule_id = $1 AND scheduled_for <
-                             (SELECT scheduled_for FROM egressd_runs WHERE schedule_id = $1
-                              ORDER BY scheduled_for DESC OFFSET $2 LIMIT 1)",
-                        &[&id, &(LEDGER_KEPT - 1)],
-                    )
-                    .await
-                    .map_err(|e| db.error(e))?;
-                Ok(true)
-            })
-            .await
-            .map_err(unavailable)?
-            .then_some(())
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))
-        })
+        let replica = self.db.replica().to_string();
+        let recorded = self.block_on(async {
+            self.db
+                .run(async |client| {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                        &id,
+                        &run.scheduled_for,
+                        &state,
+                        &status,
+                        &duration,
+                        &run.reason,
+                        &replica,
+                    ];
+                    match client.execute(sql, &params).await {
+                        Ok(_) => {}
+                        Err(err) if is_foreign_key_violation(&err) => return Ok(false),
+                        Err(err) => return Err(err),
+                    }
+                    client
+                        .execute(
+                            "DELETE FROM egressd_runs WHERE schedule_id = $1 AND scheduled_for <
+                                 (SELECT scheduled_for FROM egressd_runs WHERE schedule_id = $1
+                                  ORDER BY scheduled_for DESC OFFSET $2 LIMIT 1)",
+                            &[&id, &(LEDGER_KEPT - 1)],
+                        )
+                        .await?;
+                    Ok(true)
+                })
+                .await
+                .map_err(unavailable)
+        })?;
+        match recorded {
+            true => Ok(()),
+            false => Err(StoreError::NotFound(id.to_string())),
+        }
     }
 
     fn delete_for_function(&self, function: &str) -> Result<Vec<Schedule>, StoreError> {
@@ -298,19 +271,17 @@ impl ScheduleStore for PgScheduleStore {
             if doomed.is_empty() {
                 return Ok(doomed);
             }
-            let db = &self.db;
-            db.timed(async {
-                let client = db.client().await?;
-                client
-                    .execute(
-                        "DELETE FROM egressd_schedules WHERE function = $1",
-                        &[&function],
-                    )
-                    .await
-                    .map_err(|e| db.error(e))
-            })
-            .await
-            .map_err(unavailable)?;
+            self.db
+                .run(async |client| {
+                    client
+                        .execute(
+                            "DELETE FROM egressd_schedules WHERE function = $1",
+                            &[&function],
+                        )
+                        .await
+                })
+                .await
+                .map_err(unavailable)?;
             Ok(doomed)
         })
     }
@@ -321,22 +292,19 @@ impl ScheduleStore for PgScheduleStore {
         nominal: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let db = &self.db;
-        let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
-        self.block_on(async {
-            let claim = db
-                .timed(async {
-                    let mut client = db.client().await?;
-                    let tx = client.transaction().await.map_err(|e| db.error(e))?;
-                    let pg = |e| db.error(e);
+        let lease_ms = lease.as_millis().min(i64::MAX as u128) as f64;
+        let replica = self.db.replica().to_string();
+        let claim = self.block_on(async {
+            self.db
+                .run(async |client| {
+                    let tx = client.transaction().await?;
                     // Claims of one schedule, one at a time.
                     let exists = tx
                         .query_opt(
                             "SELECT 1 FROM egressd_schedules WHERE id = $1 FOR UPDATE",
                             &[&id],
                         )
-                        .await
-                        .map_err(pg)?;
+                        .await?;
                     if exists.is_none() {
                         return Ok(None);
                     }
@@ -346,15 +314,13 @@ impl ScheduleStore for PgScheduleStore {
                          WHERE schedule_id = $1 AND state = 'running' AND lease_until < now()",
                         &[&id, &ABANDONED],
                     )
-                    .await
-                    .map_err(pg)?;
+                    .await?;
                     let claimed = tx
                         .query_opt(
                             "SELECT 1 FROM egressd_runs WHERE schedule_id = $1 AND scheduled_for = $2",
                             &[&id, &nominal],
                         )
-                        .await
-                        .map_err(pg)?;
+                        .await?;
                     if claimed.is_some() {
                         return Ok(Some(Claim::Taken));
                     }
@@ -363,8 +329,7 @@ impl ScheduleStore for PgScheduleStore {
                             "SELECT 1 FROM egressd_runs WHERE schedule_id = $1 AND state = 'running' LIMIT 1",
                             &[&id],
                         )
-                        .await
-                        .map_err(pg)?;
+                        .await?;
                     if going.is_some() {
                         return Ok(Some(Claim::Busy));
                     }
@@ -373,38 +338,35 @@ impl ScheduleStore for PgScheduleStore {
                              (schedule_id, scheduled_for, state, status, claimed_by, lease_until)
                          VALUES ($1, $2, 'running', 'running', $3,
                                  now() + $4 * interval '1 millisecond')",
-                        &[&id, &nominal, &db.replica(), &(lease_ms as f64)],
+                        &[&id, &nominal, &replica, &lease_ms],
                     )
-                    .await
-                    .map_err(pg)?;
-                    tx.commit().await.map_err(pg)?;
+                    .await?;
+                    tx.commit().await?;
                     Ok(Some(Claim::Won))
                 })
                 .await
-                .map_err(unavailable)?;
-            claim.ok_or_else(|| StoreError::NotFound(id.to_string()))
-        })
+                .map_err(unavailable)
+        })?;
+        claim.ok_or_else(|| StoreError::NotFound(id.to_string()))
     }
 
     fn abandon_expired(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
-        let db = &self.db;
         self.block_on(async {
-            db.timed(async {
-                let client = db.client().await?;
-                let rows = client
-                    .query(
-                        "UPDATE egressd_runs SET state = 'failure', status = 'abandoned',
-                             reason = $1, lease_until = NULL
-                         WHERE state = 'running' AND lease_until < now()
-                         RETURNING schedule_id, scheduled_for",
-                        &[&ABANDONED],
-                    )
-                    .await
-                    .map_err(|e| db.error(e))?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            })
-            .await
-            .map_err(unavailable)
+            self.db
+                .run(async |client| {
+                    let rows = client
+                        .query(
+                            "UPDATE egressd_runs SET state = 'failure', status = 'abandoned',
+                                 reason = $1, lease_until = NULL
+                             WHERE state = 'running' AND lease_until < now()
+                             RETURNING schedule_id, scheduled_for",
+                            &[&ABANDONED],
+                        )
+                        .await?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })
+                .await
+                .map_err(unavailable)
         })
     }
 }
