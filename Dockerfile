@@ -24,8 +24,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/usr/local/bin/egressd /usr/local/bin/egressd
 # Config (egressd.toml and admin.token, mounted read-only) and state (activation times and
-# schedules: mount persistent storage, writable by uid 65532). Created owned by nonroot so
-# that a fresh named volume starts writable.
+# schedules: mount persistent storage, writable by uid 65532; with [state] backend =
+# "postgres", config/docker-ha.toml, only a local copy of the database's, so any volume will
+# do). Created owned by nonroot so that a fresh named volume starts writable.
 COPY --from=build --chown=65532:65532 /out/etc/egressd /etc/egressd
 COPY --from=build --chown=65532:65532 /out/var/lib/egressd /var/lib/egressd
 VOLUME ["/etc/egressd", "/var/lib/egressd"]

@@ -58,24 +58,33 @@ fn check_accepts_the_shipped_example() {
     );
 }
 
+/// `config/<name>` with the image's paths moved into `dir` (the token file holds a token, the
+/// state dir does not exist yet) and `extra` (path, replacement) pairs; returns the copy.
+fn container_config(dir: &Path, name: &str, extra: &[(&str, &str)]) -> std::path::PathBuf {
+    let token = dir.join("admin.token");
+    std::fs::write(&token, "test-token\n").unwrap();
+    let state = dir.join("state");
+    let mut text = std::fs::read_to_string(Path::new("config").join(name)).unwrap();
+    let moves = [
+        ("/etc/egressd/admin.token", token.to_str().unwrap()),
+        ("/var/lib/egressd", state.to_str().unwrap()),
+    ];
+    for (from, to) in moves.iter().chain(extra) {
+        let quoted = format!("\"{from}\"");
+        assert!(text.contains(&quoted), "config/{name} lacks {quoted}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn check_accepts_the_container_example() {
     // config/docker.toml names the image's paths; the token file and the state dir move to
     // a temp dir, the rest is checked as shipped.
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("admin.token");
-    std::fs::write(&token, "test-token\n").unwrap();
-    let text = std::fs::read_to_string("config/docker.toml").unwrap();
-    assert!(text.contains("\"/etc/egressd/admin.token\""), "{text}");
-    assert!(text.contains("\"/var/lib/egressd\""), "{text}");
-    let text = text
-        .replace("/etc/egressd/admin.token", token.to_str().unwrap())
-        .replace(
-            "/var/lib/egressd",
-            dir.path().join("state").to_str().unwrap(),
-        );
-    let path = dir.path().join("docker.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = container_config(dir.path(), "docker.toml", &[]);
     let out = egressd("check", &path, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -88,6 +97,32 @@ fn check_accepts_the_container_example() {
         stdout.contains("admin      0.0.0.0:9901 (bearer token required)"),
         "{stdout}"
     );
+    assert!(stdout.contains("state      file backend"), "{stdout}");
+}
+
+#[test]
+fn check_accepts_the_container_ha_example() {
+    // config/docker-ha.toml (the ha overlay's ConfigMap) adds [state] backend = "postgres";
+    // `check` connects, so database.url moves too and names a fresh test database.
+    let db = crate::support::postgres::database();
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database.url");
+    std::fs::write(&url_file, format!("{}\n", db.url)).unwrap();
+    let path = container_config(
+        dir.path(),
+        "docker-ha.toml",
+        &[("/etc/egressd/database.url", url_file.to_str().unwrap())],
+    );
+    let out = egressd("check", &path, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("proxy      0.0.0.0:3128"), "{stdout}");
+    assert!(stdout.contains("state      postgres"), "{stdout}");
+    assert!(stdout.contains("no schema yet"), "{stdout}");
 }
 
 #[test]
