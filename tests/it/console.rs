@@ -605,6 +605,68 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
     b.close().await;
 }
 
+/// With the postgres backend the tab edits the shared allowlist, whatever the file's mount:
+/// Add works with a read-only config file, the file's entries are labelled as such without
+/// a bin icon, and the header names the shared state.
+#[tokio::test]
+async fn with_shared_state_the_tab_edits_the_shared_allowlist() {
+    let _one = ONE_BROWSER.lock().await;
+    let db = crate::support::postgres::database();
+    let proxy = egressd()
+        .allow_local("keep.test")
+        .table(&format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"{}\"",
+            db.url
+        ))
+        .start();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&proxy.config_path, std::fs::Permissions::from_mode(0o444))
+            .unwrap();
+    }
+    let b = browser().await;
+    b.open(&proxy, "allowlist").await;
+    let keep = "#allowlist-table tr[data-entry='keep.test']";
+    b.wait_text(&format!("{keep} span.state"), |t| t == "active")
+        .await;
+    assert!(
+        b.enabled("#add-button").await,
+        "editable with a read-only file"
+    );
+    let header = b.wait_text("#state-backend", |t| !t.is_empty()).await;
+    assert!(header.starts_with("shared state "), "{header}");
+    assert_eq!(b.text("#state-down").await.as_deref(), Some(""));
+    b.type_into("#a-domain", "added.test").await;
+    b.press("#a-domain", "\n").await;
+    let added = "#allowlist-table tr[data-entry='added.test']";
+    b.wait_text(&format!("{added} span.state"), |t| !t.is_empty())
+        .await;
+    let bins = |row: &str| format!("return document.querySelectorAll(\"{row} button\").length;");
+    assert_eq!(
+        b.js(&bins(added), vec![]).await,
+        json!(1),
+        "shared: removable"
+    );
+    assert_eq!(
+        b.js(&bins(keep), vec![]).await,
+        json!(0),
+        "the file's: not here"
+    );
+    let keep_source = b.text(&format!("{keep} td:nth-child(4)")).await.unwrap();
+    assert!(keep_source.starts_with("file, line "), "{keep_source}");
+    assert_eq!(
+        b.text(&format!("{added} td:nth-child(4)")).await.as_deref(),
+        Some("added here")
+    );
+    b.screenshot("allowlist-shared").await;
+    assert_eq!(
+        db.query_text("SELECT pattern FROM egressd_allowlist")
+            .as_deref(),
+        Some("added.test")
+    );
+    b.close().await;
+}
+
 #[tokio::test]
 async fn check_a_url_shows_the_decision_and_the_redirect_chain_to_allow() {
     let _one = ONE_BROWSER.lock().await;
