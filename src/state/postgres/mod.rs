@@ -22,9 +22,9 @@ use super::{describe, PgSettings};
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Connections kept: the scheduler, admin requests and the change listener, never the
-/// request path.
-const POOL_SIZE: usize = 4;
+/// Connections kept: the scheduler (which claims the runs due at one minute side by side),
+/// admin requests and the change poll; never the request path.
+const POOL_SIZE: usize = 10;
 
 /// Why the database could not be used, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
