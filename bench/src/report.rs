@@ -93,16 +93,28 @@ pub struct Comparison {
     pub ratio: f64,
     /// The larger of the two paths' [`spread`]s; `None` with one repetition.
     pub noise: Option<f64>,
+    /// The lowest and highest postgres ÷ file ratio of one repetition (the two ran next to
+    /// each other, so these share conditions).
+    pub paired: Option<(f64, f64)>,
 }
 
 impl Comparison {
     pub fn of(file: &[f64], postgres: &[f64]) -> Option<Comparison> {
         let (f, p) = (median(file.to_vec())?, median(postgres.to_vec())?);
+        let paired: Vec<f64> = file
+            .iter()
+            .zip(postgres)
+            .filter(|(f, _)| **f > 0.0)
+            .map(|(f, p)| p / f)
+            .collect();
+        let low = paired.iter().copied().reduce(f64::min);
+        let high = paired.iter().copied().reduce(f64::max);
         (f > 0.0).then(|| Comparison {
             file: f,
             postgres: p,
             ratio: p / f,
             noise: spread(file).zip(spread(postgres)).map(|(a, b)| a.max(b)),
+            paired: low.zip(high),
         })
     }
 
@@ -690,13 +702,15 @@ fn backend_table(md: &mut String, o: &Outcome, comparisons: &[(Scenario, Compari
          for the `[state]` table, interleaved with the other paths in every repetition ({} of \
          {:.1} s). Medians; the Results tables above have their latency and CPU figures. Noise is the \
          larger of the two paths' spread over their repetitions, (max − min) ÷ median; the \
-         backends are equal within noise when the ratio differs from 1 by no more than that.\n",
+         backends are equal within noise when the ratio of the medians differs from 1 by no \
+         more than that. Per repetition: the lowest and highest ratio of the two runs of one \
+         repetition, which ran one after the other.\n",
         o.settings.reps,
         o.settings.measure.as_secs_f64()
     );
     let _ = writeln!(
         md,
-        "| scenario | file backend | postgres backend | postgres ÷ file | noise | equal within noise |\n|---|---:|---:|---:|---:|---|"
+        "| scenario | file backend | postgres backend | postgres ÷ file | per repetition | noise | equal within noise |\n|---|---:|---:|---:|---:|---:|---|"
     );
     for (scenario, c) in comparisons {
         let verdict = match c.within_noise() {
@@ -711,12 +725,14 @@ fn backend_table(md: &mut String, o: &Outcome, comparisons: &[(Scenario, Compari
         };
         let _ = writeln!(
             md,
-            "| {} ({}) | {} | {} | {:.3}× | {} | {verdict}{aside} |",
+            "| {} ({}) | {} | {} | {:.3}× | {} | {} | {verdict}{aside} |",
             scenario.key(),
             scenario.unit(),
             figure(*scenario, c.file),
             figure(*scenario, c.postgres),
             c.ratio,
+            c.paired
+                .map_or("–".into(), |(low, high)| format!("{low:.2}–{high:.2}×")),
             c.noise
                 .map_or("–".into(), |n| format!("±{:.1} %", n * 100.0)),
         );
@@ -777,13 +793,23 @@ fn tick_lag_part(md: &mut String, tick_lag: Option<&Result<TickLag, String>>) {
         lag.missing,
         lag.failed
     );
-    let lags = lag
-        .lags_ms
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let _ = writeln!(md, "Every lag in ms, ascending: {lags}.\n");
+    let _ = writeln!(
+        md,
+        "Every lag in ms per tick, ascending, with the replica (1–{}) that fired the run:\n",
+        t.replicas
+    );
+    for (tick, lags) in &lag.by_tick {
+        let at = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(*tick),
+        );
+        let lags = lags
+            .iter()
+            .map(|(ms, replica)| format!("{ms} ({})", replica + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(md, "- {at}: {lags}");
+    }
+    let _ = writeln!(md);
     if lag.lags_ms.len() <= 100 {
         // ⌊0.99·n⌋ is the last index for n ≤ 100.
         let _ = writeln!(
@@ -1245,6 +1271,9 @@ mod tests {
         assert_eq!(close.within_noise(), Some(true));
         let slower = Comparison::of(&file, &[90.0, 91.0, 89.0]).unwrap();
         assert_eq!(slower.within_noise(), Some(false));
+        let (low, high) = slower.paired.unwrap();
+        assert!((low - 91.0 / 104.0).abs() < 1e-9, "{slower:?}");
+        assert!((high - 89.0 / 98.0).abs() < 1e-9, "{slower:?}");
         let once = Comparison::of(&[100.0], &[90.0]).unwrap();
         assert_eq!(once.within_noise(), None);
     }

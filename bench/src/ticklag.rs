@@ -61,6 +61,9 @@ pub struct TickLag {
     pub settings: TickLagSettings,
     /// Lags of the runs the replicas logged for our (schedule, tick)s, ascending, in ms.
     pub lags_ms: Vec<i64>,
+    /// The same lags per tick (Unix seconds), ascending, with the replica (its index) that
+    /// fired them, in tick order: shows how lag grows with the schedules due together.
+    pub by_tick: Vec<(u64, Vec<(i64, usize)>)>,
     /// Runs each replica fired, in replica order.
     pub per_replica: Vec<usize>,
     /// Logged runs whose outcome was not `Success`.
@@ -207,15 +210,23 @@ fn tally(
     let mut lags_ms = Vec::new();
     let mut failed = 0;
     let mut per_replica = Vec::new();
-    for runs in logs {
+    let mut by_tick: Vec<(u64, Vec<(i64, usize)>)> =
+        ticks.iter().map(|t| (*t, Vec::new())).collect();
+    for (replica, runs) in logs.iter().enumerate() {
         let mine: Vec<&LoggedRun> = runs.iter().filter(|r| ours(&r.schedule, r.tick)).collect();
         per_replica.push(mine.len());
         for run in mine {
             lags_ms.push(run.lag_ms);
             failed += usize::from(!run.success);
+            if let Some((_, lags)) = by_tick.iter_mut().find(|(t, _)| *t == run.tick) {
+                lags.push((run.lag_ms, replica));
+            }
         }
     }
     lags_ms.sort_unstable();
+    for (_, lags) in &mut by_tick {
+        lags.sort_unstable();
+    }
     let mut counts: HashMap<(&str, u64), usize> = HashMap::new();
     for (schedule, tick) in invoked.iter().filter(|(s, t)| ours(s, *t)) {
         *counts.entry((schedule.as_str(), *tick)).or_default() += 1;
@@ -227,6 +238,7 @@ fn tally(
     TickLag {
         settings,
         lags_ms,
+        by_tick,
         per_replica,
         failed,
         expected: expected.len(),
@@ -562,6 +574,10 @@ mod tests {
             .map(|(s, t)| (s.to_string(), t));
         let lag = tally(TickLagSettings::default(), &ids, &ticks, &logs, &invoked);
         assert_eq!(lag.lags_ms, vec![3, 5, 9]);
+        assert_eq!(
+            lag.by_tick,
+            vec![(60, vec![(5, 0), (9, 0)]), (120, vec![(3, 1)])]
+        );
         assert_eq!(lag.per_replica, vec![2, 1]);
         assert_eq!((lag.expected, lag.invocations), (4, 4));
         assert_eq!((lag.duplicates, lag.missing), (1, 1));
