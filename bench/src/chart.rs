@@ -33,6 +33,7 @@ fn color(kind: Kind) -> RGBColor {
         Kind::CopyRelay => RGBColor(150, 150, 150),
         Kind::SpliceRelay => RGBColor(100, 100, 100),
         Kind::Egressd => RGBColor(31, 119, 180),
+        Kind::EgressdPostgres => RGBColor(20, 60, 120),
         Kind::EgressdCopy => RGBColor(140, 190, 225),
         Kind::Squid => RGBColor(255, 127, 14),
         Kind::Tinyproxy => RGBColor(44, 160, 44),

@@ -6,6 +6,8 @@
 //! against every path, interleaved, with the load clients in [`load`]. The [`mtls`]
 //! scenarios then measure egressd's TLS origination against a TLS upstream of their own,
 //! with certificates from [`pki`].
+//! With a database ([`postgres`]), egressd also runs with its state there, and [`ticklag`]
+//! measures the scheduler's tick lag with three replicas on it.
 //! The [`allowlist`] figures come from in-process timing. [`report`] turns the medians into
 //! markdown and [`chart`] into a PNG of the ratios.
 //!
@@ -18,9 +20,11 @@ pub mod load;
 pub mod mtls;
 pub mod peers;
 pub mod pki;
+pub mod postgres;
 pub mod relay;
 pub mod report;
 pub mod scenarios;
+pub mod ticklag;
 pub mod upstream;
 
 /// The only address the harness listens on or connects to.

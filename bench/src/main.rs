@@ -1,5 +1,6 @@
 //! `egressd-bench`: parses arguments and wires. Without a subcommand it runs the benchmark;
-//! the hidden `upstream`, `mtls-upstream` and `relay` subcommands are the harness's own child
+//! `tick-lag` measures the scheduler's tick lag with several replicas on one PostgreSQL; the
+//! hidden `upstream`, `mtls-upstream` and `relay` subcommands are the harness's own child
 //! processes.
 
 use std::net::SocketAddr;
@@ -9,9 +10,11 @@ use std::process::{Command, ExitCode};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use egressd_bench::peers::{self, Env, Kind};
+use egressd_bench::postgres::Postgres;
 use egressd_bench::relay::{self, RelayKind};
 use egressd_bench::report::{self, Context};
-use egressd_bench::scenarios::{self, Scenario, Settings};
+use egressd_bench::scenarios::{self, Scenario, Settings, SharedState};
+use egressd_bench::ticklag::{self, TickLagSettings};
 use egressd_bench::upstream::{self, TlsUpstreamAddrs, UpstreamAddrs};
 use egressd_bench::{chart, pki, LOOPBACK};
 use tokio::net::TcpListener;
@@ -47,9 +50,10 @@ struct RunArgs {
     /// RUST_LOG for egressd; `info` includes the per-request access log.
     #[arg(long, default_value = "warn")]
     egressd_log: String,
-    /// Measure only these proxies (comma separated: egressd, egressd-copy, squid, tinyproxy);
-    /// `egressd` brings `egressd-copy` (egressd with its copy relay, bulk scenarios only)
-    /// along. Direct and the two relays always run.
+    /// Measure only these proxies (comma separated: egressd, egressd-postgres, egressd-copy,
+    /// squid, tinyproxy); `egressd` brings `egressd-copy` (egressd with its copy relay, bulk
+    /// scenarios only) along. Direct and the two relays always run. `egressd-postgres` needs
+    /// --egressd-postgres or --egressd-postgres-url.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions per scenario and path [default: 3, or 1 with --quick].
@@ -67,10 +71,48 @@ struct RunArgs {
     /// operation are printed, and no report is written.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
+    /// Also measure egressd with `[state] backend = "postgres"` ("egressd (postgres state)")
+    /// on a throwaway PostgreSQL the harness starts from the server binaries on this machine
+    /// and removes afterwards; a full run then also measures the tick lag of three replicas.
+    #[arg(long, conflicts_with = "egressd_postgres_url")]
+    egressd_postgres: bool,
+    /// Like --egressd-postgres, on an existing database (postgres://…, no TLS); egressd
+    /// writes its schema and state there.
+    #[arg(long, value_name = "URL")]
+    egressd_postgres_url: Option<String>,
+    /// Minute boundaries the tick-lag measurement waits for, with the postgres backend
+    /// [default: 3 in a full run; 0, meaning none, with --quick or --scenario].
+    #[arg(long, value_name = "N")]
+    tick_lag_minutes: Option<u32>,
+}
+
+#[derive(Args)]
+struct TickLagArgs {
+    /// The egressd binary [default: `cargo build --release` it first and use
+    /// target/release/egressd].
+    #[arg(long)]
+    egressd: Option<PathBuf>,
+    /// An existing database (postgres://…, no TLS) instead of a throwaway PostgreSQL; the
+    /// schedules created are deleted at the end.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Every-minute schedules to create.
+    #[arg(long, default_value_t = 10)]
+    schedules: usize,
+    /// Minute boundaries to wait for.
+    #[arg(long, default_value_t = 3)]
+    minutes: u32,
 }
 
 #[derive(Subcommand)]
 enum Role {
+    /// Tick lag of egressd replicas sharing their schedules in one PostgreSQL: starts a
+    /// throwaway server (or uses --postgres-url), the replicas and a function upstream,
+    /// creates every-minute schedules, waits for minute boundaries, and prints the lag
+    /// percentiles and whether each tick was invoked once.
+    TickLag(TickLagArgs),
     /// Serve the upstream (HTTP and TCP) and print its addresses.
     #[command(hide = true)]
     Upstream,
@@ -142,6 +184,7 @@ fn main() -> ExitCode {
             let serve = serve_relays(listeners, kind);
             Ok((line, serve))
         }),
+        Some(Role::TickLag(args)) => run_tick_lag(args),
         None => run_harness(cli.run),
     };
     match result {
@@ -197,7 +240,21 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
     if let Some(seconds) = args.seconds {
         settings.measure = std::time::Duration::from_secs_f64(seconds);
     }
-    let kinds = selected_kinds(&args.only)?;
+    // Started here, on the main thread, which lives as long as the harness: the server's
+    // parent-death signal follows the thread that started it.
+    let postgres = open_postgres(args.egressd_postgres_url.as_deref(), args.egressd_postgres)?;
+    let kinds = selected_kinds(&args.only, postgres.is_some())?;
+    let state_url = match &postgres {
+        Some(pg) => Some(pg.database("egressd_bench")?),
+        None => None,
+    };
+    let state_database = postgres.as_ref().map(Postgres::describe);
+    let default_minutes = if args.quick || !args.scenario.is_empty() {
+        0
+    } else {
+        TickLagSettings::default().minutes
+    };
+    let tick_lag_minutes = args.tick_lag_minutes.unwrap_or(default_minutes);
     let fd_limit = raise_fd_limit(settings.idle_tunnels);
     // A proxy holds two descriptors per tunnel, plus its listeners, logs and spare room.
     let fit = (fd_limit as usize).saturating_sub(256) / 2;
@@ -240,10 +297,18 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
                 egressd,
                 egressd_log: args.egressd_log.clone(),
                 egressd_proxy: args.egressd_proxy.clone(),
+                state_url,
+                state_database,
             };
             let done = scenarios::run_focused(settings, &env, &kinds, &chosen, idle).await;
             drop(upstream_process);
-            done
+            done?;
+            if let Some(pg) = &postgres {
+                if let Some(lag) = tick_lag(pg, &env.egressd, tick_lag_minutes).await {
+                    println!("{}", lag.map_err(|e| anyhow::anyhow!(e))?.summary());
+                }
+            }
+            Ok(())
         });
     }
     let mut context = Context::gather(invocation());
@@ -260,10 +325,19 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
             egressd,
             egressd_log: args.egressd_log.clone(),
             egressd_proxy: args.egressd_proxy.clone(),
+            state_url,
+            state_database,
         };
         let outcome = scenarios::run(settings, &env, &kinds, fd_limit).await;
         drop(upstream_process);
-        outcome
+        let mut outcome = outcome?;
+        if let Some(pg) = &postgres {
+            outcome.shared_state = Some(SharedState {
+                database: pg.describe(),
+                tick_lag: tick_lag(pg, &env.egressd, tick_lag_minutes).await,
+            });
+        }
+        anyhow::Ok(outcome)
     })?;
 
     chart::render(&outcome, &chart_path).context("drawing the chart")?;
@@ -274,7 +348,10 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| chart_path.display().to_string());
     context.finish();
-    let markdown = report::markdown(&outcome, &context, Some(&link));
+    // The file this run replaces, for the shared-state section a run without the postgres
+    // backend keeps.
+    let previous = out.as_deref().and_then(|o| std::fs::read_to_string(o).ok());
+    let markdown = report::markdown(&outcome, &context, Some(&link), previous.as_deref());
     println!("{markdown}");
     if let Some(out) = out {
         std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
@@ -306,7 +383,9 @@ fn selected_scenarios(names: &[String]) -> anyhow::Result<Vec<Scenario>> {
         .collect()
 }
 
-fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {
+/// The paths to run: `only`'s (all without it) and the references; egressd (postgres state)
+/// only when `database` says there is one to run it on.
+fn selected_kinds(only: &[String], database: bool) -> anyhow::Result<Vec<Kind>> {
     let choices: Vec<&str> = Kind::ALL
         .iter()
         .filter(|k| !k.is_reference())
@@ -320,8 +399,14 @@ fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {
         );
     }
     let asked = |key: &str| only.iter().any(|n| n == key);
+    anyhow::ensure!(
+        database || !asked(Kind::EgressdPostgres.key()),
+        "egressd-postgres in --only needs a database: --egressd-postgres (a throwaway \
+         PostgreSQL) or --egressd-postgres-url URL"
+    );
     Ok(Kind::ALL
         .into_iter()
+        .filter(|k| *k != Kind::EgressdPostgres || database)
         .filter(|k| {
             k.is_reference()
                 || only.is_empty()
@@ -329,6 +414,83 @@ fn selected_kinds(only: &[String]) -> anyhow::Result<Vec<Kind>> {
                 || (*k == Kind::EgressdCopy && asked(Kind::Egressd.key()))
         })
         .collect())
+}
+
+/// The database for the postgres backend: an existing one at `url`, a throwaway server when
+/// `throwaway`, or none.
+fn open_postgres(url: Option<&str>, throwaway: bool) -> anyhow::Result<Option<Postgres>> {
+    match (url, throwaway) {
+        (Some(url), _) => Postgres::existing(url).map(Some),
+        (None, true) => Postgres::throwaway().map(Some),
+        (None, false) => Ok(None),
+    }
+}
+
+/// Tick lag of three replicas on a database of its own on `pg`, or `None` when `minutes` is
+/// 0. A failure is kept as text: the report says so instead of losing the run's other
+/// figures.
+async fn tick_lag(
+    pg: &Postgres,
+    egressd: &Path,
+    minutes: u32,
+) -> Option<Result<ticklag::TickLag, String>> {
+    if minutes == 0 {
+        return None;
+    }
+    let settings = TickLagSettings {
+        minutes,
+        ..TickLagSettings::default()
+    };
+    let measured = async {
+        let url = pg.database("egressd_tick_lag")?;
+        ticklag::measure(egressd, &url, settings).await
+    }
+    .await;
+    match &measured {
+        Ok(lag) => eprintln!("{}", lag.summary()),
+        Err(err) => eprintln!("tick lag failed: {err:#}"),
+    }
+    Some(measured.map_err(|e| format!("{e:#}")))
+}
+
+/// `egressd-bench tick-lag`: prints the figures; writes nothing.
+fn run_tick_lag(args: TickLagArgs) -> anyhow::Result<()> {
+    let egressd = match args.egressd {
+        Some(path) => path,
+        None => build_egressd()?,
+    };
+    // On the main thread, as in run_harness.
+    let postgres = match &args.postgres_url {
+        Some(url) => Postgres::existing(url)?,
+        None => Postgres::throwaway()?,
+    };
+    let url = postgres.database("egressd_tick_lag")?;
+    let settings = TickLagSettings {
+        replicas: args.replicas,
+        schedules: args.schedules,
+        minutes: args.minutes,
+    };
+    let load_before = report::load_average();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lag = runtime.block_on(ticklag::measure(&egressd, &url, settings))?;
+    println!("database: {}", postgres.describe());
+    println!(
+        "load average (1 min): {load_before} at start, {} at end",
+        report::load_average()
+    );
+    println!("{}", lag.summary());
+    let pass = lag
+        .p99_ms()
+        .is_some_and(|p99| p99 <= ticklag::TARGET_P99_MS)
+        && lag.once_each();
+    println!(
+        "target p99 ≤ {} ms with each tick once: {}",
+        ticklag::TARGET_P99_MS,
+        if pass { "pass" } else { "miss" }
+    );
+    Ok(())
 }
 
 /// The command line as a user would type it, for the report.

@@ -1,7 +1,8 @@
 //! The paths under test and the processes behind them.
 //!
 //! Every path is a [`Kind`]: the references (direct, the copy relay, the splice relay) and the
-//! proxies (egressd, egressd with its copy relay, squid, tinyproxy). [`Kind::start`] brings
+//! proxies (egressd, egressd with its shared state in PostgreSQL, egressd with its copy relay,
+//! squid, tinyproxy). [`Kind::start`] brings
 //! one up on a free loopback port with a generated config in its own temp dir and waits until
 //! it accepts connections; a proxy that is not installed comes back as [`Started::Missing`].
 //! Each [`Process`] is killed when dropped, and the harness's own children (upstream, relays)
@@ -39,6 +40,11 @@ pub struct Process {
 impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The directory holding the process's config and `stderr.log`, if it has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(TempDir::path)
     }
 
     /// The tail of the process's log, for error messages.
@@ -94,6 +100,10 @@ pub enum Kind {
     /// The harness relay moving bytes with splice(2).
     SpliceRelay,
     Egressd,
+    /// egressd with `[state] backend = "postgres"`: the same config plus the database, for
+    /// the A/B against the file backend (issue 21). Runs only when a database was given, and
+    /// right after egressd, so the two share each repetition's conditions.
+    EgressdPostgres,
     /// egressd with `[proxy] tunnel_relay = "copy"`: run in the bulk scenarios only, to show
     /// what its default splice relay gives.
     EgressdCopy,
@@ -102,11 +112,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::CopyRelay,
         Kind::SpliceRelay,
         Kind::Egressd,
+        Kind::EgressdPostgres,
         Kind::EgressdCopy,
         Kind::Squid,
         Kind::Tinyproxy,
@@ -119,6 +130,7 @@ impl Kind {
             Kind::CopyRelay => "copy relay",
             Kind::SpliceRelay => "splice relay",
             Kind::Egressd => "egressd",
+            Kind::EgressdPostgres => "egressd (postgres state)",
             Kind::EgressdCopy => "egressd (copy relay)",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
@@ -132,6 +144,7 @@ impl Kind {
             Kind::CopyRelay => "copy-relay",
             Kind::SpliceRelay => "splice-relay",
             Kind::Egressd => "egressd",
+            Kind::EgressdPostgres => "egressd-postgres",
             Kind::EgressdCopy => "egressd-copy",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
@@ -148,7 +161,10 @@ impl Kind {
     }
 
     pub fn is_egressd(self) -> bool {
-        matches!(self, Kind::Egressd | Kind::EgressdCopy)
+        matches!(
+            self,
+            Kind::Egressd | Kind::EgressdPostgres | Kind::EgressdCopy
+        )
     }
 
     /// How this path names the upstream, when it is not [`UPSTREAM_HOST`].
@@ -173,6 +189,10 @@ pub struct Env {
     pub egressd_log: String,
     /// Extra `[proxy]` lines for egressd (`--egressd-proxy`), for A/B runs.
     pub egressd_proxy: Vec<String>,
+    /// The database URL of [`Kind::EgressdPostgres`]; `None` when that path does not run.
+    pub state_url: Option<String>,
+    /// What the report says about that database.
+    pub state_database: Option<String>,
 }
 
 /// A running path.
@@ -214,14 +234,30 @@ impl Kind {
                 running(route, Some(process))
             }
             Kind::Egressd => {
-                let (addr, process) = start_egressd(env, None)?;
+                let (addr, process) = start_egressd(env, None, None)?;
                 running(proxy_route(addr, UPSTREAM_HOST), Some(process))
+            }
+            Kind::EgressdPostgres => {
+                let url = env.state_url.as_deref().context(
+                    "egressd (postgres state) needs a database: --egressd-postgres or \
+                     --egressd-postgres-url",
+                )?;
+                let (addr, process) = start_egressd(env, None, Some(url))?;
+                Ok(Started::Running(Subject {
+                    kind: self,
+                    route: proxy_route(addr, UPSTREAM_HOST),
+                    process: Some(process),
+                    setup: Some(format!(
+                        "with `[state] backend = \"postgres\"` on {}",
+                        env.state_database.as_deref().unwrap_or("PostgreSQL")
+                    )),
+                }))
             }
             Kind::EgressdCopy => {
                 // A build from before the switch rejects it (unknown field), and its only
                 // relay copies anyway.
                 let switch = egressd_has_relay_switch(env)?;
-                let (addr, process) = start_egressd(env, switch.then_some("copy"))?;
+                let (addr, process) = start_egressd(env, switch.then_some("copy"), None)?;
                 Ok(Started::Running(Subject {
                     kind: self,
                     route: proxy_route(addr, UPSTREAM_HOST),
@@ -260,7 +296,7 @@ impl Kind {
             Kind::Direct | Kind::CopyRelay | Kind::SpliceRelay => {
                 Some(format!("harness {}", env!("CARGO_PKG_VERSION")))
             }
-            Kind::Egressd | Kind::EgressdCopy => {
+            Kind::Egressd | Kind::EgressdPostgres | Kind::EgressdCopy => {
                 first_line(&env.egressd, &["--version"]).map(|v| match git_revision() {
                     Some(rev) => format!("{v} (git {rev})"),
                     None => v,
@@ -429,7 +465,10 @@ fn egressd_has_relay_switch(env: &Env) -> anyhow::Result<bool> {
     let path = dir.path().join("egressd.toml");
     let addr = SocketAddr::new(LOOPBACK, free_port()?);
     let admin = SocketAddr::new(LOOPBACK, free_port()?);
-    std::fs::write(&path, egressd_config(env, addr, admin, Some("copy")))?;
+    std::fs::write(
+        &path,
+        egressd_config(env, addr, admin, dir.path(), Some("copy"), None),
+    )?;
     let out = Command::new(&env.egressd)
         .arg("check")
         .arg("--config")
@@ -439,13 +478,30 @@ fn egressd_has_relay_switch(env: &Env) -> anyhow::Result<bool> {
     Ok(out.status.success())
 }
 
-/// Starts egressd; `tunnel_relay` sets `[proxy] tunnel_relay`, else the build's default.
-fn start_egressd(env: &Env, tunnel_relay: Option<&str>) -> anyhow::Result<(SocketAddr, Process)> {
+/// Starts egressd; `tunnel_relay` sets `[proxy] tunnel_relay`, else the build's default;
+/// `state_url` puts its state in that PostgreSQL database, else in its own state dir.
+fn start_egressd(
+    env: &Env,
+    tunnel_relay: Option<&str>,
+    state_url: Option<&str>,
+) -> anyhow::Result<(SocketAddr, Process)> {
     let dir = tempfile::tempdir()?;
     let addr = SocketAddr::new(LOOPBACK, free_port()?);
     let admin = SocketAddr::new(LOOPBACK, free_port()?);
     let path = dir.path().join("egressd.toml");
-    std::fs::write(&path, egressd_config(env, addr, admin, tunnel_relay))?;
+    let url_file = match state_url {
+        Some(url) => Some(write_url_file(dir.path(), url)?),
+        None => None,
+    };
+    let config = egressd_config(
+        env,
+        addr,
+        admin,
+        dir.path(),
+        tunnel_relay,
+        url_file.as_deref(),
+    );
+    std::fs::write(&path, config)?;
     let mut command = Command::new(&env.egressd);
     command
         .arg("run")
@@ -455,11 +511,29 @@ fn start_egressd(env: &Env, tunnel_relay: Option<&str>) -> anyhow::Result<(Socke
     spawn_daemon("egressd", command, dir, addr)
 }
 
+/// Writes `url` to `dir/database-url` for `[state] url_file`: egressd warns about a password
+/// inline in `url`.
+pub(crate) fn write_url_file(dir: &Path, url: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("database-url");
+    std::fs::write(&path, url).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The `[state]` table for the database URL in `url_file`.
+pub(crate) fn state_table(url_file: &Path) -> String {
+    format!(
+        "[state]\nbackend = \"postgres\"\nurl_file = {:?}\n",
+        url_file.display().to_string()
+    )
+}
+
 fn egressd_config(
     env: &Env,
     addr: SocketAddr,
     admin: SocketAddr,
+    dir: &Path,
     tunnel_relay: Option<&str>,
+    url_file: Option<&Path>,
 ) -> String {
     let mut relay = tunnel_relay
         .map(|r| format!("tunnel_relay = \"{r}\"\n"))
@@ -468,10 +542,14 @@ fn egressd_config(
         relay.push_str(line);
         relay.push('\n');
     }
+    let state = url_file.map(state_table).unwrap_or_default();
     format!(
         r#"[proxy]
 listen = "{addr}"
 admin_listen = "{admin}"
+# Its own, fresh, for every instance: a first start, like the other instances', and nothing
+# written to the working directory (the default `state`).
+state_dir = {state_dir:?}
 {relay}connect_ports = [{tcp}]
 http_ports = [{http}]
 allow_private_cidrs = ["127.0.0.0/8"]
@@ -483,9 +561,11 @@ max_connections = 30000
 [dns]
 overrides = {{ "{UPSTREAM_HOST}" = "{LOOPBACK}" }}
 
+{state}
 [allowlist]
 domains = ["{UPSTREAM_HOST}"]
 "#,
+        state_dir = dir.join("state").display().to_string(),
         tcp = env.upstream.tcp.port(),
         http = env.upstream.http.port(),
     )

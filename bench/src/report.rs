@@ -1,14 +1,34 @@
 //! Turns an [`Outcome`] into the markdown of `BENCHMARKS.md`: context (date, machine,
 //! versions, command), the targets with pass or miss, one table per scenario with medians and
-//! ratios, the mTLS origination figures (which have no target), and notes on method.
+//! ratios, the mTLS origination figures (which have no target), the shared-state section
+//! (the postgres backend against the file backend, and tick lag), and notes on method.
+//!
+//! The file is rewritten whole, except that a run which did not measure the postgres backend
+//! carries the shared-state section of the file it replaces over unchanged (it says when and
+//! by what command it was measured): that measurement needs a database and a few minutes of
+//! minute boundaries, and a plain run should not erase it.
 
 use std::fmt::Write;
 
 use crate::mtls::{Handshakes, MtlsRuns, MtlsSample, MtlsScenario, MtlsSection, Via};
 use crate::peers::Kind;
 use crate::scenarios::{
-    MemorySample, Outcome, Percentiles, Sample, Scenario, HTTP_CONNS, TUNNEL_CONCURRENCY,
+    MemorySample, Outcome, Percentiles, Sample, Scenario, SharedState, HTTP_CONNS,
+    TUNNEL_CONCURRENCY,
 };
+use crate::ticklag::{TickLag, TARGET_P99_MS};
+
+/// First line of the shared-state section; [`carried_section`] finds it by this prefix.
+const SHARED_BEGIN: &str = "<!-- shared-state: begin";
+const SHARED_END: &str = "<!-- shared-state: end -->";
+
+/// The scenarios of issue 21's "keep-alive and tunnel figures equal within noise".
+pub const BACKEND_TARGET_SCENARIOS: [Scenario; 4] = [
+    Scenario::KeepAlive,
+    Scenario::NewTunnels,
+    Scenario::Bulk1,
+    Scenario::Bulk4,
+];
 
 /// The median of each figure over a path's repetitions.
 #[derive(Debug, Clone)]
@@ -62,7 +82,82 @@ pub fn summarize(samples: &[Sample]) -> Summary {
     }
 }
 
+/// The postgres backend against the file backend in one scenario, from the repetitions of
+/// each in the same run.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    /// Medians, in the scenario's unit.
+    pub file: f64,
+    pub postgres: f64,
+    /// postgres ÷ file.
+    pub ratio: f64,
+    /// The larger of the two paths' [`spread`]s; `None` with one repetition.
+    pub noise: Option<f64>,
+    /// The lowest and highest postgres ÷ file ratio of one repetition (the two ran next to
+    /// each other, so these share conditions).
+    pub paired: Option<(f64, f64)>,
+}
+
+impl Comparison {
+    pub fn of(file: &[f64], postgres: &[f64]) -> Option<Comparison> {
+        let (f, p) = (median(file.to_vec())?, median(postgres.to_vec())?);
+        let paired: Vec<f64> = file
+            .iter()
+            .zip(postgres)
+            .filter(|(f, _)| **f > 0.0)
+            .map(|(f, p)| p / f)
+            .collect();
+        let low = paired.iter().copied().reduce(f64::min);
+        let high = paired.iter().copied().reduce(f64::max);
+        (f > 0.0).then(|| Comparison {
+            file: f,
+            postgres: p,
+            ratio: p / f,
+            noise: spread(file).zip(spread(postgres)).map(|(a, b)| a.max(b)),
+            paired: low.zip(high),
+        })
+    }
+
+    /// Equal within noise: the medians differ by no more than either path's repetitions do
+    /// among themselves.
+    pub fn within_noise(&self) -> Option<bool> {
+        self.noise.map(|n| (self.ratio - 1.0).abs() <= n)
+    }
+
+    pub fn verdict_text(&self) -> &'static str {
+        match self.within_noise() {
+            Some(true) => "within noise",
+            Some(false) => "outside noise",
+            None => "n/a (one repetition)",
+        }
+    }
+}
+
+/// How far a path's repetitions spread: (max − min) ÷ median; `None` with fewer than two.
+pub fn spread(values: &[f64]) -> Option<f64> {
+    if values.len() < 2 {
+        return None;
+    }
+    let max = values.iter().copied().fold(f64::MIN, f64::max);
+    let min = values.iter().copied().fold(f64::MAX, f64::min);
+    median(values.to_vec())
+        .filter(|m| *m > 0.0)
+        .map(|m| (max - min) / m)
+}
+
 impl Outcome {
+    /// egressd (postgres state) against egressd in `scenario`, when both ran.
+    pub fn backend_comparison(&self, scenario: Scenario) -> Option<Comparison> {
+        let (_, per_kind) = self.scenarios.iter().find(|(s, _)| *s == scenario)?;
+        let values = |kind: Kind| {
+            per_kind
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, runs)| runs.iter().map(|r| r.value).collect::<Vec<f64>>())
+        };
+        Comparison::of(&values(Kind::Egressd)?, &values(Kind::EgressdPostgres)?)
+    }
+
     pub fn summary(&self, scenario: Scenario, kind: Kind) -> Option<Summary> {
         let (_, per_kind) = self.scenarios.iter().find(|(s, _)| *s == scenario)?;
         let (_, samples) = per_kind.iter().find(|(k, _)| *k == kind)?;
@@ -302,7 +397,8 @@ impl Context {
     }
 }
 
-fn load_average() -> String {
+/// The 1-minute load average, from `/proc/loadavg`.
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
@@ -369,8 +465,9 @@ fn per_op(value: Option<f64>) -> String {
     }
 }
 
-/// The whole `BENCHMARKS.md`.
-pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>) -> String {
+/// The whole `BENCHMARKS.md`. `previous` is the file this one replaces, whose shared-state
+/// section is kept when this run did not measure one.
+pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Option<&str>) -> String {
     let mut md = String::new();
     let s = &o.settings;
     let mode = if s.quick {
@@ -393,6 +490,12 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>) -> String {
     for m in &o.measured {
         let extra = match m.kind {
             Kind::Egressd => format!(", release build, `RUST_LOG={}`", o.egressd_log),
+            Kind::EgressdPostgres => format!(
+                ", release build, {}",
+                m.setup
+                    .as_deref()
+                    .unwrap_or("with `[state] backend = \"postgres\"`")
+            ),
             Kind::EgressdCopy => format!(
                 ", release build, {}; CONNECT bulk scenarios only",
                 m.setup.as_deref().unwrap_or("with its copy relay")
@@ -458,8 +561,263 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>) -> String {
     if let Some(section) = &o.mtls {
         mtls_section(&mut md, section);
     }
+    match &o.shared_state {
+        Some(shared) => shared_state_section(&mut md, o, ctx, shared),
+        None => {
+            if let Some(carried) = previous.and_then(carried_section) {
+                let _ = writeln!(md, "{carried}\n");
+            }
+        }
+    }
     notes(&mut md, o, ctx);
     md
+}
+
+/// The shared-state section of an earlier `BENCHMARKS.md`, markers included.
+pub fn carried_section(previous: &str) -> Option<&str> {
+    let start = previous.find(SHARED_BEGIN)?;
+    let end = start + previous[start..].find(SHARED_END)? + SHARED_END.len();
+    Some(&previous[start..end])
+}
+
+fn shared_state_section(md: &mut String, o: &Outcome, ctx: &Context, shared: &SharedState) {
+    let _ = writeln!(
+        md,
+        "{SHARED_BEGIN}: generated by runs with --egressd-postgres or --egressd-postgres-url; \
+         runs without either keep this section as it is -->\n"
+    );
+    let _ = writeln!(md, "## Shared state: the postgres backend\n");
+    let _ = writeln!(
+        md,
+        "Measured {} by `{}`, load average (1 min) {} at start and {} at end. The database: {}.\n",
+        ctx.date, ctx.command, ctx.load.0, ctx.load.1, shared.database
+    );
+    let comparisons: Vec<(Scenario, Comparison)> = Scenario::ALL
+        .into_iter()
+        .filter_map(|s| Some((s, o.backend_comparison(s)?)))
+        .collect();
+    shared_state_targets(md, &comparisons, shared.tick_lag.as_ref());
+    backend_table(md, o, &comparisons);
+    tick_lag_part(md, shared.tick_lag.as_ref());
+    let _ = writeln!(md, "{SHARED_END}\n");
+}
+
+/// The two targets of issue 21 with pass or miss.
+fn shared_state_targets(
+    md: &mut String,
+    comparisons: &[(Scenario, Comparison)],
+    tick_lag: Option<&Result<TickLag, String>>,
+) {
+    let named: Vec<&(Scenario, Comparison)> = comparisons
+        .iter()
+        .filter(|(s, _)| BACKEND_TARGET_SCENARIOS.contains(s))
+        .collect();
+    let verdicts: Vec<Option<bool>> = named.iter().map(|(_, c)| c.within_noise()).collect();
+    let equal = if named.len() < BACKEND_TARGET_SCENARIOS.len() || verdicts.contains(&None) {
+        None
+    } else {
+        Some(verdicts.iter().all(|v| *v == Some(true)))
+    };
+    let ratios = named
+        .iter()
+        .map(|(s, c)| format!("{} {}", s.key(), times(c.ratio)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let equal_check = TargetCheck {
+        name: "keep-alive, new tunnels and bulk with the postgres backend".into(),
+        goal: "equal to the file backend's within noise (same run)".into(),
+        measured: format!("postgres ÷ file: {ratios}"),
+        pass: equal,
+    };
+    let lag_check = match tick_lag {
+        Some(Ok(lag)) => TargetCheck {
+            name: format!(
+                "tick lag p99, {} replicas on a local database",
+                lag.settings.replicas
+            ),
+            goal: format!("≤ {TARGET_P99_MS} ms, each tick fired once"),
+            measured: format!(
+                "{} ({} runs); {}",
+                lag.p99_ms().map_or("–".into(), |v| format!("{v} ms")),
+                lag.lags_ms.len(),
+                once_text(lag)
+            ),
+            pass: lag
+                .p99_ms()
+                .map(|p99| p99 <= TARGET_P99_MS && lag.once_each()),
+        },
+        Some(Err(why)) => TargetCheck {
+            name: "tick lag p99, several replicas on a local database".into(),
+            goal: format!("≤ {TARGET_P99_MS} ms"),
+            measured: format!("the measurement failed: {why}"),
+            pass: Some(false),
+        },
+        None => TargetCheck {
+            name: "tick lag p99, several replicas on a local database".into(),
+            goal: format!("≤ {TARGET_P99_MS} ms"),
+            measured: "not measured in this run (`--quick` or `--tick-lag-minutes 0`)".into(),
+            pass: None,
+        },
+    };
+    let _ = writeln!(
+        md,
+        "| target (issue 21) | goal | measured | result |\n|---|---|---|---|"
+    );
+    for t in [equal_check, lag_check] {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured,
+            t.verdict()
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn once_text(lag: &TickLag) -> String {
+    if lag.once_each() {
+        format!(
+            "each of the {} (schedule, tick) pairs invoked once, all succeeded",
+            lag.expected
+        )
+    } else {
+        format!(
+            "{} of {} pairs invoked, {} twice, {} missing, {} runs failed",
+            lag.expected - lag.missing,
+            lag.expected,
+            lag.duplicates,
+            lag.missing,
+            lag.failed
+        )
+    }
+}
+
+fn backend_table(md: &mut String, o: &Outcome, comparisons: &[(Scenario, Comparison)]) {
+    let _ = writeln!(
+        md,
+        "### State backends: file against postgres\n\n\
+         egressd and egressd (postgres state) in the same run, the same binary and config but \
+         for the `[state]` table, interleaved with the other paths in every repetition ({} of \
+         {:.1} s). Medians; the Results tables above have their latency and CPU figures. Noise is the \
+         larger of the two paths' spread over their repetitions, (max − min) ÷ median; the \
+         backends are equal within noise when the ratio of the medians differs from 1 by no \
+         more than that. Per repetition: the lowest and highest ratio of the two runs of one \
+         repetition, which ran one after the other.\n",
+        o.settings.reps,
+        o.settings.measure.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | file backend | postgres backend | postgres ÷ file | per repetition | noise | equal within noise |\n|---|---:|---:|---:|---:|---:|---|"
+    );
+    for (scenario, c) in comparisons {
+        let verdict = match c.within_noise() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let aside = if BACKEND_TARGET_SCENARIOS.contains(scenario) {
+            ""
+        } else {
+            " (not in the target)"
+        };
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {} | {:.3}× | {} | {} | {verdict}{aside} |",
+            scenario.key(),
+            scenario.unit(),
+            figure(*scenario, c.file),
+            figure(*scenario, c.postgres),
+            c.ratio,
+            c.paired
+                .map_or("–".into(), |(low, high)| format!("{low:.2}–{high:.2}×")),
+            c.noise
+                .map_or("–".into(), |n| format!("±{:.1} %", n * 100.0)),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn tick_lag_part(md: &mut String, tick_lag: Option<&Result<TickLag, String>>) {
+    let lag = match tick_lag {
+        Some(Ok(lag)) => lag,
+        Some(Err(why)) => {
+            let _ = writeln!(md, "### Tick lag\n\nThe measurement failed: {why}\n");
+            return;
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "### Tick lag\n\nNot measured in this run. `cargo run --release -p \
+                 egressd-bench -- tick-lag` measures it alone.\n"
+            );
+            return;
+        }
+    };
+    let t = &lag.settings;
+    let _ = writeln!(
+        md,
+        "### Tick lag: {} replicas, one database\n\n\
+         {} `egressd run` processes with the postgres backend on one database, after the \
+         throughput scenarios (their paths stopped). {} schedules of a function that answers \
+         200 on loopback, every minute (`* * * * *`), created through the replicas' admin \
+         APIs in turn; {} minute boundaries. Each tick is claimed in the run ledger by one \
+         replica before it is invoked. Lag: `lag_ms` of the `scheduled run` log line, from \
+         the nominal time to the start of the invocation, after the claim. The function \
+         counts the invocations per (schedule, `x-egress-scheduled-time`).\n",
+        t.replicas, t.replicas, t.schedules, t.minutes
+    );
+    let ms = |v: Option<i64>| v.map_or("–".into(), |v| v.to_string());
+    let per_replica = lag
+        .per_replica
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        md,
+        "| runs | p50 ms | p99 ms | max ms | invocations at the function | per (schedule, tick) | runs per replica |\n|---:|---:|---:|---:|---:|---|---|"
+    );
+    let _ = writeln!(
+        md,
+        "| {} of {} | {} | {} | {} | {} | {} twice, {} missing, {} failed | {per_replica} |\n",
+        lag.lags_ms.len(),
+        lag.expected,
+        ms(lag.p50_ms()),
+        ms(lag.p99_ms()),
+        ms(lag.max_ms()),
+        lag.invocations,
+        lag.duplicates,
+        lag.missing,
+        lag.failed
+    );
+    let _ = writeln!(
+        md,
+        "Every lag in ms per tick, ascending, with the replica (1–{}) that fired the run:\n",
+        t.replicas
+    );
+    for (tick, lags) in &lag.by_tick {
+        let at = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(*tick),
+        );
+        let lags = lags
+            .iter()
+            .map(|(ms, replica)| format!("{ms} ({})", replica + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(md, "- {at}: {lags}");
+    }
+    let _ = writeln!(md);
+    if lag.lags_ms.len() <= 100 {
+        // ⌊0.99·n⌋ is the last index for n ≤ 100.
+        let _ = writeln!(
+            md,
+            "With 100 runs or fewer, p99 is the largest lag: the sample at index ⌊0.99·n⌋ of \
+             the sorted lags is the last one.\n"
+        );
+    }
 }
 
 fn scenario_table(
@@ -830,6 +1188,18 @@ fn notes(md: &mut String, o: &Outcome, ctx: &Context) {
             o.egressd_log
         ),
     ];
+    if let Some(pg) = o.measured.iter().find(|m| m.kind == Kind::EgressdPostgres) {
+        lines.push(format!(
+            "egressd (postgres state): the same binary and config as egressd, {}, measured in \
+             the five throughput scenarios right after egressd in each repetition. Its request \
+             path does not touch the database (the policy is in memory; a background task \
+             polls a change counter every second and LISTENs), which is what the A/B checks. \
+             Not in the idle-tunnel scenario, where the state backend has nothing to do.",
+            pg.setup
+                .as_deref()
+                .unwrap_or("with `[state] backend = \"postgres\"`")
+        ));
+    }
     if let Some(copy) = o.measured.iter().find(|m| m.kind == Kind::EgressdCopy) {
         lines.push(format!(
             "egressd (copy relay): the same binary and config as egressd, {}, measured in the \
@@ -872,5 +1242,39 @@ fn notes(md: &mut String, o: &Outcome, ctx: &Context) {
     }
     for line in lines {
         let _ = writeln!(md, "- {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_state_section_is_carried_with_its_markers() {
+        let previous = format!(
+            "# egressd benchmarks\n\nold tables\n\n{SHARED_BEGIN}: note -->\n\n## Shared state\n\nfigures\n{SHARED_END}\n\n## Method\n"
+        );
+        let carried = carried_section(&previous).unwrap();
+        assert!(carried.starts_with(SHARED_BEGIN), "{carried}");
+        assert!(carried.ends_with(SHARED_END), "{carried}");
+        assert!(carried.contains("figures"));
+        assert!(!carried.contains("Method"));
+        assert_eq!(carried_section("# egressd benchmarks\n\n## Method\n"), None);
+    }
+
+    #[test]
+    fn backends_are_equal_when_the_ratio_is_inside_the_spread_of_the_repetitions() {
+        let file = [100.0, 104.0, 98.0];
+        let close = Comparison::of(&file, &[101.0, 97.0, 99.0]).unwrap();
+        assert!((close.ratio - 0.99).abs() < 1e-9, "{close:?}");
+        assert!((close.noise.unwrap() - 0.06).abs() < 1e-9, "{close:?}");
+        assert_eq!(close.within_noise(), Some(true));
+        let slower = Comparison::of(&file, &[90.0, 91.0, 89.0]).unwrap();
+        assert_eq!(slower.within_noise(), Some(false));
+        let (low, high) = slower.paired.unwrap();
+        assert!((low - 91.0 / 104.0).abs() < 1e-9, "{slower:?}");
+        assert!((high - 89.0 / 98.0).abs() < 1e-9, "{slower:?}");
+        let once = Comparison::of(&[100.0], &[90.0]).unwrap();
+        assert_eq!(once.within_noise(), None);
     }
 }

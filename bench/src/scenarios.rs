@@ -6,7 +6,9 @@
 //! The report takes the median of the repetitions. egressd with its copy relay runs in the
 //! bulk scenarios only, where the relay is what is measured. The idle-tunnel scenario starts
 //! a fresh instance of each path per repetition, so memory freed by earlier scenarios cannot
-//! hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone, follow.
+//! hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone, follow. egressd with
+//! the postgres backend runs in the five throughput scenarios only (see [`Kind::EgressdPostgres`]);
+//! its tick lag is measured by [`crate::ticklag`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ use crate::allowlist;
 use crate::load::{self, Tally, Window};
 use crate::mtls::{self, MtlsSection};
 use crate::peers::{self, Env, Kind, Started, Subject};
+use crate::report;
+use crate::ticklag::TickLag;
 
 /// How long and how often to measure.
 #[derive(Debug, Clone)]
@@ -299,6 +303,17 @@ pub struct Outcome {
     /// The mTLS origination scenarios; `None` when egressd was not measured.
     pub mtls: Option<MtlsSection>,
     pub allowlist: allowlist::Timings,
+    /// The postgres backend's database and tick lag; `None` when it was not measured.
+    pub shared_state: Option<SharedState>,
+}
+
+/// The shared-state part of a run (issue 21).
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    /// The database egressd (postgres state) and the tick-lag replicas used.
+    pub database: String,
+    /// `None`: not measured in this run; `Err`: it failed, and why.
+    pub tick_lag: Option<Result<TickLag, String>>,
 }
 
 /// Starts the paths in `kinds`, runs every scenario, and stops them again.
@@ -345,7 +360,7 @@ pub async fn run(
             for (subject, (_, runs)) in subjects.iter().zip(samples.iter_mut()) {
                 let sample = measure(scenario, subject, env, &settings).await;
                 eprintln!(
-                    "{:<20} rep {}/{} {:<20} {:>12.2} {}  errors {}",
+                    "{:<20} rep {}/{} {:<24} {:>12.2} {}  errors {}",
                     scenario.label(),
                     rep + 1,
                     settings.reps,
@@ -360,11 +375,10 @@ pub async fn run(
         scenarios.push((scenario, samples));
     }
 
-    // Idle tunnels move no bytes, so egressd's relay choice cannot show there.
     let memory_kinds: Vec<Kind> = subjects
         .iter()
         .map(|s| s.kind)
-        .filter(|k| *k != Kind::Direct && *k != Kind::EgressdCopy)
+        .filter(|k| measures_idle_memory(*k))
         .collect();
     drop(subjects);
     let mut memory: PerPath<MemorySample> = memory_kinds.iter().map(|k| (*k, Vec::new())).collect();
@@ -409,7 +423,18 @@ pub async fn run(
         memory,
         mtls,
         allowlist,
+        shared_state: None,
     })
+}
+
+/// Whether the idle-tunnel scenario runs `kind`. Idle tunnels move no bytes, so egressd's
+/// relay choice cannot show there, and neither can its state backend, which the tunnel path
+/// never touches.
+fn measures_idle_memory(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::Direct | Kind::EgressdCopy | Kind::EgressdPostgres
+    )
 }
 
 /// Starts `kind` and proves it carries one request and one tunnel, so a misconfigured peer
@@ -545,14 +570,14 @@ pub async fn run_focused(
                 runs.push(measure(scenario, subject, env, &settings).await);
             }
         }
-        for (subject, runs) in subjects.iter().zip(samples) {
+        for (subject, runs) in subjects.iter().zip(&samples) {
             let median = |f: &dyn Fn(&Sample) -> Option<f64>| {
                 let mut v: Vec<f64> = runs.iter().filter_map(f).collect();
                 v.sort_by(f64::total_cmp);
                 v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
             };
             println!(
-                "{:<16} {:<20} {:>12.2} {:<8} p50 {:>7.0} µs  cpu/op {:>8.1}  ctxsw/op {:>6.2}  errors {}",
+                "{:<16} {:<24} {:>12.2} {:<8} p50 {:>7.0} µs  cpu/op {:>8.1}  ctxsw/op {:>6.2}  errors {}",
                 scenario.key(),
                 subject.kind.name(),
                 median(&|s| Some(s.value)),
@@ -563,13 +588,11 @@ pub async fn run_focused(
                 runs.iter().map(|s| s.errors).sum::<u64>(),
             );
         }
+        print_backend_comparison(scenario, &subjects, &samples);
     }
     drop(subjects);
     if idle_tunnels {
-        for &kind in kinds
-            .iter()
-            .filter(|k| **k != Kind::Direct && **k != Kind::EgressdCopy)
-        {
+        for &kind in kinds.iter().filter(|k| measures_idle_memory(**k)) {
             for _ in 0..settings.memory_reps {
                 let sample = idle_memory(kind, env, settings.idle_tunnels).await?;
                 println!(
@@ -583,4 +606,29 @@ pub async fn run_focused(
         }
     }
     Ok(())
+}
+
+/// In an A/B of the state backends, the postgres ÷ file ratio of the medians and whether it is
+/// within the noise of the repetitions (see [`report::Comparison`]).
+fn print_backend_comparison(scenario: Scenario, subjects: &[&Subject], samples: &[Vec<Sample>]) {
+    let values = |kind: Kind| {
+        subjects
+            .iter()
+            .zip(samples)
+            .find(|(s, _)| s.kind == kind)
+            .map(|(_, runs)| runs.iter().map(|r| r.value).collect::<Vec<f64>>())
+    };
+    let (Some(file), Some(postgres)) = (values(Kind::Egressd), values(Kind::EgressdPostgres))
+    else {
+        return;
+    };
+    if let Some(c) = report::Comparison::of(&file, &postgres) {
+        println!(
+            "{:<16} postgres ÷ file {:.3}×, noise ±{:.1} % → {}",
+            scenario.key(),
+            c.ratio,
+            c.noise.map_or(f64::NAN, |n| n * 100.0),
+            c.verdict_text()
+        );
+    }
 }
