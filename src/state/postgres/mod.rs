@@ -102,9 +102,34 @@ impl Database {
     pub async fn open(settings: &PgSettings, replica_name: &str) -> Result<Arc<Database>, DbError> {
         let db = Self::connect(settings, replica_name)?;
         db.ready().await?;
-        // One connection up front: a wrong password fails the start, not the first request.
-        drop(db.client().await?);
+        // The pool filled up front: a wrong password fails the start, not the first request,
+        // and the first minute's claims (made side by side) do not each wait for a
+        // connection and its SCRAM handshake.
+        db.warm().await?;
         Ok(Arc::new(db))
+    }
+
+    /// Opens every connection of the pool at once.
+    async fn warm(&self) -> Result<(), DbError> {
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..POOL_SIZE {
+            let pool = self.pool.clone();
+            opening.spawn(async move { pool.get().await });
+        }
+        let mut held = Vec::with_capacity(POOL_SIZE);
+        while let Some(opened) = opening.join_next().await {
+            match opened.expect("opening a connection does not panic") {
+                Ok(client) => held.push(client),
+                Err(deadpool_postgres::PoolError::Backend(err)) => return Err(self.error(err)),
+                Err(err) => {
+                    return Err(DbError::Unreachable {
+                        target: self.target.clone(),
+                        message: err.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Brings the schema up to date unless that is known done (under the migration lock,
