@@ -136,6 +136,62 @@ fn check_reports_the_database_and_its_schema() {
     );
 }
 
+/// TLS to the database goes through rustls and verifies the server: with the CA that signed
+/// its certificate (`state.ca_file`) the check connects; with the default roots, or a
+/// certificate for another name, it refuses and says why.
+#[test]
+fn tls_to_the_database_verifies_the_server() {
+    use crate::support::mtls::{Ca, Files};
+    let ca = Ca::new("db test CA");
+    let (cert, key) = ca.issue("db", &["127.0.0.1"]);
+    let server = postgres::OwnServer::start_with_tls(&cert, &key);
+    let db = server.database();
+    let files = Files::new();
+    let ca_file = files.write("db-ca.crt", &ca.pem);
+    let other_ca = files.write("other-ca.crt", &Ca::new("another CA").pem);
+    let require = format!("{}?sslmode=require", db.url);
+    let with_ca = |url: &str, ca: &std::path::Path| {
+        format!("{}ca_file = \"{}\"\n", state_table(url), ca.display())
+    };
+    // (name, [state] table, exit code, words in the output)
+    let cases = [
+        (
+            "sslmode=require with its CA",
+            with_ca(&require, &ca_file),
+            0,
+            "no schema yet",
+        ),
+        (
+            "sslmode=require with another CA",
+            with_ca(&require, &other_ca),
+            1,
+            "cannot reach the database",
+        ),
+        (
+            "sslmode=require with the Mozilla roots",
+            state_table(&require),
+            1,
+            "UnknownIssuer",
+        ),
+        (
+            "the default (prefer) with its CA",
+            with_ca(&db.url, &ca_file),
+            0,
+            "no schema yet",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, table, code, words) in &cases {
+        let (got, output) = check_with_state(table);
+        if got != *code || !output.contains(words) {
+            failures.push(format!(
+                "{name}: exit {got} (wanted {code}), output lacks {words:?}:\n{output}"
+            ));
+        }
+    }
+    assert_no_failures(&failures, cases.len());
+}
+
 #[tokio::test]
 async fn a_database_egressd_cannot_use_stops_the_start_and_writes_nothing() {
     let (port, _) = function_server().await;

@@ -26,6 +26,8 @@ pub struct Server {
     /// Our own server's data directory; `None` for `EGRESSD_TEST_DATABASE_URL`.
     data: Option<PathBuf>,
     bin: Option<PathBuf>,
+    /// Extra `-c name=value` settings of our own server (TLS).
+    settings: Vec<String>,
 }
 
 /// One test's database, owned by a role of its own.
@@ -84,11 +86,17 @@ fn external(url: &str) -> Result<Server, String> {
         port: config.get_ports().first().copied().unwrap_or(5432),
         data: None,
         bin: None,
+        settings: Vec::new(),
     })
 }
 
 impl Server {
     fn start_own() -> Result<Server, String> {
+        Self::start_own_with(None)
+    }
+
+    /// Our own server; with `tls` (certificate and key, PEM) it also speaks TLS.
+    fn start_own_with(tls: Option<(&str, &str)>) -> Result<Server, String> {
         let bin = server_binaries().ok_or(
             "no PostgreSQL server binaries (initdb, postgres); install Debian's postgresql, or set EGRESSD_TEST_DATABASE_URL",
         )?;
@@ -103,6 +111,17 @@ impl Server {
         let data = root.join("data");
         let pwfile = root.join("pw");
         std::fs::write(&pwfile, PASSWORD).map_err(|e| e.to_string())?;
+        let mut settings = Vec::new();
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (root.join("server.crt"), root.join("server.key"));
+            std::fs::write(&cert_path, cert).map_err(|e| e.to_string())?;
+            std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
+            // PostgreSQL refuses a key others can read.
+            super::set_mode(&key_path, 0o600);
+            settings.push("ssl=on".to_string());
+            settings.push(format!("ssl_cert_file={}", cert_path.display()));
+            settings.push(format!("ssl_key_file={}", key_path.display()));
+        }
         if super::running_as_root() {
             chown_to_postgres(&root)?;
         }
@@ -131,6 +150,7 @@ impl Server {
             port,
             data: Some(data),
             bin: Some(bin),
+            settings,
         };
         server.spawn_keeper()?;
         server.wait_ready(Duration::from_secs(30))?;
@@ -180,6 +200,7 @@ impl Server {
             // with `pg_ctl stop -m immediate` and expect every acknowledged write back.
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -234,6 +255,14 @@ impl OwnServer {
     pub fn start() -> OwnServer {
         OwnServer {
             server: Server::start_own().unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}")),
+        }
+    }
+
+    /// A server that also speaks TLS with this certificate and key (PEM).
+    pub fn start_with_tls(cert: &str, key: &str) -> OwnServer {
+        OwnServer {
+            server: Server::start_own_with(Some((cert, key)))
+                .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {e}")),
         }
     }
 
