@@ -16,8 +16,10 @@ pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The wall clock the scheduler reads, and sleeps on.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
-    /// Returns once `duration` of this clock's time has passed.
-    fn sleep(&self, duration: Duration) -> Sleep;
+    /// Returns once this clock reads `deadline` or later. A deadline rather than a
+    /// duration: a caller that planned against an earlier reading must not sleep for
+    /// the time that passed while it planned.
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep;
 }
 
 /// The system's clock and tokio's timer.
@@ -29,7 +31,8 @@ impl Clock for SystemClock {
         Utc::now()
     }
 
-    fn sleep(&self, duration: Duration) -> Sleep {
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep {
+        let duration = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         Box::pin(tokio::time::sleep(duration))
     }
 }
@@ -65,13 +68,11 @@ impl Clock for ManualClock {
         *self.now.borrow()
     }
 
-    fn sleep(&self, duration: Duration) -> Sleep {
+    fn sleep_until(&self, deadline: DateTime<Utc>) -> Sleep {
         let mut changes = self.now.subscribe();
-        let until =
-            self.now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
         Box::pin(async move {
             // Returns early only when the clock is gone: nothing could wake it then.
-            let _ = changes.wait_for(|now| *now >= until).await;
+            let _ = changes.wait_for(|now| *now >= deadline).await;
         })
     }
 }
@@ -86,7 +87,7 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let clock = ManualClock::new(start);
-        let sleep = tokio::spawn(clock.sleep(Duration::from_secs(30)));
+        let sleep = tokio::spawn(clock.sleep_until(start + chrono::Duration::seconds(30)));
         clock.advance(Duration::from_secs(29));
         tokio::task::yield_now().await;
         assert!(!sleep.is_finished(), "29 s of 30");
@@ -96,5 +97,21 @@ mod tests {
             .expect("woken at 30 s")
             .unwrap();
         assert_eq!(clock.now(), start + chrono::Duration::seconds(30));
+    }
+
+    #[tokio::test]
+    async fn a_manual_sleep_whose_deadline_has_passed_ends_at_once() {
+        let start = DateTime::parse_from_rfc3339("2026-12-03T10:00:30Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let clock = ManualClock::new(start);
+        // The clock moved on while the caller planned its sleep.
+        clock.advance(Duration::from_secs(60));
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            clock.sleep_until(start + chrono::Duration::seconds(30)),
+        )
+        .await
+        .expect("a deadline in the past does not wait for the next move");
     }
 }

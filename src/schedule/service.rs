@@ -244,35 +244,36 @@ impl Scheduler {
         // The last nominal time handled per schedule, from the store at first sight.
         let mut handled: HashMap<String, DateTime<Utc>> = HashMap::new();
         loop {
-            let sleep = self.plan_and_fire(&mut handled).await;
+            let wake_at = self.plan_and_fire(&mut handled).await;
             tokio::select! {
-                _ = self.clock.sleep(sleep) => {}
+                _ = self.clock.sleep_until(wake_at) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// One pass of the loop: fires what is due and records what was missed; returns how
-    /// long to sleep. A schedule whose due runs could not be claimed or recorded (the
+    /// One pass of the loop: fires what is due and records what was missed; returns when
+    /// to wake. A time, not a duration: the clock may move while the pass plans (a manual
+    /// one in one step), and the next tick's time stays right whatever the pass took. A schedule whose due runs could not be claimed or recorded (the
     /// database is away) keeps its place: the next pass plans it again, so a run missed
     /// during an outage follows the missed-run policy once the store answers.
     async fn plan_and_fire(
         self: &Arc<Self>,
         handled: &mut HashMap<String, DateTime<Utc>>,
-    ) -> Duration {
+    ) -> DateTime<Utc> {
         let policy = self.policy();
         let functions = &policy.functions;
-        let mut sleep = MAX_SLEEP;
         let schedules = match self.list().await {
             Ok(schedules) => schedules,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the schedules; nothing is claimed or fired until the store answers");
-                return STORE_RETRY;
+                return after(self.clock.now(), STORE_RETRY);
             }
         };
         handled.retain(|id, _| schedules.iter().any(|s| &s.id == id));
         let now = self.clock.now();
+        let mut wake_at = after(now, MAX_SLEEP);
         // Schedules due at the same minute are claimed and fired side by side: with a shared
         // store each claim is a database round trip, and one after the other the tenth
         // would start tens of milliseconds late.
@@ -291,7 +292,7 @@ impl Scheduler {
             let due = plan(&cron, since, now);
             if due.fire.is_none() && due.missed.is_empty() {
                 if let Some(next) = sleep_until_next(&cron, due.handled_through, now) {
-                    sleep = sleep.min(next);
+                    wake_at = wake_at.min(after(now, next));
                 }
                 continue;
             }
@@ -307,12 +308,12 @@ impl Scheduler {
             };
             if let Err(err) = result {
                 tracing::warn!(schedule = %id, error = %err, "cannot claim or record a due run; trying again");
-                sleep = sleep.min(STORE_RETRY);
+                wake_at = wake_at.min(after(self.clock.now(), STORE_RETRY));
                 continue;
             }
             handled.insert(id, due.handled_through);
-            if let Some(next) = sleep_until_next(&cron, due.handled_through, self.clock.now()) {
-                sleep = sleep.min(next);
+            if let Some(next) = sleep_until_next(&cron, due.handled_through, now) {
+                wake_at = wake_at.min(after(now, next));
             }
         }
         // Housekeeping after the firing, which it must not delay: schedules of undeployed
@@ -326,7 +327,7 @@ impl Scheduler {
             .unwrap_or(true)
         };
         if undeployed_left {
-            sleep = sleep.min(UNDEPLOY_RETRY);
+            wake_at = wake_at.min(after(self.clock.now(), UNDEPLOY_RETRY));
         }
         match self.blocking(|store| store.abandon_expired()).await {
             Ok(abandoned) => {
@@ -338,7 +339,7 @@ impl Scheduler {
             }
             Err(err) => tracing::debug!(error = %err, "cannot look for abandoned runs"),
         }
-        sleep
+        wake_at
     }
 
     /// Records what `due` says was missed and fires what it says is due.
@@ -520,4 +521,12 @@ fn skipped_or_missed(nominal: DateTime<Utc>, state: RunState) -> RunRecord {
             _ => "egressd was not running, or its clock stepped forward".into(),
         }),
     }
+}
+
+/// `time` plus `duration`, saturating far in the future.
+fn after(time: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| time.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
