@@ -63,8 +63,13 @@ pub struct App {
 impl App {
     /// Binds both listeners (port 0 picks a free port), restores activation state from
     /// `state_dir` and starts watching the config file. `config_text` is the text `config`
-    /// was parsed from: a reload of identical text is a no-op.
-    pub async fn start(config: Config, config_text: String) -> anyhow::Result<App> {
+    /// was parsed from: a reload of identical text is a no-op. `metrics` comes in made, as
+    /// the log writer, started before the config is read, counts into it.
+    pub async fn start(
+        config: Config,
+        config_text: String,
+        metrics: Metrics,
+    ) -> anyhow::Result<App> {
         let settings = config.proxy.clone();
         check_open_files_limit(settings.max_connections);
         let listeners = bind_workers(settings.listen, settings.workers)
@@ -79,7 +84,7 @@ impl App {
             })?;
         let own_addrs = vec![listeners[0].local_addr()?, admin_listener.local_addr()?];
 
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(metrics);
         let (store, database) = open_state(&config).await?;
         let shared = database
             .as_ref()

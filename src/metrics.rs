@@ -81,6 +81,8 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Client connections turned away because `max_connections` was reached.
     pub rejected_connections: Counter,
+    /// Log lines dropped because the log writer fell behind (see `util::logwriter`).
+    pub access_log_dropped: Counter,
 
     /// Config reloads by result (success, failure, unchanged).
     reloads: Family<Labels<1>, Counter>,
@@ -121,6 +123,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_log_dropped(Counter::default())
+    }
+
+    /// With the log writer's dropped-lines counter, made before the metrics are.
+    pub fn with_log_dropped(access_log_dropped: Counter) -> Self {
         let mut registry = Registry::with_prefix("egressd");
         let requests: Family<Labels<3>, Counter> = Family::default();
         let upstream_errors = Family::default();
@@ -212,6 +219,11 @@ impl Metrics {
             tunnels_refused.clone(),
         );
         registry.register(
+            "access_log_dropped",
+            "Log lines (access lines and others) dropped because the log writer fell behind its buffer",
+            access_log_dropped.clone(),
+        );
+        registry.register(
             "rejected_connections",
             "Client connections refused over max_connections",
             rejected_connections.clone(),
@@ -258,6 +270,7 @@ impl Metrics {
             active_tunnels,
             active_connections,
             rejected_connections,
+            access_log_dropped,
 
             reloads,
             revocations,

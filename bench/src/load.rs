@@ -128,6 +128,24 @@ impl Window {
     }
 }
 
+/// Drives a smoke check through ever longer windows until it sees an operation or an error:
+/// on a busy machine (CI beside a build) a first TLS handshake of a debug binary can take
+/// longer than the 100 ms that suffice on a quiet one, and nothing done is no failure.
+pub async fn smoke<F, Fut>(mut drive: F) -> Tally
+where
+    F: FnMut(Window) -> Fut,
+    Fut: std::future::Future<Output = Tally>,
+{
+    let mut tally = Tally::default();
+    for measure in [100, 1000, 5000].map(Duration::from_millis) {
+        tally = drive(Window::after_warmup(Duration::ZERO, measure)).await;
+        if tally.ops > 0 || tally.errors > 0 {
+            break;
+        }
+    }
+    tally
+}
+
 /// What a run's workers did inside the window.
 #[derive(Debug, Default)]
 pub struct Tally {

@@ -269,8 +269,8 @@ pub async fn run(settings: &Settings, env: &Env) -> anyhow::Result<MtlsSection> 
 async fn smoke_check(setup: &Setup) -> anyhow::Result<()> {
     for scenario in MtlsScenario::ALL {
         for via in Via::ALL {
-            let window = Window::after_warmup(Duration::ZERO, Duration::from_millis(100));
-            let tally = drive(scenario, via, setup, window, Arc::default()).await;
+            let tally =
+                load::smoke(|window| drive(scenario, via, setup, window, Arc::default())).await;
             if tally.ops == 0 || tally.errors > 0 {
                 let answer = match via {
                     Via::Egressd => format!(

@@ -445,8 +445,7 @@ async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Option<Subject>>
         Started::Missing => return Ok(None),
     };
     for scenario in [Scenario::KeepAlive, Scenario::NewTunnels] {
-        let window = Window::after_warmup(Duration::ZERO, Duration::from_millis(100));
-        let tally = scenario.drive(&subject, env, window).await;
+        let tally = load::smoke(|window| scenario.drive(&subject, env, window)).await;
         if tally.ops == 0 || tally.errors > 0 {
             anyhow::bail!(
                 "{} failed its smoke check ({}: {} ok, {} errors)",

@@ -3,10 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::control::config::Config;
+use crate::metrics::Metrics;
+use crate::util::logwriter::{self, LogFlush, LogWriter};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -15,13 +18,16 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr through the [`LogWriter`], off the request path; lines it had to drop are
+/// counted in `dropped`. Log lines are written until the returned guard is dropped.
+fn init_logging(format: LogFormat, dropped: Counter) -> LogFlush {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, flush) = LogWriter::start(std::io::stderr(), logwriter::DEFAULT_LIMIT, dropped);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
@@ -29,11 +35,14 @@ fn init_logging(format: LogFormat) {
         // tracing target is left out of JSON lines.
         LogFormat::Json => builder.json().flatten_event(true).with_target(false).init(),
     }
+    flush
 }
 
 /// Serves the config at `path` until SIGTERM or SIGINT.
 pub fn run(path: &Path, format: LogFormat) -> ExitCode {
-    init_logging(format);
+    let dropped = Counter::default();
+    // Dropped last, after the final "egressd stopped" line: every line is written.
+    let _flush = init_logging(format, dropped.clone());
     let (config, text) = match Config::load_with_text(path) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -48,7 +57,7 @@ pub fn run(path: &Path, format: LogFormat) -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async move {
-        let app = App::start(config, text).await?;
+        let app = App::start(config, text, Metrics::with_log_dropped(dropped)).await?;
         let signals = Signals::install()?;
         tracing::info!(proxy = %app.proxy_addr(), admin = %app.admin_addr(), "egressd listening");
         let shutdown = CancellationToken::new();

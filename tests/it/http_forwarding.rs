@@ -417,6 +417,57 @@ async fn the_access_log_has_the_normalised_target_and_the_bytes_sent() {
     assert_eq!(line["target"], "other.test:443", "{line}");
 }
 
+/// The access log is written off the request path, in batches: every line still arrives,
+/// in order, and stopping loses none of them, up to the last line before the exit.
+#[tokio::test]
+async fn every_access_line_is_written_even_when_egressd_stops_right_after() {
+    let origin = origin().await;
+    let mut proxy = api_proxy(&origin).start();
+    let requests = 300;
+    let urls: Vec<String> = (0..requests)
+        .map(|n| format!("http://api.test:{}/echo?n={n}", origin.port()))
+        .collect();
+    let mut args = vec![
+        "-x".to_string(),
+        proxy.proxy_url(),
+        "-o".into(),
+        "/dev/null".into(),
+    ];
+    for url in &urls {
+        args.push(url.clone());
+        args.push("-o".into());
+        args.push("/dev/null".into());
+    }
+    args.truncate(args.len() - 2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = curl(&args, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        proxy
+            .metric(
+                "egressd_requests_total{protocol=\"http\",decision=\"allowed\",reason=\"none\"}"
+            )
+            .await,
+        requests as f64
+    );
+    assert_eq!(proxy.metric("egressd_access_log_dropped_total").await, 0.0);
+    proxy.terminate().await;
+    let targets = eventually("every access line, after the exit", || async {
+        let targets: Vec<String> = proxy
+            .access_logs()
+            .iter()
+            .filter_map(|l| l["raw_target"].as_str().map(str::to_string))
+            .collect();
+        (targets.len() >= requests).then_some(targets)
+    })
+    .await;
+    assert_eq!(targets, urls, "one line per request, in order");
+    // Logged just before the process exits: only the flush at exit writes it.
+    proxy
+        .wait_for_line(|l| l["message"] == "egressd stopped")
+        .await;
+}
+
 #[tokio::test]
 async fn a_silent_upstream_gets_504_after_the_response_header_timeout() {
     let silent = silent_origin().await;
