@@ -16,6 +16,11 @@ use super::{watch, Activity, RelayKind, TunnelEnd, TunnelStats};
 const BURST_BUFFER: usize = 64 * 1024;
 /// Spare burst buffers kept per worker thread.
 const SPARE_PER_THREAD: usize = 8;
+/// Bytes a direction copies before a splice relay switches it to splice(2). A tunnel's
+/// first flights (a TLS handshake, a small request and its answer) are a few KiB: through a
+/// pipe each read is two splices and a pipe loan, where a copy is one read and one write.
+/// Only a direction that carries bulk pays the pipe, and gains from it.
+const COPY_BEFORE_SPLICE: u64 = 64 * 1024;
 
 thread_local! {
     /// Buffers of finished bursts on this thread, for the next burst. Reusing a few hot
@@ -120,6 +125,8 @@ struct Direction {
     kind: RelayKind,
     held: InFlight,
     done: bool,
+    /// Bytes moved so far, up to [`COPY_BEFORE_SPLICE`].
+    moved: u64,
 }
 
 impl Direction {
@@ -128,7 +135,15 @@ impl Direction {
             kind,
             held: InFlight::Nothing,
             done: false,
+            moved: 0,
         }
+    }
+
+    /// Whether the next read goes into a pipe: a splice relay past its first flights.
+    fn splices(&self) -> bool {
+        cfg!(target_os = "linux")
+            && self.kind == RelayKind::Splice
+            && self.moved >= COPY_BEFORE_SPLICE
     }
 
     /// Moves `from` → `to` until EOF, then half-closes `to`; `Ready(Ok)` once done.
@@ -162,6 +177,7 @@ impl Direction {
                 Ok(n) => {
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     activity.touch(start);
+                    self.moved = (self.moved + n as u64).min(COPY_BEFORE_SPLICE);
                 }
                 // The readiness was stale; `try_io` cleared it, so the next poll waits.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -174,7 +190,7 @@ impl Direction {
     /// empty: every read is written out before the next.
     fn read(&mut self, from: &TcpStream) -> io::Result<usize> {
         #[cfg(target_os = "linux")]
-        if self.kind == RelayKind::Splice {
+        if self.splices() {
             if !matches!(self.held, InFlight::Pipe(_)) {
                 self.held = InFlight::Pipe(crate::egress::splice::Loaned::take()?);
             }
@@ -330,11 +346,17 @@ mod tests {
             Duration::from_secs(60),
             CancellationToken::new(),
         ));
-        client_peer.write_all(b"e").await.unwrap();
-        client_peer.shutdown().await.unwrap();
+        // Past the copied first flight, so its last bytes go through a pooled pipe.
+        let mut sent = vec![b'a'; COPY_BEFORE_SPLICE as usize];
+        sent.extend_from_slice(b"end");
+        let writer = async {
+            client_peer.write_all(&sent).await.unwrap();
+            client_peer.shutdown().await.unwrap();
+        };
         let mut got = Vec::new();
-        upstream_peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"e");
+        let (_, read) = tokio::join!(writer, upstream_peer.read_to_end(&mut got));
+        read.unwrap();
+        assert!(got == sent, "only tunnel 2's bytes, {} of them", got.len());
         drop(upstream_peer);
         second.await.unwrap();
     }
