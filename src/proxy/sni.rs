@@ -217,6 +217,10 @@ pub async fn read_first_flight<C: AsyncRead + Unpin>(
     cancel: &CancellationToken,
 ) -> Result<FirstFlight, FlightError> {
     let mut buf = BytesMut::from(&early[..]);
+    // A copy: `early` is a slice of hyper's 8 KiB read buffer, even when empty, and a tunnel
+    // whose client has not spoken yet (a server-speaks-first protocol) would pin it all that
+    // while.
+    drop(early);
     let mut deadline = None;
     loop {
         match parse_client_hello(&buf) {
