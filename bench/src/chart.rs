@@ -18,6 +18,8 @@ use crate::report::times;
 use crate::scenarios::{Outcome, Scenario};
 
 const FONT: &str = "sans-serif";
+/// Width of the legend column right of each panel, in pixels.
+const LEGEND_WIDTH: u32 = 250;
 /// Width of one scenario group in x units.
 const SPAN: i32 = 1000;
 
@@ -33,10 +35,15 @@ fn color(kind: Kind) -> RGBColor {
         Kind::CopyRelay => RGBColor(150, 150, 150),
         Kind::SpliceRelay => RGBColor(100, 100, 100),
         Kind::Egressd => RGBColor(31, 119, 180),
+        Kind::EgressdLogOff => RGBColor(90, 160, 210),
+        Kind::EgressdJson => RGBColor(60, 90, 200),
         Kind::EgressdPostgres => RGBColor(20, 60, 120),
         Kind::EgressdCopy => RGBColor(140, 190, 225),
         Kind::Squid => RGBColor(255, 127, 14),
         Kind::Tinyproxy => RGBColor(44, 160, 44),
+        Kind::TrafficServer => RGBColor(214, 39, 40),
+        Kind::Apache => RGBColor(148, 103, 189),
+        Kind::G3proxy => RGBColor(140, 86, 75),
     }
 }
 
@@ -80,7 +87,9 @@ pub fn render(outcome: &Outcome, path: &Path) -> anyhow::Result<()> {
         .collect();
     let labels: Vec<&str> = scenarios.iter().map(|s| s.label()).collect();
 
-    let root = BitMapBackend::new(path, (1200, 960)).into_drawing_area();
+    // Wider with more paths, so each bar keeps room for its label.
+    let width = LEGEND_WIDTH + 1200.max(480 + 90 * to_direct.len() as u32);
+    let root = BitMapBackend::new(path, (width, 960)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
         "egressd benchmark: throughput ratios (higher is better; 1.0 = reference)",
@@ -109,6 +118,10 @@ fn draw_panel(
     labels: &[&str],
     series: &[Series],
 ) -> anyhow::Result<()> {
+    // The legend beside the bars, not over them: with a dozen paths it is as tall as a panel.
+    let (width, _) = area.dim_in_pixel();
+    let (area, legend) = area.split_horizontally(width.saturating_sub(LEGEND_WIDTH));
+    draw_legend(&legend, series)?;
     let groups = labels.len();
     let top = series
         .iter()
@@ -118,7 +131,7 @@ fn draw_panel(
     // Integer x units (a group is SPAN wide): plotters' label formatter needs a coordinate
     // with default formatting, which f64 with custom key points lacks.
     let centres: Vec<i32> = (0..groups as i32).map(|i| i * SPAN + SPAN / 2).collect();
-    let mut chart = ChartBuilder::on(area)
+    let mut chart = ChartBuilder::on(&area)
         .caption(title, (FONT, 20))
         .margin(12)
         .x_label_area_size(36)
@@ -156,13 +169,10 @@ fn draw_panel(
                 v.map(|v| (x0, x0 + slot * 9 / 10, v))
             })
             .collect();
-        chart
-            .draw_series(
-                bars.iter()
-                    .map(|&(x0, x1, v)| Rectangle::new([(x0, 0.0), (x1, v)], fill.filled())),
-            )?
-            .label(s.kind.name())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], fill.filled()));
+        chart.draw_series(
+            bars.iter()
+                .map(|&(x0, x1, v)| Rectangle::new([(x0, 0.0), (x1, v)], fill.filled())),
+        )?;
         chart
             .draw_series(bars.iter().map(|&(x0, x1, v)| {
                 Text::new(times(v), ((x0 + x1) / 2, v), value_style.clone())
@@ -172,12 +182,23 @@ fn draw_panel(
         [(0, 1.0), (groups as i32 * SPAN, 1.0)],
         BLACK.stroke_width(1),
     ))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// A swatch and the name of each path, top to bottom in run order.
+fn draw_legend(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    series: &[Series],
+) -> anyhow::Result<()> {
+    let name_style =
+        TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, s) in series.iter().enumerate() {
+        let y = 60 + 24 * i as i32;
+        area.draw(&Rectangle::new(
+            [(12, y - 7), (28, y + 7)],
+            color(s.kind).filled(),
+        ))?;
+        area.draw(&Text::new(s.kind.name(), (36, y), name_style.clone()))?;
+    }
     Ok(())
 }

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 #[derive(Parser)]
 #[command(
     name = "egressd-bench",
-    about = "Benchmarks egressd against squid, tinyproxy, a plain TCP relay and the direct path, on loopback"
+    about = "Benchmarks egressd against squid, tinyproxy, Traffic Server, Apache httpd, g3proxy, a plain TCP relay and the direct path, on loopback"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,15 +47,23 @@ struct RunArgs {
     /// target/release/egressd].
     #[arg(long)]
     egressd: Option<PathBuf>,
-    /// RUST_LOG for egressd; `info` includes the per-request access log.
-    #[arg(long, default_value = "warn")]
-    egressd_log: String,
-    /// Measure only these proxies (comma separated: egressd, egressd-postgres, egressd-copy,
-    /// squid, tinyproxy); `egressd` brings `egressd-copy` (egressd with its copy relay, bulk
-    /// scenarios only) along. Direct and the two relays always run. `egressd-postgres` needs
-    /// --egressd-postgres or --egressd-postgres-url.
+    /// RUST_LOG for the egressd rows that log as shipped (all but "egressd (access log off)",
+    /// which always runs with `warn`) [default: unset, egressd's own default: `info`, access
+    /// log on].
+    #[arg(long, value_name = "FILTER")]
+    egressd_log: Option<String>,
+    /// Measure only these proxies (comma separated: egressd, egressd-log-off, egressd-json,
+    /// egressd-postgres, egressd-copy, squid, tinyproxy, trafficserver, apache2, g3proxy);
+    /// `egressd` brings `egressd-log-off` (the access log off, the reference for the log's
+    /// cost) and `egressd-copy` (egressd with its copy relay, bulk scenarios only) along.
+    /// Direct and the two relays always run. `egressd-postgres` needs --egressd-postgres or
+    /// --egressd-postgres-url.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The g3proxy binary to measure (an opt-in peer built from bytedance/g3's source)
+    /// [default: `g3proxy` on PATH, else skipped].
+    #[arg(long, value_name = "PATH")]
+    g3proxy: Option<PathBuf>,
     /// Repetitions per scenario and path [default: 3, or 1 with --quick].
     #[arg(long)]
     reps: Option<usize>,
@@ -299,6 +307,7 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
                 egressd_proxy: args.egressd_proxy.clone(),
                 state_url,
                 state_database,
+                g3proxy: args.g3proxy.clone(),
             };
             let done = scenarios::run_focused(settings, &env, &kinds, &chosen, idle).await;
             drop(upstream_process);
@@ -327,6 +336,7 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
             egressd_proxy: args.egressd_proxy.clone(),
             state_url,
             state_database,
+            g3proxy: args.g3proxy.clone(),
         };
         let outcome = scenarios::run(settings, &env, &kinds, fd_limit).await;
         drop(upstream_process);
@@ -411,7 +421,8 @@ fn selected_kinds(only: &[String], database: bool) -> anyhow::Result<Vec<Kind>> 
             k.is_reference()
                 || only.is_empty()
                 || asked(k.key())
-                || (*k == Kind::EgressdCopy && asked(Kind::Egressd.key()))
+                || (matches!(k, Kind::EgressdLogOff | Kind::EgressdCopy)
+                    && asked(Kind::Egressd.key()))
         })
         .collect())
 }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::load::{self, HttpTarget, Tally, Window};
-use crate::peers::{self, Env, Process};
+use crate::peers::{self, Env, Logging, Process};
 use crate::pki::{self, Pki};
 use crate::scenarios::{self, Sample, Settings, HTTP_CONNS, TUNNEL_CONCURRENCY};
 use crate::upstream::TlsUpstreamAddrs;
@@ -521,12 +521,7 @@ fn start_egressd(
         }
         anyhow::bail!("egressd check rejected the mTLS config:\n{text}");
     }
-    let mut command = Command::new(&env.egressd);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", &env.egressd_log);
+    let command = peers::egressd_command(env, &path, Logging::Shipped);
     let (addr, process) = peers::spawn_daemon("egressd", command, dir, addr)?;
     Ok(Ok((addr, admin, process)))
 }

@@ -1,12 +1,13 @@
 //! The paths under test and the processes behind them.
 //!
-//! Every path is a [`Kind`]: the references (direct, the copy relay, the splice relay) and the
-//! proxies (egressd, egressd with its shared state in PostgreSQL, egressd with its copy relay,
-//! squid, tinyproxy). [`Kind::start`] brings
-//! one up on a free loopback port with a generated config in its own temp dir and waits until
-//! it accepts connections; a proxy that is not installed comes back as [`Started::Missing`].
-//! Each [`Process`] is killed when dropped, and the harness's own children (upstream, relays)
-//! also exit when their stdin closes, so even a killed harness leaves none of them behind.
+//! Every path is a [`Kind`]: the references (direct, the copy relay, the splice relay), egressd
+//! as shipped and its variants (access log off, JSON log, shared state in PostgreSQL, copy
+//! relay), and the peers (squid, tinyproxy, Apache Traffic Server, Apache httpd, g3proxy).
+//! [`Kind::start`] brings one up on a free loopback port with a generated config in its own
+//! temp dir and waits until it accepts connections; a proxy that is not installed comes back
+//! as [`Started::Missing`] with the reason. Each [`Process`] is killed when dropped, and the
+//! harness's own children (upstream, relays) also exit when their stdin closes, so even a
+//! killed harness leaves none of them behind.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,11 +36,17 @@ pub struct Process {
     _stdin: Option<ChildStdin>,
     /// Config, logs and pid files; removed after the process is gone.
     dir: Option<TempDir>,
+    /// The process that does the work, when it is not `child`: httpd's parent only supervises
+    /// its one worker process, whose CPU and memory are the figures.
+    worker: Option<u32>,
+    /// Stop with SIGTERM before SIGKILL (see [`Process::terminate`]).
+    terminate_first: bool,
 }
 
 impl Process {
+    /// The process whose CPU and memory are measured.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.worker.unwrap_or_else(|| self.child.id())
     }
 
     /// The directory holding the process's config and `stderr.log`, if it has one.
@@ -53,7 +60,8 @@ impl Process {
             return String::new();
         };
         let mut text = String::new();
-        for name in ["stderr.log", "cache.log"] {
+        // squid's and Traffic Server's own logs, where their errors go.
+        for name in ["stderr.log", "cache.log", "diags.log"] {
             if let Ok(mut file) = File::open(dir.path().join(name)) {
                 let _ = file.read_to_string(&mut text);
             }
@@ -82,10 +90,99 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Waits until the proxy at `addr` answers a request for the upstream with 200, failing
+    /// early if the process dies.
+    fn wait_proxying(&mut self, addr: SocketAddr, upstream: UpstreamAddrs) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = upstream.http.port();
+        let request = format!(
+            "GET http://{UPSTREAM_HOST}:{port}/ HTTP/1.1\r\nHost: {UPSTREAM_HOST}:{port}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}):\n{}", self.name, self.log_tail());
+            }
+            let last = match status_line(addr, &request) {
+                Ok(line) if line.starts_with("HTTP/1.1 200") => return Ok(()),
+                Ok(line) => line,
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not carry a request (last answer: {last}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the first child process of this one to appear, and measures that instead.
+    fn measure_child(&mut self) -> anyhow::Result<()> {
+        let pid = self.child.id();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .with_context(|| format!("reading the children of {}", self.name))?;
+            if let Some(first) = children.split_whitespace().next() {
+                self.worker = Some(first.parse()?);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} started no worker process:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM, kills the worker, if any, and waits a little for the process to exit by
+    /// itself: httpd's parent waits several seconds for a worker whose threads still hold
+    /// tunnels before it kills it, and a worker whose parent was killed first lives on.
+    fn terminate(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::process::{kill_process, Pid, Signal};
+            if kill_process(Pid::from_child(&self.child), Signal::TERM).is_err() {
+                return;
+            }
+            let worker = self.worker.and_then(|w| Pid::from_raw(w.try_into().ok()?));
+            if let Some(worker) = worker {
+                let _ = kill_process(worker, Signal::KILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Sends `request` to `addr` and returns the first line of the answer.
+fn status_line(addr: SocketAddr, request: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.terminate_first {
+            self.terminate();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -99,28 +196,50 @@ pub enum Kind {
     CopyRelay,
     /// The harness relay moving bytes with splice(2).
     SpliceRelay,
+    /// egressd as shipped: its default logging, an access-log line per request and per tunnel
+    /// in text on stderr (a file here). The headline row (issue 22).
     Egressd,
+    /// egressd with `RUST_LOG=warn`, the access log off: the reference that prices the access
+    /// log. Runs in every throughput scenario right after egressd, so the two share each
+    /// repetition's conditions.
+    EgressdLogOff,
+    /// egressd with `--log-format json`, the other shipped format: run in the scenarios that
+    /// write a line per request or tunnel at a high rate.
+    EgressdJson,
     /// egressd with `[state] backend = "postgres"`: the same config plus the database, for
     /// the A/B against the file backend (issue 21). Runs only when a database was given, and
-    /// right after egressd, so the two share each repetition's conditions.
+    /// next to egressd, so the two share each repetition's conditions.
     EgressdPostgres,
     /// egressd with `[proxy] tunnel_relay = "copy"`: run in the bulk scenarios only, to show
     /// what its default splice relay gives.
     EgressdCopy,
     Squid,
     Tinyproxy,
+    /// Apache Traffic Server as a pure forward proxy: `traffic_server` alone (no
+    /// `traffic_manager`), from a runroot in its temp dir.
+    TrafficServer,
+    /// Apache httpd 2.4's mod_proxy forward proxy (mpm_event).
+    Apache,
+    /// g3proxy (bytedance/g3): opt-in, a binary built from source, given with `--g3proxy` or
+    /// found on `PATH`.
+    G3proxy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Direct,
         Kind::CopyRelay,
         Kind::SpliceRelay,
         Kind::Egressd,
+        Kind::EgressdLogOff,
+        Kind::EgressdJson,
         Kind::EgressdPostgres,
         Kind::EgressdCopy,
         Kind::Squid,
         Kind::Tinyproxy,
+        Kind::TrafficServer,
+        Kind::Apache,
+        Kind::G3proxy,
     ];
 
     /// The name in the report.
@@ -130,10 +249,15 @@ impl Kind {
             Kind::CopyRelay => "copy relay",
             Kind::SpliceRelay => "splice relay",
             Kind::Egressd => "egressd",
+            Kind::EgressdLogOff => "egressd (access log off)",
+            Kind::EgressdJson => "egressd (JSON log)",
             Kind::EgressdPostgres => "egressd (postgres state)",
             Kind::EgressdCopy => "egressd (copy relay)",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
+            Kind::TrafficServer => "trafficserver",
+            Kind::Apache => "apache httpd",
+            Kind::G3proxy => "g3proxy",
         }
     }
 
@@ -144,10 +268,15 @@ impl Kind {
             Kind::CopyRelay => "copy-relay",
             Kind::SpliceRelay => "splice-relay",
             Kind::Egressd => "egressd",
+            Kind::EgressdLogOff => "egressd-log-off",
+            Kind::EgressdJson => "egressd-json",
             Kind::EgressdPostgres => "egressd-postgres",
             Kind::EgressdCopy => "egressd-copy",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
+            Kind::TrafficServer => "trafficserver",
+            Kind::Apache => "apache2",
+            Kind::G3proxy => "g3proxy",
         }
     }
 
@@ -163,7 +292,11 @@ impl Kind {
     pub fn is_egressd(self) -> bool {
         matches!(
             self,
-            Kind::Egressd | Kind::EgressdPostgres | Kind::EgressdCopy
+            Kind::Egressd
+                | Kind::EgressdLogOff
+                | Kind::EgressdJson
+                | Kind::EgressdPostgres
+                | Kind::EgressdCopy
         )
     }
 
@@ -174,6 +307,47 @@ impl Kind {
                 "tinyproxy resolves names only through the system resolver, so it is sent to \
                  127.0.0.1 literally (its filter allows exactly that host)",
             ),
+            Kind::Apache => Some(
+                "apache httpd resolves names only through the system resolver, so it is sent \
+                 to 127.0.0.1 literally",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Why a peer that [`Kind::start`] found missing did not run.
+    fn missing(self) -> String {
+        match self {
+            Kind::G3proxy => "not found: an opt-in peer built from source (bytedance/g3); \
+                              pass --g3proxy PATH or put g3proxy on PATH"
+                .into(),
+            Kind::EgressdJson => "this egressd build has no `--log-format`".into(),
+            _ => format!(
+                "not installed (apt-get install -y {})",
+                self.package().unwrap_or(self.key())
+            ),
+        }
+    }
+
+    /// The Debian package that installs this peer.
+    fn package(self) -> Option<&'static str> {
+        match self {
+            Kind::Squid => Some("squid"),
+            Kind::Tinyproxy => Some("tinyproxy"),
+            Kind::TrafficServer => Some("trafficserver"),
+            Kind::Apache => Some("apache2"),
+            _ => None,
+        }
+    }
+
+    /// The peer's binary, if installed.
+    fn program(self, env: &Env) -> Option<PathBuf> {
+        match self {
+            Kind::Squid => find_program("squid"),
+            Kind::Tinyproxy => find_program("tinyproxy"),
+            Kind::TrafficServer => find_program("traffic_server"),
+            Kind::Apache => find_program("apache2"),
+            Kind::G3proxy => env.g3proxy.clone().or_else(|| find_program("g3proxy")),
             _ => None,
         }
     }
@@ -185,14 +359,17 @@ pub struct Env {
     /// This binary, which also serves as upstream and relay.
     pub harness: PathBuf,
     pub egressd: PathBuf,
-    /// `RUST_LOG` for egressd.
-    pub egressd_log: String,
+    /// `RUST_LOG` for the egressd rows that log as shipped (`--egressd-log`); `None` leaves it
+    /// unset, so egressd logs at its default level, access log included.
+    pub egressd_log: Option<String>,
     /// Extra `[proxy]` lines for egressd (`--egressd-proxy`), for A/B runs.
     pub egressd_proxy: Vec<String>,
     /// The database URL of [`Kind::EgressdPostgres`]; `None` when that path does not run.
     pub state_url: Option<String>,
     /// What the report says about that database.
     pub state_database: Option<String>,
+    /// The g3proxy binary given with `--g3proxy`; without it, `PATH` is searched.
+    pub g3proxy: Option<PathBuf>,
 }
 
 /// A running path.
@@ -213,8 +390,19 @@ impl Subject {
 
 pub enum Started {
     Running(Subject),
-    /// The proxy is not installed.
-    Missing,
+    /// The proxy is not installed (or this egressd build lacks the feature), and why.
+    Missing(String),
+}
+
+/// How an egressd instance logs. The access log is an `info` line per request and per tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// As shipped: text lines, `RUST_LOG` unset (or `--egressd-log`'s value).
+    Shipped,
+    /// `--log-format json`, at the shipped level.
+    Json,
+    /// `RUST_LOG=warn`: the access log off.
+    Off,
 }
 
 impl Kind {
@@ -227,22 +415,26 @@ impl Kind {
                 setup: None,
             }))
         };
+        let egressd = |logging| {
+            let (addr, process) = start_egressd(env, logging, None, None)?;
+            running(proxy_route(addr, UPSTREAM_HOST), Some(process))
+        };
         match self {
             Kind::Direct => running(Route::Direct, None),
             Kind::CopyRelay | Kind::SpliceRelay => {
                 let (route, process) = start_relay(env, self == Kind::SpliceRelay)?;
                 running(route, Some(process))
             }
-            Kind::Egressd => {
-                let (addr, process) = start_egressd(env, None, None)?;
-                running(proxy_route(addr, UPSTREAM_HOST), Some(process))
-            }
+            Kind::Egressd => egressd(Logging::Shipped),
+            Kind::EgressdLogOff => egressd(Logging::Off),
+            Kind::EgressdJson if egressd_has_log_format(env)? => egressd(Logging::Json),
+            Kind::EgressdJson => Ok(Started::Missing(self.missing())),
             Kind::EgressdPostgres => {
                 let url = env.state_url.as_deref().context(
                     "egressd (postgres state) needs a database: --egressd-postgres or \
                      --egressd-postgres-url",
                 )?;
-                let (addr, process) = start_egressd(env, None, Some(url))?;
+                let (addr, process) = start_egressd(env, Logging::Shipped, None, Some(url))?;
                 Ok(Started::Running(Subject {
                     kind: self,
                     route: proxy_route(addr, UPSTREAM_HOST),
@@ -257,7 +449,8 @@ impl Kind {
                 // A build from before the switch rejects it (unknown field), and its only
                 // relay copies anyway.
                 let switch = egressd_has_relay_switch(env)?;
-                let (addr, process) = start_egressd(env, switch.then_some("copy"), None)?;
+                let (addr, process) =
+                    start_egressd(env, Logging::Shipped, switch.then_some("copy"), None)?;
                 Ok(Started::Running(Subject {
                     kind: self,
                     route: proxy_route(addr, UPSTREAM_HOST),
@@ -273,20 +466,25 @@ impl Kind {
                     }),
                 }))
             }
-            Kind::Squid => match find_program("squid") {
-                Some(squid) => {
-                    let (addr, process) = start_squid(&squid, env.upstream)?;
-                    running(proxy_route(addr, UPSTREAM_HOST), Some(process))
-                }
-                None => Ok(Started::Missing),
-            },
-            Kind::Tinyproxy => match find_program("tinyproxy") {
-                Some(tinyproxy) => {
-                    let (addr, process) = start_tinyproxy(&tinyproxy, env.upstream)?;
-                    running(proxy_route(addr, &LOOPBACK.to_string()), Some(process))
-                }
-                None => Ok(Started::Missing),
-            },
+            Kind::Squid | Kind::Tinyproxy | Kind::TrafficServer | Kind::Apache | Kind::G3proxy => {
+                let Some(program) = self.program(env) else {
+                    return Ok(Started::Missing(self.missing()));
+                };
+                let (addr, process) = match self {
+                    Kind::Squid => start_squid(&program, env.upstream)?,
+                    Kind::Tinyproxy => start_tinyproxy(&program, env.upstream)?,
+                    Kind::TrafficServer => start_trafficserver(&program, env.upstream)?,
+                    Kind::Apache => start_apache(&program, env.upstream)?,
+                    _ => start_g3proxy(&program)?,
+                };
+                // Those that resolve names only through the system resolver get the
+                // address; their `note` says so in the report.
+                let host = match self {
+                    Kind::Tinyproxy | Kind::Apache => LOOPBACK.to_string(),
+                    _ => UPSTREAM_HOST.to_string(),
+                };
+                running(proxy_route(addr, &host), Some(process))
+            }
         }
     }
 
@@ -296,14 +494,35 @@ impl Kind {
             Kind::Direct | Kind::CopyRelay | Kind::SpliceRelay => {
                 Some(format!("harness {}", env!("CARGO_PKG_VERSION")))
             }
-            Kind::Egressd | Kind::EgressdPostgres | Kind::EgressdCopy => {
+            Kind::Egressd
+            | Kind::EgressdLogOff
+            | Kind::EgressdJson
+            | Kind::EgressdPostgres
+            | Kind::EgressdCopy => {
                 first_line(&env.egressd, &["--version"]).map(|v| match git_revision() {
                     Some(rev) => format!("{v} (git {rev})"),
                     None => v,
                 })
             }
-            Kind::Squid => find_program("squid").and_then(|p| first_line(&p, &["-v"])),
-            Kind::Tinyproxy => find_program("tinyproxy").and_then(|p| first_line(&p, &["-v"])),
+            Kind::Squid | Kind::Tinyproxy => {
+                self.program(env).and_then(|p| first_line(&p, &["-v"]))
+            }
+            // "Traffic Server 9.2.9 Apr  4 2026 14:52:39 localhost": the build date and host
+            // say nothing here.
+            Kind::TrafficServer => self
+                .program(env)
+                .and_then(|p| first_line(&p, &["-V"]))
+                .map(|v| v.split_whitespace().take(3).collect::<Vec<_>>().join(" ")),
+            // "Server version: Apache/2.4.71 (Debian)".
+            Kind::Apache => {
+                self.program(env)
+                    .and_then(|p| first_line(&p, &["-v"]))
+                    .map(|v| match v.strip_prefix("Server version:") {
+                        Some(rest) => rest.trim().to_string(),
+                        None => v,
+                    })
+            }
+            Kind::G3proxy => self.program(env).and_then(|p| first_line(&p, &["-V"])),
         };
         found.unwrap_or_else(|| "unknown".into())
     }
@@ -402,6 +621,8 @@ pub fn spawn_harness_child(
         child,
         _stdin: stdin,
         dir: None,
+        worker: None,
+        terminate_first: false,
     };
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -414,10 +635,17 @@ pub fn spawn_harness_child(
 /// Spawns `command` with its stderr in `dir/stderr.log` and waits for it to listen on `addr`.
 pub(crate) fn spawn_daemon(
     name: &'static str,
-    mut command: Command,
+    command: Command,
     dir: TempDir,
     addr: SocketAddr,
 ) -> anyhow::Result<(SocketAddr, Process)> {
+    let mut process = spawn_logged(name, command, dir)?;
+    process.wait_listening(addr)?;
+    Ok((addr, process))
+}
+
+/// Spawns `command` with its stderr in `dir/stderr.log`.
+fn spawn_logged(name: &'static str, mut command: Command, dir: TempDir) -> anyhow::Result<Process> {
     let stderr = File::create(dir.path().join("stderr.log"))?;
     let child = command
         .stdin(Stdio::null())
@@ -425,14 +653,14 @@ pub(crate) fn spawn_daemon(
         .stderr(stderr)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
-    let mut process = Process {
+    Ok(Process {
         name,
         child,
         _stdin: None,
         dir: Some(dir),
-    };
-    process.wait_listening(addr)?;
-    Ok((addr, process))
+        worker: None,
+        terminate_first: false,
+    })
 }
 
 /// Starts the harness relay (copy or splice), one port for the upstream's HTTP and one for its
@@ -478,10 +706,37 @@ fn egressd_has_relay_switch(env: &Env) -> anyhow::Result<bool> {
     Ok(out.status.success())
 }
 
-/// Starts egressd; `tunnel_relay` sets `[proxy] tunnel_relay`, else the build's default;
-/// `state_url` puts its state in that PostgreSQL database, else in its own state dir.
+/// Whether this egressd build takes `--log-format`, asked of its `--help`.
+fn egressd_has_log_format(env: &Env) -> anyhow::Result<bool> {
+    let out = Command::new(&env.egressd)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("cannot run {}", env.egressd.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--log-format"))
+}
+
+/// `egressd run` on the config at `config`, logging as `logging` says.
+pub(crate) fn egressd_command(env: &Env, config: &Path, logging: Logging) -> Command {
+    let mut command = Command::new(&env.egressd);
+    if logging == Logging::Json {
+        command.args(["--log-format", "json"]);
+    }
+    command.arg("run").arg("--config").arg(config);
+    match (logging, &env.egressd_log) {
+        (Logging::Off, _) => command.env("RUST_LOG", "warn"),
+        (_, Some(level)) => command.env("RUST_LOG", level),
+        // Not inherited either: the harness's own environment must not change the headline.
+        (_, None) => command.env_remove("RUST_LOG"),
+    };
+    command
+}
+
+/// Starts egressd logging as `logging` says; `tunnel_relay` sets `[proxy] tunnel_relay`, else
+/// the build's default; `state_url` puts its state in that PostgreSQL database, else in its
+/// own state dir.
 fn start_egressd(
     env: &Env,
+    logging: Logging,
     tunnel_relay: Option<&str>,
     state_url: Option<&str>,
 ) -> anyhow::Result<(SocketAddr, Process)> {
@@ -502,12 +757,7 @@ fn start_egressd(
         url_file.as_deref(),
     );
     std::fs::write(&path, config)?;
-    let mut command = Command::new(&env.egressd);
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", &env.egressd_log);
+    let command = egressd_command(env, &path, logging);
     spawn_daemon("egressd", command, dir, addr)
 }
 
@@ -648,6 +898,194 @@ FilterURLs Off
     spawn_daemon("tinyproxy", command, dir, addr)
 }
 
+/// Starts Traffic Server as a pure forward proxy: no reverse proxy or remap rules, no HTTP
+/// cache (no storage at all), no transaction logs. `traffic_server` runs alone (the
+/// `traffic_manager` of the Debian service is not needed) from a runroot in the temp dir,
+/// so it reads its config there and writes its lock, state and `diags.log` there too. Empty
+/// `cache.config`, `parent.config` and `sni.yaml` are left out: it only warns about them.
+fn start_trafficserver(
+    traffic_server: &Path,
+    upstream: UpstreamAddrs,
+) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    let etc = root.join("etc");
+    for sub in ["etc", "run", "var", "cache"] {
+        std::fs::create_dir(root.join(sub))?;
+    }
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let d = root.display();
+    // Binaries and plugins from the package; everything written, in the temp dir.
+    let runroot = format!(
+        "prefix: {d}\nexec_prefix: /usr\nbindir: /usr/bin\nsbindir: /usr/sbin\n\
+         sysconfdir: {d}/etc\ndatadir: {d}/cache\nincludedir: /usr/include\n\
+         libdir: /usr/lib/trafficserver\nlibexecdir: /usr/lib/trafficserver/modules\n\
+         localstatedir: {d}/var\nruntimedir: {d}/run\nlogdir: {d}\ncachedir: {d}/cache\n"
+    );
+    std::fs::write(root.join("runroot.yaml"), runroot)?;
+    let records = format!(
+        r#"CONFIG proxy.config.http.server_ports STRING {port}:ipv4:ip-in={LOOPBACK}
+CONFIG proxy.config.reverse_proxy.enabled INT 0
+CONFIG proxy.config.url_remap.remap_required INT 0
+CONFIG proxy.config.http.cache.http INT 0
+CONFIG proxy.config.http.connect_ports STRING {tcp}
+CONFIG proxy.config.log.logging_enabled INT 0
+CONFIG proxy.config.admin.user_id STRING #-1
+CONFIG proxy.config.hostdb.host_file.path STRING {d}/etc/hosts
+CONFIG proxy.config.body_factory.template_sets_dir STRING /etc/trafficserver/body_factory
+CONFIG proxy.config.exec_thread.autoconfig INT 1
+CONFIG proxy.config.exec_thread.autoconfig.scale FLOAT 1.0
+CONFIG proxy.config.net.connections_throttle INT 30000
+CONFIG proxy.config.net.max_connections_in INT 30000
+CONFIG proxy.config.http.transaction_no_activity_timeout_in INT 600
+CONFIG proxy.config.http.transaction_no_activity_timeout_out INT 600
+CONFIG proxy.config.http.keep_alive_no_activity_timeout_in INT 120
+"#,
+        port = addr.port(),
+        tcp = upstream.tcp.port(),
+    );
+    std::fs::write(etc.join("records.config"), records)?;
+    // Loopback clients may use every method, CONNECT included; loopback is the only
+    // destination, as it is the only one reachable here.
+    let ip_allow = format!(
+        r#"ip_allow:
+  - apply: in
+    ip_addrs: {LOOPBACK}
+    action: allow
+    methods: ALL
+  - apply: out
+    ip_addrs: {LOOPBACK}
+    action: allow
+    methods: ALL
+"#
+    );
+    std::fs::write(etc.join("ip_allow.yaml"), ip_allow)?;
+    std::fs::write(etc.join("hosts"), format!("{LOOPBACK} {UPSTREAM_HOST}\n"))?;
+    // Empty: no cache storage, no remap rules, no plugins, no TLS listeners.
+    for empty in [
+        "storage.config",
+        "volume.config",
+        "remap.config",
+        "plugin.config",
+        "ssl_multicert.config",
+    ] {
+        std::fs::write(etc.join(empty), "")?;
+    }
+    let mut command = Command::new(traffic_server);
+    command.arg(format!("--run-root={d}/runroot.yaml"));
+    let mut process = spawn_logged("traffic_server", command, dir)?;
+    // It listens about a second before it has read its hosts file, answering "Unknown Host"
+    // to every request until then.
+    process.wait_proxying(addr, upstream)?;
+    Ok((addr, process))
+}
+
+/// Starts Apache httpd's forward proxy (mod_proxy, mod_proxy_http, mod_proxy_connect) with
+/// mpm_event in the foreground: one worker process of 128 threads, so CPU and memory are
+/// that process's; keep-alive without a request limit; no access log. Its generic forward
+/// proxy opens an upstream connection per request (pooling needs a worker defined per
+/// backend, which a forward proxy does not have), and a tunnel holds a thread while open.
+fn start_apache(apache: &Path, upstream: UpstreamAddrs) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    // Started as root, the worker runs as www-data, and must still reach the mutex files.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let d = dir.path().display();
+    let modules = "/usr/lib/apache2/modules";
+    let config = format!(
+        r#"ServerRoot "{d}"
+ServerName {LOOPBACK}
+Listen {addr}
+PidFile {d}/httpd.pid
+Mutex file:{d} default
+DefaultRuntimeDir {d}
+ErrorLog /dev/stderr
+LogLevel warn
+User www-data
+Group www-data
+LoadModule mpm_event_module {modules}/mod_mpm_event.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+LoadModule authz_host_module {modules}/mod_authz_host.so
+LoadModule proxy_module {modules}/mod_proxy.so
+LoadModule proxy_http_module {modules}/mod_proxy_http.so
+LoadModule proxy_connect_module {modules}/mod_proxy_connect.so
+ServerLimit 1
+StartServers 1
+ThreadLimit 128
+ThreadsPerChild 128
+MaxRequestWorkers 128
+MinSpareThreads 1
+MaxSpareThreads 128
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 120
+Timeout 600
+ProxyRequests On
+ProxyVia Off
+ProxyTimeout 600
+AllowCONNECT {tcp} {http}
+<Proxy "*">
+    Require ip {LOOPBACK}
+</Proxy>
+"#,
+        tcp = upstream.tcp.port(),
+        http = upstream.http.port(),
+    );
+    let path = dir.path().join("httpd.conf");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(apache);
+    command.arg("-D").arg("FOREGROUND").arg("-f").arg(&path);
+    let mut process = spawn_logged("apache2", command, dir)?;
+    process.terminate_first = true;
+    process.wait_listening(addr)?;
+    process.measure_child()?;
+    Ok((addr, process))
+}
+
+/// Starts g3proxy as a plain HTTP proxy: a `direct_fixed` escaper that may reach loopback
+/// (its default denies it) and maps the upstream's name to its address itself, so no DNS
+/// query is sent; no task logs; 64 KiB copy buffers, like the harness's copy relay.
+fn start_g3proxy(g3proxy: &Path) -> anyhow::Result<(SocketAddr, Process)> {
+    let dir = tempfile::tempdir()?;
+    let addr = SocketAddr::new(LOOPBACK, free_port()?);
+    let config = format!(
+        r#"---
+log: discard
+
+resolver:
+  # Never asked: the escaper's redirection answers for the only name in use.
+  - name: default
+    type: hickory
+    server: {LOOPBACK}
+
+escaper:
+  - name: default
+    type: direct_fixed
+    resolver: default
+    resolve_strategy: IPv4Only
+    resolve_redirection:
+      {UPSTREAM_HOST}: [{LOOPBACK}]
+    egress_network_filter:
+      default: forbid
+      allow: {LOOPBACK}
+
+server:
+  - name: http
+    type: http_proxy
+    escaper: default
+    listen:
+      address: "{addr}"
+    tcp_copy_buffer_size: 64K
+"#
+    );
+    let path = dir.path().join("g3proxy.yaml");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new(g3proxy);
+    command.arg("-c").arg(&path).arg("-C").arg(dir.path());
+    spawn_daemon("g3proxy", command, dir, addr)
+}
+
 /// Resident memory of `pid` in KiB, from `/proc/PID/status`.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -717,6 +1155,52 @@ impl Switches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+
+    fn env_with_log(egressd_log: Option<&str>) -> Env {
+        let addr = SocketAddr::new(LOOPBACK, 9);
+        Env {
+            upstream: UpstreamAddrs {
+                http: addr,
+                tcp: addr,
+            },
+            harness: PathBuf::from("egressd-bench"),
+            egressd: PathBuf::from("egressd"),
+            egressd_log: egressd_log.map(str::to_string),
+            egressd_proxy: Vec::new(),
+            state_url: None,
+            state_database: None,
+            g3proxy: None,
+        }
+    }
+
+    /// `RUST_LOG` as the command sets it: `Some(None)` when it removes it.
+    fn rust_log(command: &Command) -> Option<Option<&OsStr>> {
+        command
+            .get_envs()
+            .find(|(key, _)| *key == "RUST_LOG")
+            .map(|(_, value)| value)
+    }
+
+    #[test]
+    fn egressd_rows_log_as_shipped_unless_the_access_log_is_off() {
+        let config = Path::new("egressd.toml");
+        let shipped = egressd_command(&env_with_log(None), config, Logging::Shipped);
+        assert_eq!(rust_log(&shipped), Some(None), "not inherited either");
+        let args: Vec<&OsStr> = shipped.get_args().collect();
+        assert_eq!(args, ["run", "--config", "egressd.toml"]);
+
+        let json = egressd_command(&env_with_log(None), config, Logging::Json);
+        let args: Vec<&OsStr> = json.get_args().collect();
+        assert_eq!(args[..3], ["--log-format", "json", "run"]);
+        assert_eq!(rust_log(&json), Some(None));
+
+        let overridden = env_with_log(Some("debug"));
+        let shipped = egressd_command(&overridden, config, Logging::Shipped);
+        assert_eq!(rust_log(&shipped), Some(Some(OsStr::new("debug"))));
+        let off = egressd_command(&overridden, config, Logging::Off);
+        assert_eq!(rust_log(&off), Some(Some(OsStr::new("warn"))));
+    }
 
     #[test]
     fn switches_count_new_threads_in_full_and_drop_exited_ones() {

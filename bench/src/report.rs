@@ -1,7 +1,8 @@
 //! Turns an [`Outcome`] into the markdown of `BENCHMARKS.md`: context (date, machine,
 //! versions, command), the targets with pass or miss, one table per scenario with medians and
-//! ratios, the mTLS origination figures (which have no target), the shared-state section
-//! (the postgres backend against the file backend, and tick lag), and notes on method.
+//! ratios, the access log's cost (egressd as shipped against the access log off), the mTLS
+//! origination figures (which have no target), the shared-state section (the postgres
+//! backend against the file backend, and tick lag), and notes on method.
 //!
 //! The file is rewritten whole, except that a run which did not measure the postgres backend
 //! carries the shared-state section of the file it replaces over unchanged (it says when and
@@ -232,7 +233,7 @@ fn check(
 }
 
 pub fn targets(o: &Outcome) -> Vec<TargetCheck> {
-    use Kind::{CopyRelay, Direct, Egressd, SpliceRelay, Squid};
+    use Kind::{CopyRelay, Direct, Egressd, EgressdLogOff, SpliceRelay, Squid};
     use Scenario::*;
     // egressd against `reference` (none: it was not measured).
     let versus = |s: Scenario, reference: Option<Kind>| {
@@ -301,6 +302,12 @@ pub fn targets(o: &Outcome) -> Vec<TargetCheck> {
             "≤ 1.3× relay's",
             p50_ratio,
             |r| r <= 1.3,
+        ),
+        check(
+            "keep-alive req/s, access log on (as shipped)",
+            "≥ 0.90× access log off",
+            versus(KeepAlive, Some(EgressdLogOff)),
+            |r| r >= 0.9,
         ),
         check(
             "CONNECT bulk, 1 stream",
@@ -489,7 +496,23 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
     );
     for m in &o.measured {
         let extra = match m.kind {
-            Kind::Egressd => format!(", release build, `RUST_LOG={}`", o.egressd_log),
+            Kind::Egressd => format!(
+                ", release build, {}{}, text lines on stderr (a file here)",
+                if o.egressd_log.is_none() {
+                    "as shipped: "
+                } else {
+                    ""
+                },
+                log_level(o)
+            ),
+            Kind::EgressdLogOff => {
+                ", release build, `RUST_LOG=warn`: the access log off, the reference for its cost"
+                    .into()
+            }
+            Kind::EgressdJson => format!(
+                ", release build, `--log-format json`, {}; not in the bulk scenarios",
+                log_level(o)
+            ),
             Kind::EgressdPostgres => format!(
                 ", release build, {}",
                 m.setup
@@ -505,7 +528,9 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
             Kind::SpliceRelay => {
                 ": byte-for-byte TCP forwarder, splice(2) through a pipe, no parsing".into()
             }
-            Kind::Squid | Kind::Tinyproxy => String::new(),
+            Kind::Squid | Kind::Tinyproxy | Kind::TrafficServer | Kind::Apache | Kind::G3proxy => {
+                String::new()
+            }
         };
         let _ = writeln!(md, "| {} | {}{extra} |", m.kind.name(), m.version);
     }
@@ -556,6 +581,7 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
     for (scenario, per_kind) in &o.scenarios {
         scenario_table(&mut md, o, *scenario, per_kind.iter().map(|(k, _)| *k));
     }
+    access_log_table(&mut md, o);
     memory_table(&mut md, o);
     allowlist_table(&mut md, o);
     if let Some(section) = &o.mtls {
@@ -571,6 +597,86 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
     }
     notes(&mut md, o, ctx);
     md
+}
+
+/// The log level of the egressd rows that log as shipped, for the context table.
+fn log_level(o: &Outcome) -> String {
+    match &o.egressd_log {
+        None => "access log on (`RUST_LOG` unset, so `info`)".into(),
+        Some(filter) => format!("`RUST_LOG={filter}` (`--egressd-log`)"),
+    }
+}
+
+/// egressd as shipped, and with its JSON log, against egressd with the access log off: the
+/// medians, their ratio and the lowest and highest ratio of one repetition, whose runs were
+/// next to each other.
+fn access_log_table(md: &mut String, o: &Outcome) {
+    let values = |scenario: Scenario, kind: Kind| {
+        let (_, per_kind) = o.scenarios.iter().find(|(s, _)| *s == scenario)?;
+        let (_, runs) = per_kind.iter().find(|(k, _)| *k == kind)?;
+        Some(runs.iter().map(|r| r.value).collect::<Vec<f64>>())
+    };
+    // Where a line is written per request or tunnel at a high rate; a bulk tunnel writes one
+    // in seconds, so there the two differ by noise only.
+    let rows: Vec<(Scenario, Vec<f64>)> = Scenario::ALL
+        .into_iter()
+        .filter(|s| s.runs_on(Kind::EgressdJson))
+        .filter_map(|s| Some((s, values(s, Kind::EgressdLogOff)?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### The access log's cost: egressd as shipped against the access log off\n\n\
+         egressd logs a line per request and per tunnel at `info`, its default level; \
+         egressd (access log off) is the same binary and config with `RUST_LOG=warn`, run \
+         right after it in every repetition, and egressd (JSON log) the same as egressd with \
+         `--log-format json`. Ratios of the medians; in brackets the lowest and highest ratio \
+         of one repetition. CPU per operation is each path's median. The bulk scenarios, \
+         where a tunnel logs one line in seconds, are in their tables above.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | log off | text log (as shipped) | text ÷ off | JSON log | JSON ÷ off | CPU per op: off / text / JSON |\n\
+         |---|---:|---:|---:|---:|---:|---|"
+    );
+    for (scenario, off) in rows {
+        // `Comparison` names its sides after the state backends: the reference, here the log
+        // off, is `file`.
+        let against = |kind: Kind| {
+            let on = values(scenario, kind)?;
+            let c = Comparison::of(&off, &on)?;
+            Some((c.postgres, c.ratio, c.paired))
+        };
+        let cells = |kind: Kind| match against(kind) {
+            Some((median, ratio, paired)) => (
+                figure(scenario, median),
+                match paired {
+                    Some((low, high)) if low != high => {
+                        format!("{} ({low:.2}–{high:.2})", times(ratio))
+                    }
+                    _ => times(ratio),
+                },
+            ),
+            None => ("–".into(), "–".into()),
+        };
+        let (text, text_ratio) = cells(Kind::Egressd);
+        let (json, json_ratio) = cells(Kind::EgressdJson);
+        let cpu = |kind: Kind| opt(o.summary(scenario, kind).and_then(|s| s.cpu_per_op), 1);
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {text} | {text_ratio} | {json} | {json_ratio} | {} / {} / {} {} |",
+            scenario.key(),
+            scenario.unit(),
+            figure(scenario, median(off.clone()).unwrap_or(f64::NAN)),
+            cpu(Kind::EgressdLogOff),
+            cpu(Kind::Egressd),
+            cpu(Kind::EgressdJson),
+            scenario.cost_unit()
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// The shared-state section of an earlier `BENCHMARKS.md`, markers included.
@@ -1183,18 +1289,30 @@ fn notes(md: &mut String, o: &Outcome, ctx: &Context) {
          names it), and for the p50 target the one with the lower p50."
             .into(),
         format!(
-            "egressd runs from `target/release/egressd` with `RUST_LOG={}` so the per-request \
-             access log does not dominate; `--egressd-log info` measures with it.",
-            o.egressd_log
+            "egressd runs from the binary given with `--egressd` (by default \
+             `target/release/egressd`, built first) as shipped: {}. **egressd (access log \
+             off)** is the same binary and config with `RUST_LOG=warn`, right after egressd in \
+             every repetition of the five throughput scenarios; **egressd (JSON log)** adds \
+             `--log-format json` (keep-alive, per-request and new tunnels only). egressd \
+             (postgres state), egressd (copy relay) and the mTLS instance log like egressd. \
+             `--egressd-log FILTER` sets `RUST_LOG` for all of these but the access-log-off row.",
+            match &o.egressd_log {
+                None => "its default logging, `RUST_LOG` unset (level `info`): an access-log \
+                         line per request and per tunnel, in text, on stderr, which the harness \
+                         sends to a file in the instance's temp dir"
+                    .to_string(),
+                Some(filter) => format!("`RUST_LOG={filter}`, from `--egressd-log`"),
+            }
         ),
     ];
     if let Some(pg) = o.measured.iter().find(|m| m.kind == Kind::EgressdPostgres) {
         lines.push(format!(
             "egressd (postgres state): the same binary and config as egressd, {}, measured in \
-             the five throughput scenarios right after egressd in each repetition. Its request \
-             path does not touch the database (the policy is in memory; a background task \
-             polls a change counter every second and LISTENs), which is what the A/B checks. \
-             Not in the idle-tunnel scenario, where the state backend has nothing to do.",
+             the five throughput scenarios next to egressd (after its logging variants) in \
+             each repetition. Its request path does not touch the database (the policy is in \
+             memory; a background task polls a change counter every second and LISTENs), which \
+             is what the A/B checks. Not in the idle-tunnel scenario, where the state backend \
+             has nothing to do.",
             pg.setup
                 .as_deref()
                 .unwrap_or("with `[state] backend = \"postgres\"`")
@@ -1216,6 +1334,9 @@ fn notes(md: &mut String, o: &Outcome, ctx: &Context) {
          `ConnectPort` for the upstream port, `Allow 127.0.0.1`, and a default-deny `Filter` \
          allowing only the test host."
             .into(),
+    ]);
+    lines.extend(o.measured.iter().filter_map(|m| peer_setup(m.kind)));
+    lines.extend([
         "CPU (cores): CPU time of the path's process (from `/proc/PID/stat`, 10 ms ticks) \
          divided by the window; the next column divides it by the operations carried. Client \
          conns per run (warm-up included) above the connection count in keep-alive mean the \
@@ -1243,6 +1364,43 @@ fn notes(md: &mut String, o: &Outcome, ctx: &Context) {
     for line in lines {
         let _ = writeln!(md, "- {line}");
     }
+}
+
+/// How a peer beyond squid and tinyproxy was set up, for the method notes.
+fn peer_setup(kind: Kind) -> Option<String> {
+    let text = match kind {
+        Kind::TrafficServer => {
+            "trafficserver (Apache Traffic Server): `traffic_server` alone (no \
+             `traffic_manager`) from a runroot in a temp dir (`--run-root`), as a pure forward \
+             proxy: `reverse_proxy.enabled 0`, `url_remap.remap_required 0`, \
+             `http.cache.http 0` and no cache storage, `log.logging_enabled 0`, `connect_ports` \
+             the upstream's TCP port, an `ip_allow.yaml` allowing every method (CONNECT \
+             included) from and to 127.0.0.1, a hosts file mapping upstream.test to 127.0.0.1, \
+             event threads autoconfigured (one per core, its default), running as the invoking \
+             user (`admin.user_id #-1`)."
+        }
+        Kind::Apache => {
+            "apache httpd: `apache2 -D FOREGROUND -f` a generated config: mpm_event with one \
+             worker process of 128 threads (its CPU and memory are the figures, not those of \
+             the supervising parent), mod_proxy with mod_proxy_http and mod_proxy_connect, \
+             `ProxyRequests On`, `AllowCONNECT` for the upstream's ports, `KeepAlive On` with \
+             `MaxKeepAliveRequests 0`, no access log. Its generic forward proxy opens a new \
+             upstream connection per request: httpd pools backend connections only for a \
+             worker defined per backend (`ProxyPass`), which a forward proxy has not. A CONNECT \
+             tunnel holds one of the 128 threads for as long as it is open, so it holds at \
+             most 128 idle tunnels; the idle-tunnel table shows its cost per tunnel for those."
+        }
+        Kind::G3proxy => {
+            "g3proxy: opt-in, a build of bytedance/g3 given with `--g3proxy PATH` or found on \
+             PATH (skipped otherwise), with a generated config: an `http_proxy` server with \
+             `tcp_copy_buffer_size: 64K`, a `direct_fixed` escaper whose \
+             `egress_network_filter` allows 127.0.0.1 (its default forbids loopback) and whose \
+             `resolve_redirection` maps upstream.test to 127.0.0.1 (no DNS query), \
+             `log: discard`, its default runtime (a tokio worker thread per core)."
+        }
+        _ => return None,
+    };
+    Some(text.into())
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
 //! The scenarios and the order they run in.
 //!
 //! Each scenario runs every path once per repetition, in a fixed order (direct, copy relay,
-//! splice relay, egressd, squid, tinyproxy, then again), so slow drift of the machine
-//! (thermal, page cache, a noisy neighbour) spreads over all paths instead of landing on one.
-//! The report takes the median of the repetitions. egressd with its copy relay runs in the
-//! bulk scenarios only, where the relay is what is measured. The idle-tunnel scenario starts
-//! a fresh instance of each path per repetition, so memory freed by earlier scenarios cannot
-//! hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone, follow. egressd with
-//! the postgres backend runs in the five throughput scenarios only (see [`Kind::EgressdPostgres`]);
-//! its tick lag is measured by [`crate::ticklag`].
+//! splice relay, egressd and its variants, then the peers, then again; see [`Kind::ALL`]), so
+//! slow drift of the machine (thermal, page cache, a noisy neighbour) spreads over all paths
+//! instead of landing on one. The report takes the median of the repetitions. egressd with its
+//! copy relay runs in the bulk scenarios only, where the relay is what is measured; egressd
+//! with its JSON log in those that write a log line per request or tunnel at a high rate. The
+//! idle-tunnel scenario starts a fresh instance of each path per repetition, so memory freed by
+//! earlier scenarios cannot hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone,
+//! follow. egressd with the postgres backend runs in the five throughput scenarios only (see
+//! [`Kind::EgressdPostgres`]); its tick lag is measured by [`crate::ticklag`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +163,12 @@ impl Scenario {
 
     /// Whether `kind` is measured in this scenario.
     pub fn runs_on(self, kind: Kind) -> bool {
-        kind != Kind::EgressdCopy || matches!(self, Scenario::Bulk1 | Scenario::Bulk4)
+        match kind {
+            Kind::EgressdCopy => matches!(self, Scenario::Bulk1 | Scenario::Bulk4),
+            // A bulk tunnel writes one line in seconds: the format cannot show there.
+            Kind::EgressdJson => !matches!(self, Scenario::Bulk1 | Scenario::Bulk4),
+            _ => true,
+        }
     }
 
     pub fn has_latency(self) -> bool {
@@ -293,7 +299,8 @@ pub type PerPath<T> = Vec<(Kind, Vec<T>)>;
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub settings: Settings,
-    pub egressd_log: String,
+    /// `RUST_LOG` of the egressd rows that log as shipped; `None`: unset, egressd's default.
+    pub egressd_log: Option<String>,
     pub fd_limit: u64,
     pub measured: Vec<Measured>,
     /// Paths left out, and why.
@@ -327,11 +334,8 @@ pub async fn run(
     let mut skipped = Vec::new();
     for &kind in kinds {
         match start_checked(kind, env).await {
-            Ok(Some(subject)) => subjects.push(subject),
-            Ok(None) => skipped.push((
-                kind,
-                format!("not installed (apt-get install -y {})", kind.name()),
-            )),
+            Ok(Started::Running(subject)) => subjects.push(subject),
+            Ok(Started::Missing(why)) => skipped.push((kind, why)),
             // Only a peer may be skipped; a broken reference or egressd is a failure.
             Err(err) if kind.is_reference() || kind.is_egressd() => return Err(err),
             Err(err) => skipped.push((kind, format!("failed to start: {err:#}"))),
@@ -429,20 +433,24 @@ pub async fn run(
 
 /// Whether the idle-tunnel scenario runs `kind`. Idle tunnels move no bytes, so egressd's
 /// relay choice cannot show there, and neither can its state backend, which the tunnel path
-/// never touches.
+/// never touches, nor its logging, which writes a line when a tunnel closes.
 fn measures_idle_memory(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::Direct | Kind::EgressdCopy | Kind::EgressdPostgres
+        Kind::Direct
+            | Kind::EgressdCopy
+            | Kind::EgressdPostgres
+            | Kind::EgressdLogOff
+            | Kind::EgressdJson
     )
 }
 
 /// Starts `kind` and proves it carries one request and one tunnel, so a misconfigured peer
 /// fails here with a message instead of as a column of errors.
-async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Option<Subject>> {
+async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Started> {
     let subject = match kind.start(env)? {
         Started::Running(subject) => subject,
-        Started::Missing => return Ok(None),
+        missing @ Started::Missing(_) => return Ok(missing),
     };
     for scenario in [Scenario::KeepAlive, Scenario::NewTunnels] {
         let tally = load::smoke(|window| scenario.drive(&subject, env, window)).await;
@@ -456,7 +464,7 @@ async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Option<Subject>>
             );
         }
     }
-    Ok(Some(subject))
+    Ok(Started::Running(subject))
 }
 
 async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Settings) -> Sample {
@@ -554,8 +562,9 @@ pub async fn run_focused(
 ) -> anyhow::Result<()> {
     let mut subjects = Vec::new();
     for &kind in kinds {
-        if let Some(subject) = start_checked(kind, env).await? {
-            subjects.push(subject);
+        match start_checked(kind, env).await? {
+            Started::Running(subject) => subjects.push(subject),
+            Started::Missing(why) => eprintln!("skipping {}: {why}", kind.name()),
         }
     }
     for &scenario in chosen {
@@ -589,9 +598,11 @@ pub async fn run_focused(
         }
         print_backend_comparison(scenario, &subjects, &samples);
     }
+    // Only those that started: a missing peer has no idle memory to measure.
+    let started: Vec<Kind> = subjects.iter().map(|s| s.kind).collect();
     drop(subjects);
     if idle_tunnels {
-        for &kind in kinds.iter().filter(|k| measures_idle_memory(**k)) {
+        for &kind in started.iter().filter(|k| measures_idle_memory(**k)) {
             for _ in 0..settings.memory_reps {
                 let sample = idle_memory(kind, env, settings.idle_tunnels).await?;
                 println!(
