@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::control::config::Config;
 use crate::metrics::Metrics;
-use crate::util::logwriter::{self, LogFlush, LogWriter};
+use crate::util::logwriter::{self, LineFormat, LogFlush, LogWriter};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +25,13 @@ fn init_logging(format: LogFormat, dropped: Counter) -> LogFlush {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, flush) = LogWriter::start(std::io::stderr(), logwriter::DEFAULT_LIMIT, dropped);
+    if !ansi {
+        let format = match format {
+            LogFormat::Text => LineFormat::Text,
+            LogFormat::Json => LineFormat::Json,
+        };
+        logwriter::send_lines_directly(writer.clone(), format);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -6,7 +6,6 @@
 //! carries its reason three times — `X-Egress-Denied`/`X-Egress-Error`, the text body, and
 //! the reason phrase of the status line, which is all most clients show of a failed CONNECT.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +25,8 @@ use crate::egress::{authority_text, Cause, EgressError, ErrorKind, Permit, SendE
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::{text_response, BoxError, HttpBody};
+
+use super::access_line::AccessLine;
 
 /// The longest reason phrase egressd writes; a longer explanation is cut (the body keeps all
 /// of it).
@@ -333,48 +334,6 @@ impl Drop for AccessRecord {
             detail: None,
         }
         .emit();
-    }
-}
-
-/// One access-log line: the one schema every request, tunnel and unparsable head is logged
-/// with.
-struct AccessLine<'a> {
-    client: SocketAddr,
-    method: &'a dyn Display,
-    target: &'a dyn Display,
-    raw_target: &'a dyn Display,
-    decision: &'static str,
-    reason: &'a str,
-    rule: &'a str,
-    status: u16,
-    bytes_up: u64,
-    bytes_down: u64,
-    duration_ms: f64,
-    tunnel_end: &'a str,
-    redirect_denied: &'a str,
-    /// Why a request head could not be parsed; left out of the line when `None`.
-    detail: Option<&'a dyn Display>,
-}
-
-impl AccessLine<'_> {
-    fn emit(&self) {
-        tracing::info!(
-            target: "egressd::access",
-            client = %self.client,
-            method = %self.method,
-            target = %self.target,
-            raw_target = %self.raw_target,
-            decision = self.decision,
-            reason = self.reason,
-            rule = self.rule,
-            status = self.status,
-            bytes_up = self.bytes_up,
-            bytes_down = self.bytes_down,
-            duration_ms = self.duration_ms,
-            tunnel_end = self.tunnel_end,
-            redirect_denied = self.redirect_denied,
-            detail = self.detail.map(tracing::field::display),
-        );
     }
 }
 

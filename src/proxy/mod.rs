@@ -8,6 +8,7 @@
 //! Imports from [`crate::egress`], [`crate::policy`], [`crate::metrics`] and [`crate::util`].
 
 pub mod access;
+mod access_line;
 mod connect;
 mod forward;
 pub mod headers;

@@ -13,10 +13,15 @@
 //! log (a stuck pipe, a rate-limited journald) must not stall their traffic. The count is the
 //! metric `egressd_access_log_dropped_total`, and the stream itself says how many lines went
 //! missing where they did. [`LogFlush`] writes what is left when egressd stops.
+//!
+//! The access line, written once per request, may skip `tracing-subscriber`'s general
+//! formatter (a visitor and a `fmt::write` per field: most of what the log still cost) for a
+//! hand-written one producing the same bytes, straight into this writer: see
+//! [`direct_sink`]. It is process-wide, as the tracing dispatcher it sits beside is.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -102,6 +107,40 @@ impl LogWriter {
             self.shared.wake.notify_one();
         }
     }
+}
+
+/// The line format egressd logs in (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineFormat {
+    Text,
+    Json,
+}
+
+/// Where hand-formatted lines go, and in which format.
+pub struct LineSink {
+    writer: LogWriter,
+    pub format: LineFormat,
+}
+
+impl LineSink {
+    /// Queues one whole line (with its newline).
+    pub fn write_line(&self, line: &[u8]) {
+        self.writer.push(line);
+    }
+}
+
+static DIRECT: OnceLock<LineSink> = OnceLock::new();
+
+/// Sends hand-formatted lines (the access log) to `writer` from now on. Only when lines are
+/// written without ANSI colours: the hand-written formats are the plain ones.
+pub fn send_lines_directly(writer: LogWriter, format: LineFormat) {
+    let _ = DIRECT.set(LineSink { writer, format });
+}
+
+/// The sink for hand-formatted lines; `None` until [`send_lines_directly`] (in tests, and
+/// in commands other than `run`), when lines go through `tracing` as every other line does.
+pub fn direct_sink() -> Option<&'static LineSink> {
+    DIRECT.get()
 }
 
 impl Write for LogWriter {
