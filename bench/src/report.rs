@@ -232,6 +232,24 @@ fn check(
     }
 }
 
+/// A table of targets, one row each: name, goal, measured, result.
+fn write_target_table(md: &mut String, heading: &str, checks: &[TargetCheck]) {
+    let _ = writeln!(
+        md,
+        "| {heading} | goal | measured | result |\n|---|---|---|---|"
+    );
+    for t in checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured,
+            t.verdict()
+        );
+    }
+}
+
 pub fn targets(o: &Outcome) -> Vec<TargetCheck> {
     use Kind::{CopyRelay, Direct, Egressd, EgressdLogOff, SpliceRelay, Squid};
     use Scenario::*;
@@ -553,20 +571,7 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
     );
 
     let _ = writeln!(md, "## Targets (egressd)\n");
-    let _ = writeln!(
-        md,
-        "| target | goal | measured | result |\n|---|---|---|---|"
-    );
-    for t in targets(o) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.goal,
-            t.measured,
-            t.verdict()
-        );
-    }
+    write_target_table(&mut md, "target", &targets(o));
     if targets(o).iter().any(|t| t.pass == Some(false)) {
         let _ = writeln!(
             md,
@@ -765,20 +770,7 @@ fn shared_state_targets(
             pass: None,
         },
     };
-    let _ = writeln!(
-        md,
-        "| target (issue 21) | goal | measured | result |\n|---|---|---|---|"
-    );
-    for t in [equal_check, lag_check] {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.goal,
-            t.measured,
-            t.verdict()
-        );
-    }
+    write_target_table(md, "target (issue 21)", &[equal_check, lag_check]);
     let _ = writeln!(md);
 }
 

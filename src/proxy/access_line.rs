@@ -40,6 +40,11 @@ thread_local! {
 
 impl AccessLine<'_> {
     pub(super) fn emit(&self) {
+        // The direct path skips tracing's filter: ask it, so `RUST_LOG=warn` still silences
+        // every access line.
+        if !tracing::enabled!(target: "egressd::access", tracing::Level::INFO) {
+            return;
+        }
         match direct_sink() {
             Some(sink) => LINE.with(|line| {
                 let mut line = line.borrow_mut();

@@ -1,7 +1,7 @@
 //! Plain-HTTP forwarding through the real binary, driven by curl and raw sockets.
 
 use crate::support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -466,6 +466,64 @@ async fn every_access_line_is_written_even_when_egressd_stops_right_after() {
     proxy
         .wait_for_line(|l| l["message"] == "egressd stopped")
         .await;
+}
+
+/// `RUST_LOG=warn` silences the access log: for requests and tunnels, and for heads hyper
+/// could not parse, whose lines are written by another path.
+#[tokio::test]
+async fn rust_log_warn_silences_every_access_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = egressd()
+        .dns("other.test", "127.0.0.1")
+        .write_config(dir.path());
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        // Its own start line still comes, to learn the address from.
+        .env("RUST_LOG", "warn,egressd::cli=info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("egressd listening") {
+                return line;
+            }
+        }
+        panic!("egressd exited before listening");
+    })
+    .await
+    .expect("egressd to start");
+    let started: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let proxy: std::net::SocketAddr = started["proxy"].as_str().unwrap().parse().unwrap();
+    let denied = one_response(
+        proxy,
+        b"GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    )
+    .await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    let unparsable = one_response(proxy, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").await;
+    assert!(unparsable.starts_with("HTTP/1.1 400"), "{unparsable}");
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().all(|l| !l.contains("\"decision\"")),
+        "no access line: {rest:#?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("egressd stopped")),
+        "the stream is whole: {rest:#?}"
+    );
 }
 
 #[tokio::test]
