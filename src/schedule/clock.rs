@@ -81,11 +81,15 @@ impl Clock for ManualClock {
 mod tests {
     use super::*;
 
+    fn start() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-03T10:00:30Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
     #[tokio::test]
     async fn a_manual_sleep_ends_when_the_clock_reaches_it() {
-        let start = DateTime::parse_from_rfc3339("2026-12-03T10:00:30Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let start = start();
         let clock = ManualClock::new(start);
         let sleep = tokio::spawn(clock.sleep_until(start + chrono::Duration::seconds(30)));
         clock.advance(Duration::from_secs(29));
@@ -101,9 +105,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_manual_sleep_whose_deadline_has_passed_ends_at_once() {
-        let start = DateTime::parse_from_rfc3339("2026-12-03T10:00:30Z")
-            .unwrap()
-            .with_timezone(&Utc);
+        let start = start();
         let clock = ManualClock::new(start);
         // The clock moved on while the caller planned its sleep.
         clock.advance(Duration::from_secs(60));
