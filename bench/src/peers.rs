@@ -226,6 +226,14 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Another proxy, one egressd is measured against (not a reference path or an egressd).
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Kind::Squid | Kind::Tinyproxy | Kind::TrafficServer | Kind::Apache | Kind::G3proxy
+        )
+    }
+
     pub const ALL: [Kind; 13] = [
         Kind::Direct,
         Kind::CopyRelay,

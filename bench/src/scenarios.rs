@@ -274,13 +274,35 @@ pub struct MemorySample {
     pub failures: u64,
     pub before_kib: u64,
     pub after_kib: u64,
+    /// RSS once the first [`EARLY_TUNNELS`] were open: what is paid per tunnel early, which
+    /// an average over 10,000 can hide (arenas and tables grown once, amortised later).
+    pub early: Option<EarlySample>,
 }
+
+/// The checkpoint inside an idle-tunnel sample.
+#[derive(Debug, Clone, Copy)]
+pub struct EarlySample {
+    pub reached: usize,
+    pub after_kib: u64,
+}
+
+/// Where the idle-tunnel scenario reads RSS on its way to the full count.
+pub const EARLY_TUNNELS: usize = 2_000;
 
 impl MemorySample {
     pub fn per_tunnel_kib(&self) -> Option<f64> {
-        (self.reached > 0)
-            .then(|| self.after_kib.saturating_sub(self.before_kib) as f64 / self.reached as f64)
+        per_tunnel(self.before_kib, self.after_kib, self.reached)
     }
+
+    /// KiB per tunnel over the first [`EARLY_TUNNELS`].
+    pub fn early_per_tunnel_kib(&self) -> Option<f64> {
+        let early = self.early?;
+        per_tunnel(self.before_kib, early.after_kib, early.reached)
+    }
+}
+
+fn per_tunnel(before_kib: u64, after_kib: u64, tunnels: usize) -> Option<f64> {
+    (tunnels > 0).then(|| after_kib.saturating_sub(before_kib) as f64 / tunnels as f64)
 }
 
 /// A path that was measured, with its version.
@@ -536,9 +558,21 @@ async fn idle_memory(kind: Kind, env: &Env, count: usize) -> anyhow::Result<Memo
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before_kib = peers::rss_kib(pid)?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (held, failures) = load::open_idle(target, count, 64, deadline).await;
-    // Let queued work settle before reading the figure.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = count.min(EARLY_TUNNELS);
+    let (mut held, mut failures) = load::open_idle(target.clone(), first, 64, deadline).await;
+    // Let queued work settle before reading each figure.
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let early = (count > first).then_some(EarlySample {
+        reached: held.len(),
+        after_kib: peers::rss_kib(pid)?,
+    });
+    if count > first {
+        let (rest, more_failures) = load::open_idle(target, count - first, 64, deadline).await;
+        held.extend(rest);
+        failures += more_failures;
+        tokio::time::sleep(settle).await;
+    }
     let after_kib = peers::rss_kib(pid)?;
     let reached = held.len();
     load::close_idle(held).await;
@@ -548,6 +582,7 @@ async fn idle_memory(kind: Kind, env: &Env, count: usize) -> anyhow::Result<Memo
         failures,
         before_kib,
         after_kib,
+        early,
     })
 }
 
@@ -606,11 +641,13 @@ pub async fn run_focused(
             for _ in 0..settings.memory_reps {
                 let sample = idle_memory(kind, env, settings.idle_tunnels).await?;
                 println!(
-                    "idle-tunnels     {:<20} {} of {} open, {:.2} KiB each",
+                    "idle-tunnels     {:<20} {} of {} open, {:.2} KiB each ({:.2} over the first {})",
                     kind.name(),
                     sample.reached,
                     sample.target,
-                    sample.per_tunnel_kib().unwrap_or(f64::NAN)
+                    sample.per_tunnel_kib().unwrap_or(f64::NAN),
+                    sample.early_per_tunnel_kib().unwrap_or(f64::NAN),
+                    EARLY_TUNNELS
                 );
             }
         }
