@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::admin::{serve_admin, Admin};
 use crate::control::config::{Config, ProxySettings};
 use crate::control::edit::AllowlistEditor;
+use crate::control::identity::IdentityKeeper;
 use crate::control::reload::{self, Reloader, SharedStart, Trigger};
 use crate::control::rotate::Rotator;
 use crate::control::trace::Auditor;
@@ -36,7 +37,7 @@ use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
 use crate::proxy::headers::Via;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
-use crate::proxy::Proxy;
+use crate::proxy::{FailureThrottle, Proxy};
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::{FileStore, ScheduleStore};
@@ -118,6 +119,10 @@ impl App {
                 .with_handshake_hook(on_handshake.clone()),
             )
         };
+        // Function credentials: read now, on each reload and when a token file changes.
+        let identity = IdentityKeeper::new();
+        identity.apply(settings.identity, config.token_files.clone());
+        let failures = Arc::new(FailureThrottle::default());
         let workers: Vec<Worker> = listeners
             .into_iter()
             .map(|listener| {
@@ -131,7 +136,8 @@ impl App {
                     )
                     .with_sni(settings.connect_sni, settings.header_read_timeout)
                     .with_via(Via::new(&settings.via_name))
-                    .with_draining(draining.clone()),
+                    .with_draining(draining.clone())
+                    .with_identity(identity.handle(), failures.clone()),
                 );
                 Worker { listener, proxy }
             })
@@ -207,11 +213,18 @@ impl App {
                 metrics.clone(),
             ));
         }
+        {
+            let identity = identity.clone();
+            reloader.after_reload(Box::new(move |settings, token_files| {
+                identity.apply(settings.identity, token_files)
+            }));
+        }
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
         let admin = Arc::new(Admin {
             metrics,
             reloader: reloader.clone(),
             rotator,
+            identity,
             scheduler,
             token: settings.admin_token.clone(),
             editor: Arc::new(AllowlistEditor::new(
@@ -287,14 +300,17 @@ impl App {
         };
         let reloader = self.reloader.clone();
         let rotator = self.admin.rotator.clone();
+        let identity = self.admin.identity.clone();
         tokio::spawn(async move {
             while reload_signal.recv().await.is_some() {
                 let (reloader, rotator) = (reloader.clone(), rotator.clone());
+                let identity = identity.clone();
                 // SIGHUP re-reads everything: the config, and the [[mtls]] files even when
                 // the config did not change.
                 let _ = tokio::task::spawn_blocking(move || {
                     reloader.reload(Trigger::Sighup);
                     rotator.rotate();
+                    identity.refresh();
                 })
                 .await;
             }

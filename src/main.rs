@@ -39,6 +39,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         target: String,
+        /// The function whose credentials the request carries (with proxy.identity).
+        #[arg(long)]
+        function: Option<String>,
     },
     /// Follow a URL's redirect chain (as curl -L) and show each hop's verdict and the
     /// entries to add; exit 0 when the whole chain is allowed.
@@ -112,7 +115,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => cli::run(&config, cli.log_format),
         Command::Check { config } => cli::check(&config),
-        Command::Explain { config, target } => cli::explain(&config, &target),
+        Command::Explain {
+            config,
+            target,
+            function,
+        } => cli::explain(&config, &target, function.as_deref()),
         Command::Trace { config, url } => cli::trace(&config, &url),
         Command::Schedules {
             admin,

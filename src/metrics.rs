@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::egress::revoke::LiveKind;
 use crate::egress::tls::HandshakeOutcome;
 use crate::egress::ErrorKind;
+use crate::policy::identity::{Caller, ANONYMOUS};
 use crate::policy::{DenyReason, Protocol};
 
 /// How one request or tunnel ended: the `decision` and `reason` labels.
@@ -83,6 +84,13 @@ pub struct Metrics {
     pub rejected_connections: Counter,
     /// Log lines dropped because the log writer fell behind (see `util::logwriter`).
     pub access_log_dropped: Counter,
+    /// Requests and tunnels by function (configured names, `anonymous` otherwise) and
+    /// decision.
+    function_requests: Family<Vec<(&'static str, String)>, Counter>,
+    /// Refused credentials, by reason (missing, malformed, invalid, duplicate).
+    identity_failures: Family<Labels<1>, Counter>,
+    /// Refusals answered late because their client address kept failing.
+    pub identity_slowed: Counter,
 
     /// Config reloads by result (success, failure, unchanged).
     reloads: Family<Labels<1>, Counter>,
@@ -113,6 +121,19 @@ struct HotSeries {
     bytes_down: Counter,
     /// Durations, by [`Protocol::index`].
     duration: [Histogram; PROTOCOLS],
+    /// Anonymous requests, by [`decision_index`].
+    anonymous: [Counter; 3],
+}
+
+/// The decisions of `egressd_function_requests_total`, in index order.
+const DECISIONS: [&str; 3] = ["allowed", "denied", "error"];
+
+fn decision_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => 0,
+        Outcome::Denied(_) => 1,
+        Outcome::Failed(_) => 2,
+    }
 }
 
 impl Default for Metrics {
@@ -255,11 +276,37 @@ impl Metrics {
             let guard = duration.get_or_create(&[("protocol", p.as_str())]);
             guard.clone()
         });
+        let function_requests: Family<Vec<(&'static str, String)>, Counter> = Family::default();
+        registry.register(
+            "function_requests",
+            "Requests and tunnels by function (a configured name, or anonymous without credentials) and decision",
+            function_requests.clone(),
+        );
+        let identity_failures: Family<Labels<1>, Counter> = Family::default();
+        registry.register(
+            "identity_failures",
+            "Requests refused for their proxy credentials, by reason (missing, malformed, invalid, duplicate)",
+            identity_failures.clone(),
+        );
+        let identity_slowed = Counter::default();
+        registry.register(
+            "identity_slowed",
+            "Credential refusals answered after a delay because their client address kept failing",
+            identity_slowed.clone(),
+        );
+        let anonymous = DECISIONS.map(|decision| {
+            let guard = function_requests.get_or_create(&vec![
+                ("function", ANONYMOUS.to_string()),
+                ("decision", decision.to_string()),
+            ]);
+            guard.clone()
+        });
         let hot = HotSeries {
             allowed,
             bytes_up,
             bytes_down,
             duration: durations,
+            anonymous,
         };
         Metrics {
             hot,
@@ -271,6 +318,9 @@ impl Metrics {
             active_connections,
             rejected_connections,
             access_log_dropped,
+            function_requests,
+            identity_failures,
+            identity_slowed,
 
             reloads,
             revocations,
@@ -310,6 +360,31 @@ impl Metrics {
         self.mtls_expiry
             .get_or_create(&vec![("entry", entry.to_string())])
             .set(seconds);
+    }
+
+    /// Counts a request or tunnel by who sent it.
+    pub fn function_request(&self, caller: &Caller, outcome: Outcome) {
+        let decision = decision_index(outcome);
+        match caller {
+            Caller::Anonymous => {
+                self.hot.anonymous[decision].inc();
+            }
+            Caller::Function(name) => {
+                self.function_requests
+                    .get_or_create(&vec![
+                        ("function", name.to_string()),
+                        ("decision", DECISIONS[decision].to_string()),
+                    ])
+                    .inc();
+            }
+        };
+    }
+
+    /// Counts a refusal of credentials.
+    pub fn identity_failure(&self, reason: &'static str) {
+        self.identity_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts a request or tunnel.

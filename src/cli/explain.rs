@@ -5,17 +5,39 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use super::load_or_report;
+use crate::control::explain::identity_note;
 use crate::policy::activation::ActivationBook;
+use crate::policy::identity::{Identities, IdentityMode};
 use crate::util::time::unix_ms;
 
-/// Exit 0 when allowed, 1 when denied.
-pub fn explain(path: &Path, target: &str) -> ExitCode {
+/// Exit 0 when allowed, 1 when denied; with `proxy.identity`, a note on what credentials
+/// (those of `function`, or none) change.
+pub fn explain(path: &Path, target: &str, function: Option<&str>) -> ExitCode {
     let Some(config) = load_live(path) else {
         return ExitCode::FAILURE;
     };
     let explanation = crate::control::explain::explain(&config, target, SystemTime::now());
     say!("{explanation}");
-    if explanation.is_allowed() {
+    // The token files were read and checked with the config: each loads.
+    let identities = Identities::new(
+        config.proxy.identity,
+        config
+            .token_files
+            .iter()
+            .filter_map(|f| Some((f.function.clone(), f.read().ok()?)))
+            .collect(),
+    );
+    let note = identity_note(&identities, function);
+    if let Some(note) = &note {
+        say!("{note}");
+    }
+    let refused_for_identity = match (config.proxy.identity, function) {
+        (IdentityMode::Off, _) => false,
+        (IdentityMode::Required, None) => true,
+        (_, Some(name)) => !identities.knows(name),
+        (IdentityMode::Optional, None) => false,
+    };
+    if explanation.is_allowed() && !refused_for_identity {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use super::config::Config;
 use crate::policy::host::Host;
+use crate::policy::identity::{Identities, IdentityMode};
 use crate::policy::url::target_of;
 use crate::policy::{Denial, Policy, Protocol, Target};
 use crate::util::time::unix_ms;
@@ -95,6 +96,28 @@ pub fn explain_policy(policy: &Policy, input: &str, now: SystemTime) -> Explanat
     }
 }
 
+/// How `proxy.identity` changes the answer for a request from `function` (none: a request
+/// without credentials), when it does.
+pub fn identity_note(identities: &Identities, function: Option<&str>) -> Option<String> {
+    match (identities.mode, function) {
+        (IdentityMode::Off, None) => None,
+        (IdentityMode::Off, Some(_)) => Some(
+            "proxy.identity is \"off\": credentials are ignored, every request is anonymous"
+                .into(),
+        ),
+        (IdentityMode::Optional, None) => None,
+        (IdentityMode::Required, None) => Some(
+            "proxy.identity is \"required\": this holds for a request with a function's credentials; without them it gets 407 identity-required".into(),
+        ),
+        (_, Some(name)) if identities.knows(name) => Some(format!(
+            "as function \"{name}\", with one of its tokens (a wrong token gets 407 identity-invalid)"
+        )),
+        (_, Some(name)) => Some(format!(
+            "function \"{name}\" has no token in force (no productive [[functions]] entry with a token_file that loads): its credentials get 407 identity-invalid"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +172,48 @@ domains = ["example.com", "*.example.org", "xn--bcher-kva.de", "internal.example
                 .starts_with("denied (private-destination): 10.0.0.5"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn identity_notes() {
+        let digests = crate::policy::identity::parse_token_file("0123456789abcdef\n").unwrap();
+        let ids = |mode| Identities::new(mode, vec![("fn-a".into(), digests.clone())]);
+        // (name, mode, function, the note starts with; "" for none)
+        let cases = [
+            ("optional, anonymous", IdentityMode::Optional, None, ""),
+            ("off, anonymous", IdentityMode::Off, None, ""),
+            (
+                "required, anonymous",
+                IdentityMode::Required,
+                None,
+                "proxy.identity is \"required\"",
+            ),
+            (
+                "required, known",
+                IdentityMode::Required,
+                Some("fn-a"),
+                "as function \"fn-a\"",
+            ),
+            (
+                "optional, unknown",
+                IdentityMode::Optional,
+                Some("fn-b"),
+                "function \"fn-b\" has no token",
+            ),
+            (
+                "off, a function",
+                IdentityMode::Off,
+                Some("fn-a"),
+                "proxy.identity is \"off\"",
+            ),
+        ];
+        for (name, mode, function, want) in cases {
+            let note = identity_note(&ids(mode), function).unwrap_or_default();
+            assert!(
+                note.starts_with(want) && (want.is_empty() == note.is_empty()),
+                "{name}: {note}"
+            );
+        }
     }
 
     #[test]

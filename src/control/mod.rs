@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod edit;
 pub mod explain;
+pub mod identity;
 pub mod reload;
 pub mod rotate;
 pub mod trace;

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::RecommendedWatcher;
 
-use super::config::Config;
+use super::config::{Config, ProxySettings, TokenFile};
 use crate::egress::revoke::Registry;
 use crate::egress::tls::MtlsTable;
 use crate::egress::{Snapshot, SnapshotHandle};
@@ -105,6 +105,10 @@ pub enum Outcome {
 /// The snapshot itself is already in force, whole, when it runs.
 pub type AfterSwap = Box<dyn Fn(&Snapshot, &Snapshot) + Send + Sync>;
 
+/// Told after each reload of the file that was put in force, with its config: the settings
+/// that live outside the snapshot (`proxy.identity`, the token files).
+pub type AfterReload = Box<dyn Fn(&ProxySettings, Vec<TokenFile>) + Send + Sync>;
+
 pub struct Reloader {
     path: PathBuf,
     /// The policy and identities in force, swapped whole.
@@ -118,6 +122,7 @@ pub struct Reloader {
     /// Held only for the swap and for readers: admin requests never wait for a parse.
     status: Mutex<Status>,
     after_swap: AfterSwap,
+    after_reload: std::sync::OnceLock<AfterReload>,
     /// Set while the last reload was refused because activation state could not be written;
     /// the retry task reloads until it can.
     persist_failed: AtomicBool,
@@ -212,6 +217,7 @@ impl Reloader {
                 shared_entries: shared_set,
             }),
             after_swap,
+            after_reload: std::sync::OnceLock::new(),
             persist_failed: AtomicBool::new(false),
             shared,
             shared_stale: AtomicBool::new(stale),
@@ -325,6 +331,7 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!(trigger = trigger.as_str(), "{warning}");
         }
+        let (proxy_settings, token_files) = (config.proxy.clone(), config.token_files.clone());
         let removed_from_file: Vec<Pattern> = inner
             .file_policy
             .allowlist
@@ -347,7 +354,7 @@ impl Reloader {
             }
             view
         });
-        self.apply(
+        let outcome = self.apply(
             &mut inner,
             Parsed {
                 policy: config.policy,
@@ -359,7 +366,18 @@ impl Reloader {
             view,
             trigger,
             started,
-        )
+        );
+        if matches!(outcome, Outcome::Reloaded { .. }) {
+            if let Some(after_reload) = self.after_reload.get() {
+                after_reload(&proxy_settings, token_files);
+            }
+        }
+        outcome
+    }
+
+    /// Sets what is told of each config put in force by a reload (once).
+    pub fn after_reload(&self, hook: AfterReload) {
+        let _ = self.after_reload.set(hook);
     }
 
     /// Merges the shared entries into the file's policy, updates and persists activation

@@ -149,11 +149,16 @@ pub enum DenyReason {
     SniMismatch,
     /// A tunnel's first bytes start a TLS handshake egressd cannot read, so cannot check.
     SniUnreadable,
+    /// `proxy.identity = "required"` and the request carried no credentials: 407.
+    IdentityRequired,
+    /// The request's credentials are malformed, or name an unknown function or a wrong
+    /// token (one answer for both): 407.
+    IdentityInvalid,
 }
 
 impl DenyReason {
     /// Every reason, for parsing the wire codes back.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 12] = [
         DenyReason::NotAllowlisted,
         DenyReason::PortNotAllowed,
         DenyReason::PrivateDestination,
@@ -164,6 +169,8 @@ impl DenyReason {
         DenyReason::SniNotAllowlisted,
         DenyReason::SniMismatch,
         DenyReason::SniUnreadable,
+        DenyReason::IdentityRequired,
+        DenyReason::IdentityInvalid,
     ];
 
     /// The reason whose [`DenyReason::code`] is `code`.
@@ -183,6 +190,8 @@ impl DenyReason {
             DenyReason::SniNotAllowlisted => "sni-not-allowlisted",
             DenyReason::SniMismatch => "sni-mismatch",
             DenyReason::SniUnreadable => "sni-unreadable",
+            DenyReason::IdentityRequired => "identity-required",
+            DenyReason::IdentityInvalid => "identity-invalid",
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Function {
 pub enum FunctionError {
     #[error("a name is 1 to 63 characters of a-z, 0-9 and -")]
     Name,
+    #[error("\"anonymous\" is reserved: it names requests without a function's credentials in the log and metrics")]
+    Reserved,
     #[error("expected \"productive\" or \"undeployed\"")]
     State,
     #[error("expected an http:// or https:// URL with a host, e.g. \"http://fn-refresh.functions.test/invoke\"")]
@@ -42,6 +44,9 @@ pub fn parse_name(name: &str) -> Result<String, FunctionError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name == super::identity::ANONYMOUS {
+        return Err(FunctionError::Reserved);
+    }
     valid.then(|| name.to_string()).ok_or(FunctionError::Name)
 }
 

@@ -12,6 +12,7 @@ pub mod allowlist;
 mod decision;
 pub mod function;
 pub mod host;
+pub mod identity;
 pub mod netguard;
 pub mod origination;
 pub mod url;

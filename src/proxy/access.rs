@@ -23,6 +23,7 @@ use hyper::ext::ReasonPhrase;
 use crate::egress::tunnel::{TunnelEnd, TunnelStats};
 use crate::egress::{authority_text, Cause, EgressError, ErrorKind, Permit, SendError};
 use crate::metrics::{Metrics, Outcome};
+use crate::policy::identity::{Caller, ANONYMOUS};
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::{text_response, BoxError, HttpBody};
 
@@ -89,6 +90,8 @@ pub struct AccessRecord {
     tunnel_end: Option<TunnelEnd>,
     /// A redirect the allowlist would deny: its URL, the denial and the fix.
     redirect: Option<Box<str>>,
+    /// Who sent it (`proxy.identity`).
+    caller: Caller,
 }
 
 /// Bytes carried by one exchange, shared with the body wrappers that count them.
@@ -121,7 +124,13 @@ impl AccessRecord {
             relayed: Arc::default(),
             tunnel_end: None,
             redirect: None,
+            caller: Caller::Anonymous,
         }
+    }
+
+    /// Who sent it, once its credentials were checked.
+    pub fn set_caller(&mut self, caller: &Caller) {
+        self.caller = caller.clone();
     }
 
     /// The target once parsed.
@@ -155,6 +164,7 @@ impl AccessRecord {
         self.outcome = outcome;
         self.status = status.as_u16();
         self.metrics.request(self.protocol, outcome);
+        self.metrics.function_request(&self.caller, outcome);
     }
 
     pub fn allowed(&mut self, status: StatusCode) {
@@ -217,17 +227,17 @@ impl AccessRecord {
     /// A policy denial: 403, `X-Egress-Denied`, the explanation in the status line and the
     /// body.
     pub fn denied(self, denial: Denial) -> Response<HttpBody> {
+        self.denied_with(denial, StatusCode::FORBIDDEN)
+    }
+
+    /// A denial answered with `status` (407 for refused credentials).
+    pub fn denied_with(self, denial: Denial, status: StatusCode) -> Response<HttpBody> {
         let code = denial.reason.code();
         let text = format!(
             "egressd denied {} {}: {}",
             self.method, self.raw_target, denial.message
         );
-        let response = made_up(
-            StatusCode::FORBIDDEN,
-            ("x-egress-denied", code),
-            &denial.message,
-            text,
-        );
+        let response = made_up(status, ("x-egress-denied", code), &denial.message, text);
         self.refuse(Outcome::Denied(denial.reason), response)
     }
 
@@ -319,6 +329,7 @@ impl Drop for AccessRecord {
         };
         AccessLine {
             client: self.client,
+            function: self.caller.name(),
             method: &self.method,
             target: &self.logged_target(),
             raw_target: &self.raw_target,
@@ -437,6 +448,7 @@ pub fn unparsable_head(metrics: &Metrics, client: SocketAddr, err: &hyper::Error
     metrics.request(Protocol::Http, Outcome::Failed(kind));
     AccessLine {
         client,
+        function: ANONYMOUS,
         method: &"",
         target: &"",
         raw_target: &"",

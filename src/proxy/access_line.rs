@@ -17,6 +17,8 @@ use crate::util::logwriter::{direct_sink, LineFormat};
 /// One access-log line's fields, in the order they are written.
 pub(super) struct AccessLine<'a> {
     pub client: SocketAddr,
+    /// The function that sent it, or `anonymous`.
+    pub function: &'a str,
     pub method: &'a dyn Display,
     pub target: &'a dyn Display,
     pub raw_target: &'a dyn Display,
@@ -64,6 +66,7 @@ impl AccessLine<'_> {
         tracing::info!(
             target: "egressd::access",
             client = %self.client,
+            function = self.function,
             method = %self.method,
             target = %self.target,
             raw_target = %self.raw_target,
@@ -85,11 +88,12 @@ impl AccessLine<'_> {
     fn write_text(&self, out: &mut String, now: chrono::DateTime<chrono::Utc>) {
         let _ = write!(
             out,
-            "{}  INFO egressd::access: client={} method={} target={} raw_target={} \
+            "{}  INFO egressd::access: client={} function={:?} method={} target={} raw_target={} \
              decision={:?} reason={:?} rule={:?} status={:?} bytes_up={:?} bytes_down={:?} \
              duration_ms={:?} tunnel_end={:?} redirect_denied={:?}",
             timestamp(now),
             self.client,
+            self.function,
             self.method,
             self.target,
             self.raw_target,
@@ -118,6 +122,7 @@ impl AccessLine<'_> {
             timestamp(now)
         );
         json_field(out, "client", &self.client);
+        json_field(out, "function", &self.function);
         json_field(out, "method", self.method);
         json_field(out, "target", self.target);
         json_field(out, "raw_target", self.raw_target);
@@ -378,6 +383,7 @@ mod tests {
             let detail = detail.as_ref().map(|d| d as &dyn Display);
             let line = AccessLine {
                 client,
+                function: if status == 200 { "fn-a" } else { "anonymous" },
                 method: &method,
                 target: &target,
                 raw_target: &target,

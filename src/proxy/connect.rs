@@ -66,6 +66,7 @@ impl Proxy {
             // which a tunnel's record would otherwise pin for the tunnel's whole life.
             req.uri().to_string().parse().unwrap_or_default(),
         );
+        record.set_caller(&conn.caller);
         let target = match connect_target(req.uri()) {
             Ok(target) => target,
             Err(Refusal::BadRequest(msg)) => return record.bad_request(msg),

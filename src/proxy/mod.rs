@@ -12,6 +12,7 @@ mod access_line;
 mod connect;
 mod forward;
 pub mod headers;
+mod identity;
 pub mod request;
 pub mod server;
 pub mod sni;
@@ -30,11 +31,13 @@ use crate::egress::revoke::{LiveKind, Peer, Registration, Registry};
 use crate::egress::tunnel::RelayKind;
 use crate::egress::{EgressClient, Permit};
 use crate::metrics::Metrics;
+use crate::policy::identity::IdentityHandle;
 use crate::policy::Protocol;
 use crate::util::body::HttpBody;
 use crate::util::drain::Draining;
 use crate::util::time::now_ms;
 use access::AccessRecord;
+pub use identity::FailureThrottle;
 use server::ClientConn;
 use sni::SniCheck;
 
@@ -68,6 +71,10 @@ pub struct Proxy {
     pub via: headers::Via,
     /// Set at SIGTERM: answers then close their keep-alive connections.
     pub draining: Draining,
+    /// The function credentials in force (`proxy.identity`, the token files).
+    pub identity: IdentityHandle,
+    /// Bad credentials per client address, shared by every worker.
+    failures: Arc<FailureThrottle>,
 }
 
 impl Proxy {
@@ -90,7 +97,20 @@ impl Proxy {
             hello_timeout: Duration::from_secs(10),
             via: headers::Via::default(),
             draining: Draining::default(),
+            identity: IdentityHandle::default(),
+            failures: Arc::default(),
         }
+    }
+
+    /// Shares the identities in force, and the failure table, with the other workers.
+    pub fn with_identity(
+        mut self,
+        identity: IdentityHandle,
+        failures: Arc<FailureThrottle>,
+    ) -> Self {
+        self.identity = identity;
+        self.failures = failures;
+        self
     }
 
     /// Sets the `Via` pseudonym (`proxy.via_name`).
@@ -118,14 +138,16 @@ impl Proxy {
     /// Entry point for every request on a client connection.
     pub async fn handle(
         self: Arc<Self>,
-        conn: ClientConn,
+        mut conn: ClientConn,
         req: Request<Incoming>,
     ) -> Result<Response<HttpBody>, Infallible> {
         let connect = req.method() == Method::CONNECT;
-        let response = if connect {
-            self.clone().connect(conn, req).await
-        } else {
-            self.forward(conn, req).await
+        let response = match self.caller(&req) {
+            Ok(caller) => {
+                conn.caller = caller;
+                self.clone().route(conn, req, connect).await
+            }
+            Err(refusal) => self.refuse_credentials(&conn, &req, refusal).await,
         };
         let mut response = self.with_our_via(response, connect);
         if self.draining.is_draining() && !becomes_a_tunnel(&response, connect) {
@@ -137,6 +159,20 @@ impl Proxy {
         Ok(response)
     }
 
+    /// A request whose sender is known: a tunnel, or a forwarded request.
+    async fn route(
+        self: Arc<Self>,
+        conn: ClientConn,
+        req: Request<Incoming>,
+        connect: bool,
+    ) -> Response<HttpBody> {
+        if connect {
+            self.clone().connect(conn, req).await
+        } else {
+            self.forward(conn, req).await
+        }
+    }
+
     /// Shares `draining` with the rest of the process (set at SIGTERM).
     pub fn with_draining(mut self, draining: Draining) -> Self {
         self.draining = draining;
@@ -145,13 +181,15 @@ impl Proxy {
 
     /// The access record of a request on `conn`.
     fn record<B>(&self, protocol: Protocol, conn: &ClientConn, req: &Request<B>) -> AccessRecord {
-        AccessRecord::new(
+        let mut record = AccessRecord::new(
             self.metrics.clone(),
             protocol,
             conn.addr,
             req.method(),
             req.uri().clone(),
-        )
+        );
+        record.set_caller(&conn.caller);
+        record
     }
 
     /// Registers a tunnel for revocation, re-checked if a reload came in since its permit.

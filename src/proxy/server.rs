@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{access, Proxy};
 use crate::egress::revoke::{LiveKind, Registration};
+use crate::policy::identity::Caller;
 use crate::util::deadline::WriteDeadline;
 use crate::util::listener::accept;
 
@@ -76,6 +77,8 @@ pub struct ClientConn {
     _slot: Arc<OwnedSemaphorePermit>,
     /// Its entry for revocation: a reload that denies its latest target closes it.
     pub registration: Arc<Registration>,
+    /// Who sent the request being served (set per request: credentials come with each).
+    pub caller: Caller,
 }
 
 /// Serves the proxy listener until `shutdown` is cancelled. Returns once no new connections
@@ -111,6 +114,7 @@ pub async fn serve_proxy(
             addr: client,
             _slot: Arc::new(permit),
             registration: Arc::new(registration),
+            caller: Caller::Anonymous,
         };
         proxy.tasks.spawn(async move {
             proxy_for_conn.metrics.active_connections.inc();

@@ -355,10 +355,139 @@ async fn clients_go_around_egressd_when_they_ignore_the_variables_given() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// The token of `fn-a` in [`every_client_sends_the_credentials_in_its_proxy_url`].
+const FN_A_TOKEN: &str = "fn-a-token-0123456789abcdef";
+
+/// What egressd saw of one client run: each request's method, status and function, from its
+/// access lines.
+fn seen_by_egressd(lines: &[serde_json::Value]) -> Vec<(String, u64, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            (
+                l["method"].as_str().unwrap_or("").to_string(),
+                l["status"].as_u64().unwrap_or(0),
+                l["function"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Whether the requests of `method` in a run carried fn-a's credentials: "yes", "no", or
+/// "–" when the client sent none of that method.
+fn sends_on(seen: &[(String, u64, String)], method: &str) -> &'static str {
+    let of: Vec<_> = seen.iter().filter(|(m, _, _)| m == method).collect();
+    match (of.is_empty(), of.iter().any(|(_, _, f)| f == "fn-a")) {
+        (true, _) => "–",
+        (false, true) => "yes",
+        (false, false) => "no",
+    }
+}
+
+#[tokio::test]
+async fn every_client_sends_the_credentials_in_its_proxy_url() {
+    let tools = tools();
+    let origin = origin().await;
+    let (tls, pem) = tls_origin("api.test").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fn-a.token"), FN_A_TOKEN).unwrap();
+    let proxy = egressd()
+        .allow_local("api.test")
+        .ports(&[tls.port()], &[origin.port()])
+        .proxy("identity = \"required\"")
+        .table("[[functions]]\nname = \"fn-a\"\nstate = \"productive\"\nurl = \"http://fn-a.test/\"\ntoken_file = \"fn-a.token\"\n")
+        .start_in(dir.path());
+    let ca = proxy.dir().join("ca.pem");
+    std::fs::write(&ca, pem).unwrap();
+    let http = format!("http://api.test:{}/echo", origin.port());
+    let https = format!("https://api.test:{}/echo", tls.port());
+    let with = |token: &str| format!("http://fn-a:{token}@{}", proxy.proxy);
+
+    let mut failures = Vec::new();
+    let mut table = String::from(
+        "| client | valid http:// | valid https:// | wrong token http:// | wrong token https:// | sends on plain requests | sends on CONNECT | retries after 407 |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for client in clients().into_iter().filter(|c| c.unsupported.is_none()) {
+        let mut cells = Vec::new();
+        let mut seen_all = Vec::new();
+        let mut retries = Vec::new();
+        for (case, token, url) in [
+            ("valid http", FN_A_TOKEN, &http),
+            ("valid https", FN_A_TOKEN, &https),
+            ("wrong http", "fn-a-token-wrong-0123456789", &http),
+            ("wrong https", "fn-a-token-wrong-0123456789", &https),
+        ] {
+            let env = client_env_with(
+                &proxy,
+                &with(token),
+                client.proxy_vars,
+                client.env,
+                Some((client.trust, &ca)),
+            );
+            let before = proxy.access_logs().len();
+            let outcome = tools
+                .run(client.program, url.clone(), env, client.trust, &ca)
+                .await;
+            // Each request's line is written when it ends, before the client sees it end.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let seen = seen_by_egressd(&proxy.access_logs()[before..]);
+            let valid = case.starts_with("valid");
+            let check = if valid {
+                allowed(&outcome, case.ends_with("http"))
+            } else if outcome.status == Some(200) {
+                Err("a wrong token got 200".into())
+            } else if seen.iter().any(|(_, status, _)| *status != 407) {
+                Err(format!(
+                    "egressd answered a wrong token with something else than 407: {seen:?}"
+                ))
+            } else {
+                Ok(())
+            };
+            if let Err(why) = check {
+                failures.push(format!(
+                    "{} / {case}: {why}\n    saw: {outcome:?}\n    egressd saw: {seen:?}",
+                    client.name
+                ));
+            }
+            if !valid {
+                retries.push(seen.len().saturating_sub(1));
+            }
+            cells.push(outcome.shown());
+            seen_all.extend(seen.into_iter().filter(|_| valid));
+        }
+        let retried = match retries.iter().max() {
+            Some(0) | None => "no".to_string(),
+            Some(n) => format!("yes ({n} more)"),
+        };
+        table.push_str(&format!(
+            "| {} ({}) | {} | {} | {} | {retried} |\n",
+            client.name,
+            tools.version(client.program).await,
+            cells.join(" | "),
+            sends_on(&seen_all, "GET"),
+            sends_on(&seen_all, "CONNECT"),
+        ));
+    }
+    report("clients-identity.md", &table);
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
 /// The client's whole environment: `PATH`, a fresh `HOME` (no rc files), the proxy variables
 /// set to egressd, `extra`, and the CA variable when the client trusts through one.
 fn client_env(
     proxy: &Egressd,
+    proxy_vars: &[&str],
+    extra: &[(&str, &str)],
+    trust: Option<(Trust, &Path)>,
+) -> Vec<(String, String)> {
+    client_env_with(proxy, &proxy.proxy_url(), proxy_vars, extra, trust)
+}
+
+/// [`client_env`] with the proxy variables set to `proxy_url` (credentials in it, say).
+fn client_env_with(
+    proxy: &Egressd,
+    proxy_url: &str,
     proxy_vars: &[&str],
     extra: &[(&str, &str)],
     trust: Option<(Trust, &Path)>,
@@ -376,7 +505,7 @@ fn client_env(
     env.extend(
         proxy_vars
             .iter()
-            .map(|v| (v.to_string(), proxy.proxy_url())),
+            .map(|v| (v.to_string(), proxy_url.to_string())),
     );
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     if let Some((Trust::Env(var), ca)) = trust {

@@ -17,6 +17,7 @@ mod file_faults;
 mod hostile_input;
 mod hot_reload;
 mod http_forwarding;
+mod identity;
 mod layers;
 mod mtls;
 mod properties;

@@ -44,6 +44,20 @@ enum Setup {
     StrictPrivate,
     /// egressd whose own proxy port is also an allowed destination, by IP and by name.
     OwnListener,
+    /// [`Setup::Api`]'s allowlist with `proxy.identity = "required"` and one function, `fn-a`,
+    /// whose token is [`FN_A_TOKEN`].
+    Identity,
+}
+
+const FN_A_TOKEN: &str = "fn-a-token-0123456789abcdef";
+
+/// `Proxy-Authorization: Basic` of `user_token`, as a header line.
+fn proxy_authorization(user_token: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(user_token)
+    )
 }
 
 /// How a case reaches the proxy.
@@ -486,6 +500,75 @@ fn cases(ports: &Ports) -> Vec<Refusal> {
             status_line: own_listener,
             counted: &[requests!("connect", "denied", "private-destination")],
         },
+        // Function identity (`proxy.identity = "required"`).
+        Refusal {
+            name: "no credentials where they are required (curl)",
+            on: Identity,
+            send: Curl(format!("http://api.test:{p}/")),
+            status: 407,
+            header: (denied, "identity-required"),
+            status_line: "HTTP/1.1 407 identity-required: proxy.identity is \"required\": put the function's credentials in the proxy URL, HTTPS_PROXY=http://FUNCTION:TOKEN@HOST:PORT\r\n".into(),
+            counted: &[
+                requests!("http", "denied", "identity-required"),
+                "egressd_identity_failures_total{reason=\"missing\"}",
+            ],
+        },
+        Refusal {
+            name: "a wrong token, CONNECT",
+            on: Identity,
+            send: Raw(format!(
+                "CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n{}\r\n",
+                proxy_authorization("fn-a:fn-a-token-wrong-0123456789")
+            )),
+            status: 407,
+            header: (denied, "identity-invalid"),
+            status_line: "HTTP/1.1 407 identity-invalid: unknown function or wrong token\r\n".into(),
+            counted: &[
+                requests!("connect", "denied", "identity-invalid"),
+                "egressd_identity_failures_total{reason=\"invalid\"}",
+            ],
+        },
+        Refusal {
+            name: "an unknown function: the same answer as a wrong token",
+            on: Identity,
+            send: Raw(format!(
+                "GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\n{}\r\n",
+                proxy_authorization(&format!("fn-z:{FN_A_TOKEN}"))
+            )),
+            status: 407,
+            header: (denied, "identity-invalid"),
+            status_line: "HTTP/1.1 407 identity-invalid: unknown function or wrong token\r\n".into(),
+            counted: &[requests!("http", "denied", "identity-invalid")],
+        },
+        Refusal {
+            name: "Bearer credentials",
+            on: Identity,
+            send: Raw(format!(
+                "GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\nProxy-Authorization: Bearer {FN_A_TOKEN}\r\n\r\n"
+            )),
+            status: 407,
+            header: (denied, "identity-invalid"),
+            status_line: "HTTP/1.1 407 identity-invalid: only the Basic scheme is accepted; ".into(),
+            counted: &[
+                requests!("http", "denied", "identity-invalid"),
+                "egressd_identity_failures_total{reason=\"malformed\"}",
+            ],
+        },
+        Refusal {
+            name: "two Proxy-Authorization headers",
+            on: Identity,
+            send: Raw(format!(
+                "GET http://api.test:{p}/ HTTP/1.1\r\nHost: api.test:{p}\r\n{auth}{auth}\r\n",
+                auth = proxy_authorization(&format!("fn-a:{FN_A_TOKEN}"))
+            )),
+            status: 400,
+            header: (error, "bad-request"),
+            status_line: bad_request("more than one Proxy-Authorization header"),
+            counted: &[
+                requests!("http", "error", "bad-request"),
+                "egressd_identity_failures_total{reason=\"duplicate\"}",
+            ],
+        },
     ]
 }
 
@@ -496,13 +579,27 @@ struct Proxies {
     dead_dns: Egressd,
     strict_private: Egressd,
     own_listener: Egressd,
+    identity: Egressd,
+    /// Holds [`Setup::Identity`]'s token file.
+    _tokens: tempfile::TempDir,
 }
 
 impl Proxies {
     /// `closed` is the port [`Setup::ClosedPort`] allows, `dead_dns` the port of its name
     /// server; the caller holds both closed for as long as the proxies run.
     async fn start(origin: &Origin, closed: u16, dead_dns: u16) -> Proxies {
+        let tokens = tempfile::tempdir().unwrap();
+        let token_file = tokens.path().join("fn-a.token");
+        std::fs::write(&token_file, FN_A_TOKEN).unwrap();
         Proxies {
+            identity: api_proxy(origin)
+                .proxy("identity = \"required\"")
+                .table(&format!(
+                    "[[functions]]\nname = \"fn-a\"\nstate = \"productive\"\nurl = \"http://fn-a.test/\"\ntoken_file = {:?}\n",
+                    token_file.display().to_string()
+                ))
+                .start(),
+            _tokens: tokens,
             api: api_proxy(origin)
                 .allow("127.0.0.1")
                 .allow("example.test")
@@ -539,6 +636,7 @@ impl Proxies {
             Setup::DeadDns => &self.dead_dns,
             Setup::StrictPrivate => &self.strict_private,
             Setup::OwnListener => &self.own_listener,
+            Setup::Identity => &self.identity,
         }
     }
 }

@@ -31,7 +31,7 @@ use views::*;
 
 use super::config::AdminToken;
 use super::edit::{check_entry, pattern_kind, AllowlistEditor, EditError};
-use super::explain::explain_policy;
+use super::explain::{explain_policy, identity_note};
 use super::reload::{Outcome, Reloader, Trigger};
 use super::rotate::Rotator;
 use super::trace::Auditor;
@@ -50,6 +50,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The `[[mtls]]` identities in force and their rotation errors.
     pub rotator: Arc<Rotator>,
+    /// Function credentials in force (`proxy.identity`, token files).
+    pub identity: Arc<crate::control::identity::IdentityKeeper>,
     /// Schedules: the API's store and runs.
     pub scheduler: Arc<Scheduler>,
     /// The shared database, with the postgres backend.
@@ -161,9 +163,18 @@ impl Admin {
             Endpoint::AllowlistAdd => self.edit_allowlist(req, route, None).await,
             Endpoint::AllowlistRemove => self.edit_allowlist(req, route, Some(id)).await,
             Endpoint::Explain => {
-                let url = query(&req).remove("url").unwrap_or_default();
-                json(StatusCode::OK, &self.explain(&url))
+                let mut query = query(&req);
+                let url = query.remove("url").unwrap_or_default();
+                let function = query.remove("function").filter(|f| !f.trim().is_empty());
+                json(StatusCode::OK, &self.explain(&url, function.as_deref()))
             }
+            Endpoint::Identity => json(
+                StatusCode::OK,
+                &IdentityView {
+                    mode: self.identity.mode().as_str(),
+                    functions: self.identity.functions(),
+                },
+            ),
             Endpoint::Trace => self.trace(req, route).await,
             Endpoint::Console(asset) => {
                 let (body, content_type) = asset.body_and_type();
@@ -365,7 +376,7 @@ impl Admin {
             .collect()
     }
 
-    fn explain(&self, input: &str) -> ExplainView {
+    fn explain(&self, input: &str, function: Option<&str>) -> ExplainView {
         let policy = self.reloader.snapshot().0;
         let explanation = explain_policy(&policy, input.trim(), SystemTime::now());
         ExplainView {
@@ -373,6 +384,7 @@ impl Admin {
             allowed: explanation.is_allowed(),
             code: explanation.denial().map(|d| d.reason.code()),
             message: explanation.to_string(),
+            identity: identity_note(&self.identity.handle().load(), function.map(str::trim)),
         }
     }
 

@@ -18,6 +18,8 @@ pub(super) enum Endpoint {
     Metrics,
     Allowlist,
     Mtls,
+    /// Function credentials: the mode and each token file's state (never a token).
+    Identity,
     Reload,
     SchedulesList,
     SchedulesCreate,
@@ -168,6 +170,7 @@ pub(super) const ROUTES: &[Route] = &[
     read("/metrics", Endpoint::Metrics),
     read("/v1/allowlist", Endpoint::Allowlist),
     read("/v1/mtls", Endpoint::Mtls),
+    read("/v1/identity", Endpoint::Identity),
     change(Method::POST, "/v1/reload", Body::Empty, Endpoint::Reload),
     read("/v1/schedules", Endpoint::SchedulesList),
     change(

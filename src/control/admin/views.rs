@@ -243,6 +243,16 @@ pub(super) struct ExplainView {
     pub allowed: bool,
     pub code: Option<&'static str>,
     pub message: String,
+    /// How `proxy.identity` changes the answer, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+/// `GET /v1/identity`.
+#[derive(Serialize)]
+pub(super) struct IdentityView {
+    pub mode: &'static str,
+    pub functions: Vec<crate::control::identity::FunctionIdentity>,
 }
 
 pub(super) fn reload_view(outcome: Outcome, generation: u64) -> (StatusCode, ReloadView) {

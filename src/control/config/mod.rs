@@ -24,6 +24,7 @@ use validate::Secrets;
 use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::MtlsTable;
 use crate::egress::tunnel::RelayKind;
+use crate::policy::identity::{parse_token_file, IdentityMode, TokenDigest};
 use crate::policy::Policy;
 use crate::proxy::sni::SniCheck;
 use crate::state::StateSettings;
@@ -39,6 +40,8 @@ pub struct Config {
     pub mtls: MtlsTable,
     /// Where shared state lives (`[state]`), read at start only.
     pub state: StateSettings,
+    /// Each `[[functions]]` entry's `token_file`, for `proxy.identity`.
+    pub token_files: Vec<TokenFile>,
     /// Things that are valid but probably not what was meant (a client certificate about to
     /// expire, an `[[mtls]]` host no allowlist entry covers); printed by `check`, logged by
     /// `run` and on reload.
@@ -75,6 +78,8 @@ pub struct ProxySettings {
     pub tunnel_relay: RelayKind,
     /// Whether a tunnel's TLS ClientHello must name an allowed host (`connect_sni`).
     pub connect_sni: SniCheck,
+    /// Whether requests must, may or need not carry a function's credentials.
+    pub identity: IdentityMode,
     /// This instance's `Via` pseudonym, for loop detection (`via_name`, default: host name).
     pub via_name: String,
     /// Proxy worker threads, each with its own listener (`SO_REUSEPORT`), runtime and
@@ -108,6 +113,8 @@ impl Config {
             max_connections,
             tunnel_relay,
             connect_sni,
+            // Applied on reload, like the token files.
+            identity: _,
             via_name,
             workers,
             schedule_timeout,
@@ -154,6 +161,31 @@ impl Config {
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
         ]
+    }
+}
+
+/// What is probably not meant about identity: `required` with no function able to meet it.
+fn identity_warnings(mode: IdentityMode, token_files: &[TokenFile], warnings: &mut Vec<String>) {
+    if mode == IdentityMode::Required && token_files.is_empty() {
+        warnings.push(
+            "proxy.identity is \"required\" but no [[functions]] entry has a token_file: every request will get 407".into(),
+        );
+    }
+}
+
+/// One function's `token_file`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenFile {
+    pub function: String,
+    pub path: PathBuf,
+}
+
+impl TokenFile {
+    /// The digests the file holds, or why it cannot be used (naming the file).
+    pub fn read(&self) -> Result<Vec<TokenDigest>, String> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|err| format!("cannot read {}: {err}", self.path.display()))?;
+        parse_token_file(&text).map_err(|err| format!("{}: {err}", self.path.display()))
     }
 }
 
@@ -249,7 +281,12 @@ impl Config {
         let mut warnings = Vec::new();
         let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
         policy.origination = mtls.originations();
-        policy.functions = validate::functions(&raw.functions, &mut problems);
+        let (functions, token_files) =
+            validate::functions(&raw.functions, path, secrets, &mut problems);
+        policy.functions = functions;
+        if let Some(proxy) = &proxy {
+            identity_warnings(proxy.identity, &token_files, &mut warnings);
+        }
         let state =
             validate::state_settings(&raw.state, path, secrets, &mut problems, &mut warnings);
         match (proxy, problems.list.is_empty()) {
@@ -260,6 +297,7 @@ impl Config {
                 policy,
                 mtls,
                 state,
+                token_files,
                 warnings,
             }),
             _ => Err(ConfigError::Invalid(problems.list)),

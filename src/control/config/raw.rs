@@ -34,6 +34,8 @@ pub struct RawFunction {
     pub name: Spanned<String>,
     pub state: Spanned<String>,
     pub url: Spanned<String>,
+    /// The function's token(s) for `proxy.identity`.
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// One `[[mtls]]` table.
@@ -73,6 +75,7 @@ pub struct RawProxy {
     pub via_name: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     pub schedule_timeout: Option<Spanned<String>>,
+    pub identity: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use super::problems::Problems;
 use super::raw::{RawConfig, RawDns, RawFunction, RawMtls, RawProxy, RawState};
+use super::TokenFile;
 use super::{AdminToken, ProxySettings, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, MIN_HEAD_BYTES};
 use crate::egress::resolve::DnsSettings;
 use crate::egress::tls::{load_identity, MtlsEntry, MtlsSpec, MtlsTable, EXPIRY_WARNING};
@@ -16,6 +17,7 @@ use crate::egress::tunnel::RelayKind;
 use crate::policy::allowlist::{Allowlist, Pattern};
 use crate::policy::function::{self as function, Function, Functions};
 use crate::policy::host::Host;
+use crate::policy::identity::IdentityMode;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::Policy;
 use crate::proxy::headers::is_pseudonym;
@@ -136,6 +138,7 @@ pub fn proxy_settings(raw: &RawProxy, secrets: Secrets, p: &mut Problems) -> Opt
         max_connections: p.positive(&raw.max_connections, "proxy.max_connections", 1, 10_000),
         tunnel_relay: tunnel_relay(&raw.tunnel_relay, p),
         connect_sni: connect_sni(&raw.connect_sni, p),
+        identity: identity_mode(&raw.identity, p),
         via_name: via_name(&raw.via_name, p),
         workers: p.positive(&raw.workers, "proxy.workers", 1, default_workers()),
         schedule_timeout: p.duration(
@@ -279,6 +282,21 @@ fn tunnel_relay(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> RelayK
             RelayKind::default()
         }
     }
+}
+
+fn identity_mode(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> IdentityMode {
+    let Some(value) = raw else {
+        return IdentityMode::default();
+    };
+    IdentityMode::parse(value.get_ref()).unwrap_or_else(|| {
+        p.at(
+            value,
+            "proxy.identity",
+            Some(value.get_ref().clone()),
+            "expected \"off\", \"optional\" (credentials in the proxy URL are checked when sent, the default) or \"required\" (every request needs a function's credentials)",
+        );
+        IdentityMode::default()
+    })
 }
 
 fn connect_sni(raw: &Option<toml::Spanned<String>>, p: &mut Problems) -> SniCheck {
@@ -450,9 +468,18 @@ fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
     host.is_ok_and(|host| allowlist.find(&host).is_some())
 }
 
-/// `[[functions]]`: names unique and well-formed, a known state, an http(s) URL.
-pub fn functions(raw: &[toml::Spanned<RawFunction>], p: &mut Problems) -> Functions {
+/// `[[functions]]`: names unique and well-formed, a known state, an http(s) URL; each
+/// `token_file` relative to the config's directory, read and checked when `secrets` says so
+/// (at start and by `check`; a reload leaves the files to the identity keeper, which keeps a
+/// function's old tokens when its new file is bad).
+pub fn functions(
+    raw: &[toml::Spanned<RawFunction>],
+    path: &Path,
+    secrets: Secrets,
+    p: &mut Problems,
+) -> (Functions, Vec<TokenFile>) {
     let mut functions: Vec<Function> = Vec::new();
+    let mut token_files = Vec::new();
     for (i, table) in raw.iter().enumerate() {
         let entry = table.get_ref();
         let key = |field: &str| format!("functions[{i}].{field}");
@@ -485,9 +512,24 @@ pub fn functions(raw: &[toml::Spanned<RawFunction>], p: &mut Problems) -> Functi
             );
             continue;
         }
+        if let Some(file) = &entry.token_file {
+            let token_file = TokenFile {
+                function: name.clone(),
+                path: relative_to(path, file.get_ref()),
+            };
+            if secrets == Secrets::Read {
+                if let Err(err) = token_file.read() {
+                    p.at(file, &key("token_file"), Some(file.get_ref().clone()), err);
+                }
+            }
+            // An undeployed function's token opens nothing; it stays checked by `check`.
+            if state == function::DeployState::Productive {
+                token_files.push(token_file);
+            }
+        }
         functions.push(Function { name, state, url });
     }
-    Functions::new(functions)
+    (Functions::new(functions), token_files)
 }
 
 /// `[state]`: the backend, and for postgres where the URL comes from. `url_file` is a secret

@@ -451,8 +451,11 @@ async function checkUrl(e) {
   if (!url) return;
   out.replaceChildren(el("p", { class: "muted" }, "Checking…"));
   try {
-    const x = await api("GET", `/v1/explain?url=${encodeURIComponent(url)}`);
+    const fn = $("c-function").value.trim();
+    const asFunction = fn ? `&function=${encodeURIComponent(fn)}` : "";
+    const x = await api("GET", `/v1/explain?url=${encodeURIComponent(url)}${asFunction}`);
     const parts = [el("p", { id: "check-verdict", class: x.allowed ? "ok" : "bad" }, x.message)];
+    if (x.identity) parts.push(el("p", { id: "check-identity", class: "muted" }, x.identity));
     if (/^https?:\/\//i.test(url)) {
       parts.push(el("p", { class: "muted" }, "Following redirects…"));
       out.replaceChildren(...parts);
