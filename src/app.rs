@@ -215,8 +215,8 @@ impl App {
         }
         {
             let identity = identity.clone();
-            reloader.after_reload(Box::new(move |settings, token_files| {
-                identity.apply(settings.identity, token_files)
+            reloader.after_reload(Box::new(move |mode, token_files| {
+                identity.apply(mode, token_files)
             }));
         }
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use super::load_or_report;
 use crate::control::explain::identity_note;
 use crate::policy::activation::ActivationBook;
-use crate::policy::identity::{Identities, IdentityMode};
+use crate::policy::identity::Identities;
 use crate::util::time::unix_ms;
 
 /// Exit 0 when allowed, 1 when denied; with `proxy.identity`, a note on what credentials
@@ -31,13 +31,7 @@ pub fn explain(path: &Path, target: &str, function: Option<&str>) -> ExitCode {
     if let Some(note) = &note {
         say!("{note}");
     }
-    let refused_for_identity = match (config.proxy.identity, function) {
-        (IdentityMode::Off, _) => false,
-        (IdentityMode::Required, None) => true,
-        (_, Some(name)) => !identities.knows(name),
-        (IdentityMode::Optional, None) => false,
-    };
-    if explanation.is_allowed() && !refused_for_identity {
+    if explanation.is_allowed() && !identities.refuses(function) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -30,13 +30,14 @@ use std::time::{Duration, SystemTime};
 
 use notify::RecommendedWatcher;
 
-use super::config::{Config, ProxySettings, TokenFile};
+use super::config::{Config, TokenFile};
 use crate::egress::revoke::Registry;
 use crate::egress::tls::MtlsTable;
 use crate::egress::{Snapshot, SnapshotHandle};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
 use crate::policy::allowlist::Pattern;
+use crate::policy::identity::IdentityMode;
 use crate::policy::Policy;
 use crate::state::postgres::allowlist::{SharedAllowlist, SharedView};
 use crate::state::postgres::DbError;
@@ -107,7 +108,7 @@ pub type AfterSwap = Box<dyn Fn(&Snapshot, &Snapshot) + Send + Sync>;
 
 /// Told after each reload of the file that was put in force, with its config: the settings
 /// that live outside the snapshot (`proxy.identity`, the token files).
-pub type AfterReload = Box<dyn Fn(&ProxySettings, Vec<TokenFile>) + Send + Sync>;
+pub type AfterReload = Box<dyn Fn(IdentityMode, Vec<TokenFile>) + Send + Sync>;
 
 pub struct Reloader {
     path: PathBuf,
@@ -331,7 +332,7 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!(trigger = trigger.as_str(), "{warning}");
         }
-        let (proxy_settings, token_files) = (config.proxy.clone(), config.token_files.clone());
+        let (identity, token_files) = (config.proxy.identity, config.token_files.clone());
         let removed_from_file: Vec<Pattern> = inner
             .file_policy
             .allowlist
@@ -369,7 +370,7 @@ impl Reloader {
         );
         if matches!(outcome, Outcome::Reloaded { .. }) {
             if let Some(after_reload) = self.after_reload.get() {
-                after_reload(&proxy_settings, token_files);
+                after_reload(identity, token_files);
             }
         }
         outcome

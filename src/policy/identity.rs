@@ -290,6 +290,17 @@ impl Identities {
         names
     }
 
+    /// Whether a request with `function`'s valid credentials (none: without credentials) is
+    /// refused before the allowlist is asked.
+    pub fn refuses(&self, function: Option<&str>) -> bool {
+        match (self.mode, function) {
+            (IdentityMode::Off, _) => false,
+            (IdentityMode::Required, None) => true,
+            (IdentityMode::Optional, None) => false,
+            (_, Some(name)) => !self.knows(name),
+        }
+    }
+
     /// Who sent a request with `headers`, or why it is refused.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
         if self.mode == IdentityMode::Off {

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use http::header::{HeaderValue, PROXY_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 
-use super::access::AccessRecord;
 use super::server::ClientConn;
 use super::Proxy;
 use crate::policy::identity::{Caller, Refusal};
@@ -117,13 +116,8 @@ impl Proxy {
         } else {
             Protocol::Http
         };
-        let record = AccessRecord::new(
-            self.metrics.clone(),
-            protocol,
-            conn.addr,
-            req.method(),
-            req.uri().clone(),
-        );
+        // `conn.caller` is still anonymous: no identity was established.
+        let record = self.record(protocol, conn, req);
         if refusal == Refusal::Duplicate {
             return record.bad_request(refusal.denial().message);
         }
