@@ -19,45 +19,72 @@ fn basic(user_token: &[u8]) -> String {
     )
 }
 
-/// egressd allowing `api.test` for plain HTTP on `origin`'s port and CONNECT on `tunnel`,
-/// with two productive functions and their token files in `dir`.
-fn with_functions(dir: &Path, mode: &str, origin: &Origin, tunnel: u16) -> EgressdBuilder {
-    std::fs::write(dir.join("fn-a.token"), format!("{TOKEN}\n")).unwrap();
-    std::fs::write(dir.join("fn-b.token"), format!("{OTHER}\n")).unwrap();
-    let function = |name: &str| {
-        format!(
-            "[[functions]]\nname = \"{name}\"\nstate = \"productive\"\nurl = \"http://{name}.test/\"\ntoken_file = \"{name}.token\"\n"
-        )
-    };
-    egressd()
-        .allow_local("api.test")
-        .ports(&[tunnel], &[origin.port()])
-        .proxy(&format!("identity = \"{mode}\""))
-        .table(&function("fn-a"))
-        .table(&function("fn-b"))
+/// egressd allowing `api.test` for plain HTTP on its origin's port and CONNECT on its echo
+/// server's, with two productive functions whose token files are in its directory.
+struct World {
+    /// First, so it stops before its directory goes.
+    proxy: Egressd,
+    origin: Origin,
+    tunnel: u16,
+    dir: tempfile::TempDir,
 }
 
-/// A plain-HTTP GET and a CONNECT, each with `auth` as its `Proxy-Authorization` (none when
-/// empty).
-fn requests(origin: &Origin, tunnel: u16, auth: &str) -> [(&'static str, String); 2] {
-    let header = if auth.is_empty() {
-        String::new()
-    } else {
-        format!("Proxy-Authorization: {auth}\r\n")
-    };
-    [
-        (
-            "GET",
+impl World {
+    async fn start(mode: &str) -> World {
+        let origin = origin().await;
+        let tunnel = echo_server().await.port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fn-a.token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("fn-b.token"), format!("{OTHER}\n")).unwrap();
+        let function = |name: &str| {
             format!(
-                "GET http://api.test:{port}/echo HTTP/1.1\r\nHost: api.test:{port}\r\n{header}Connection: close\r\n\r\n",
-                port = origin.port()
+                "[[functions]]\nname = \"{name}\"\nstate = \"productive\"\nurl = \"http://{name}.test/\"\ntoken_file = \"{name}.token\"\n"
+            )
+        };
+        let proxy = egressd()
+            .allow_local("api.test")
+            .ports(&[tunnel], &[origin.port()])
+            .proxy(&format!("identity = \"{mode}\""))
+            .table(&function("fn-a"))
+            .table(&function("fn-b"))
+            .start_in(dir.path());
+        World {
+            proxy,
+            origin,
+            tunnel,
+            dir,
+        }
+    }
+
+    /// A plain-HTTP GET and a CONNECT, each with `auth` as its `Proxy-Authorization` (none
+    /// when empty).
+    fn requests(&self, auth: &str) -> [(&'static str, String); 2] {
+        let header = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("Proxy-Authorization: {auth}\r\n")
+        };
+        let tunnel = self.tunnel;
+        [
+            (
+                "GET",
+                format!(
+                    "GET http://api.test:{port}/echo HTTP/1.1\r\nHost: api.test:{port}\r\n{header}Connection: close\r\n\r\n",
+                    port = self.origin.port()
+                ),
             ),
-        ),
-        (
-            "CONNECT",
-            format!("CONNECT api.test:{tunnel} HTTP/1.1\r\nHost: api.test:{tunnel}\r\n{header}\r\n"),
-        ),
-    ]
+            (
+                "CONNECT",
+                format!("CONNECT api.test:{tunnel} HTTP/1.1\r\nHost: api.test:{tunnel}\r\n{header}\r\n"),
+            ),
+        ]
+    }
+
+    /// The plain-HTTP GET of [`World::requests`].
+    fn get(&self, auth: &str) -> String {
+        let [(_, get), _] = self.requests(auth);
+        get
+    }
 }
 
 /// What a request gets: its status, `X-Egress-Denied`, and the `function` of its log line.
@@ -99,8 +126,6 @@ const INVALID: Want = Want {
 
 #[tokio::test]
 async fn each_mode_judges_credentials_on_plain_http_and_connect() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
     let valid = basic(format!("fn-a:{TOKEN}").as_bytes());
     let wrong = basic(b"fn-a:fn-a-token-wrong-0123456789");
     let unknown = basic(format!("fn-z:{TOKEN}").as_bytes());
@@ -135,14 +160,14 @@ async fn each_mode_judges_credentials_on_plain_http_and_connect() {
     ];
     let mut failures = Vec::new();
     for mode in ["off", "optional", "required"] {
-        let dir = tempfile::tempdir().unwrap();
-        let proxy = with_functions(dir.path(), mode, &origin, tunnel).start_in(dir.path());
+        let world = World::start(mode).await;
+        let proxy = &world.proxy;
         for (_, what, auth, want) in cases.iter().filter(|c| c.0 == mode) {
-            for (method, request) in requests(&origin, tunnel, auth) {
+            for (method, request) in world.requests(auth) {
                 let before = proxy.access_logs().len();
                 let response = one_response(proxy.proxy, request.as_bytes()).await;
                 let head = response.split("\r\n\r\n").next().unwrap_or("");
-                let line = next_access_line(&proxy, before).await;
+                let line = next_access_line(proxy, before).await;
                 let got = (
                     status(&response),
                     header(head, "x-egress-denied"),
@@ -170,10 +195,8 @@ async fn each_mode_judges_credentials_on_plain_http_and_connect() {
 
 #[tokio::test]
 async fn malformed_credentials_are_refused_and_nothing_is_forwarded() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "optional", &origin, tunnel).start_in(dir.path());
+    let world = World::start("optional").await;
+    let proxy = &world.proxy;
     let valid = format!("fn-a:{TOKEN}");
     let huge = format!("Basic {}", "A".repeat(64 * 1024));
     // (name, Proxy-Authorization headers, status, x-egress-denied or x-egress-error, phrase)
@@ -258,7 +281,7 @@ async fn malformed_credentials_are_refused_and_nothing_is_forwarded() {
             .collect();
         let request = format!(
             "GET http://api.test:{port}/echo HTTP/1.1\r\nHost: api.test:{port}\r\n{headers}Connection: close\r\n\r\n",
-            port = origin.port()
+            port = world.origin.port()
         );
         let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
         let head = response.split("\r\n\r\n").next().unwrap_or("");
@@ -285,26 +308,24 @@ async fn malformed_credentials_are_refused_and_nothing_is_forwarded() {
         "nothing was forwarded"
     );
     // The server is unaffected: a valid request still goes through.
-    let (_, request) = requests(&origin, tunnel, &basic(valid.as_bytes()))[0].clone();
+    let request = world.get(&basic(valid.as_bytes()));
     let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
     assert_eq!(status(&response), 200, "{response}");
     // `Basic` in another case is the same scheme (RFC 9110 §11.1).
     let lower = basic(valid.as_bytes()).replacen("Basic", "bASIC", 1);
-    let (_, request) = requests(&origin, tunnel, &lower)[0].clone();
+    let request = world.get(&lower);
     let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
     assert_eq!(status(&response), 200, "{response}");
 }
 
 #[tokio::test]
 async fn credentials_are_never_forwarded_logged_or_echoed() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "required", &origin, tunnel).start_in(dir.path());
+    let world = World::start("required").await;
+    let proxy = &world.proxy;
     let valid = basic(format!("fn-a:{TOKEN}").as_bytes());
     let wrong_token = "fn-a-token-wrong-0123456789";
     let wrong = basic(format!("fn-a:{wrong_token}").as_bytes());
-    let (_, allowed) = requests(&origin, tunnel, &valid)[0].clone();
+    let allowed = world.get(&valid);
     let response = raw_exchange(proxy.proxy, allowed.as_bytes()).await;
     assert_eq!(status(&response), 200, "{response}");
     assert!(
@@ -313,7 +334,7 @@ async fn credentials_are_never_forwarded_logged_or_echoed() {
             .contains("proxy-authorization"),
         "the origin saw the credentials:\n{response}"
     );
-    let (_, refused) = requests(&origin, tunnel, &wrong)[0].clone();
+    let refused = world.get(&wrong);
     let response = raw_exchange(proxy.proxy, refused.as_bytes()).await;
     assert_eq!(status(&response), 407, "{response}");
     proxy.wait_for_log(|l| l["status"] == 407).await;
@@ -329,12 +350,10 @@ async fn credentials_are_never_forwarded_logged_or_echoed() {
 
 #[tokio::test]
 async fn the_function_is_in_the_access_log_and_the_metrics() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "optional", &origin, tunnel).start_in(dir.path());
+    let world = World::start("optional").await;
+    let proxy = &world.proxy;
     for auth in [basic(format!("fn-a:{TOKEN}").as_bytes()), String::new()] {
-        for (_, request) in requests(&origin, tunnel, &auth) {
+        for (_, request) in world.requests(&auth) {
             one_response(proxy.proxy, request.as_bytes()).await;
         }
     }
@@ -354,12 +373,10 @@ async fn the_function_is_in_the_access_log_and_the_metrics() {
 
 #[tokio::test]
 async fn repeated_failures_from_one_address_are_counted_and_slowed() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "required", &origin, tunnel).start_in(dir.path());
+    let world = World::start("required").await;
+    let proxy = &world.proxy;
     let wrong = basic(b"fn-a:fn-a-token-wrong-0123456789");
-    let (_, request) = requests(&origin, tunnel, &wrong)[0].clone();
+    let request = world.get(&wrong);
     for _ in 0..7 {
         let response = raw_exchange(proxy.proxy, request.as_bytes()).await;
         assert_eq!(status(&response), 407, "{response}");
@@ -393,24 +410,17 @@ fn rotate(dir: &Path, text: &str) {
 
 #[tokio::test]
 async fn a_changed_token_file_rolls_the_token_over_without_a_restart() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "required", &origin, tunnel).start_in(dir.path());
-    let get = |token: &str| {
-        requests(&origin, tunnel, &basic(format!("fn-a:{token}").as_bytes()))[0]
-            .1
-            .clone()
-    };
+    let world = World::start("required").await;
+    let proxy = &world.proxy;
     let status_with = |token: &'static str| {
-        let request = get(token);
+        let request = world.get(&basic(format!("fn-a:{token}").as_bytes()));
         let addr = proxy.proxy;
         async move { status(&raw_exchange(addr, request.as_bytes()).await) }
     };
     assert_eq!(status_with(TOKEN).await, 200);
     assert_eq!(status_with(NEXT).await, 407);
     // Rolling over: both tokens, then only the new one.
-    rotate(dir.path(), &format!("{TOKEN}\n{NEXT}\n"));
+    rotate(world.dir.path(), &format!("{TOKEN}\n{NEXT}\n"));
     eventually("the next token accepted", || async {
         (status_with(NEXT).await == 200).then_some(())
     })
@@ -420,14 +430,14 @@ async fn a_changed_token_file_rolls_the_token_over_without_a_restart() {
         200,
         "the current token still works while rolling over"
     );
-    rotate(dir.path(), &format!("{NEXT}\n"));
+    rotate(world.dir.path(), &format!("{NEXT}\n"));
     eventually("the old token refused", || async {
         (status_with(TOKEN).await == 407).then_some(())
     })
     .await;
     assert_eq!(status_with(NEXT).await, 200);
     // A bad file keeps the tokens in force, and says why.
-    rotate(dir.path(), "short\n");
+    rotate(world.dir.path(), "short\n");
     let view = eventually("the error shown", || async {
         let (_, body) = proxy.admin_get("/v1/identity").await;
         let view: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -443,12 +453,9 @@ async fn a_changed_token_file_rolls_the_token_over_without_a_restart() {
 
 #[tokio::test]
 async fn a_reload_changes_the_mode() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let builder = with_functions(dir.path(), "optional", &origin, tunnel);
-    let proxy = builder.start_in(dir.path());
-    let (_, anonymous) = requests(&origin, tunnel, "")[0].clone();
+    let world = World::start("optional").await;
+    let proxy = &world.proxy;
+    let anonymous = world.get("");
     assert_eq!(
         status(&raw_exchange(proxy.proxy, anonymous.as_bytes()).await),
         200
@@ -465,11 +472,9 @@ async fn a_reload_changes_the_mode() {
 
 #[tokio::test]
 async fn explain_says_what_credentials_change() {
-    let origin = origin().await;
-    let tunnel = echo_server().await.port();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = with_functions(dir.path(), "required", &origin, tunnel).start_in(dir.path());
-    let url = format!("http://api.test:{}/", origin.port());
+    let world = World::start("required").await;
+    let proxy = &world.proxy;
+    let url = format!("http://api.test:{}/", world.origin.port());
     // (function, the note contains, exit code)
     let cases: &[(Option<&str>, &str, i32)] = &[
         (None, "without them it gets 407 identity-required", 1),
