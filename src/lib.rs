@@ -8,6 +8,7 @@
 //! | [`state`] | shared state for several replicas: the PostgreSQL backend (schema, schedules and the run ledger) |
 //! | [`proxy`] | the client-facing listener, request parsing, CONNECT and forwarding, access log |
 //! | [`schedule`] | beside [`proxy`]: cron schedules of functions, invoked through the same [`egress::EgressClient`] |
+//! | [`secrets`] | the secret store: values sealed at rest, the file backend, the in-memory copy injection reads |
 //! | [`egress`] | resolve → check every address → pin → dial, the upstream pool, the tunnel relay, and the [`egress::EgressClient`], the one way out |
 //! | [`policy`] | hosts, the allowlist, private ranges, activation times, the decision |
 //!
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod schedule;
+pub mod secrets;
 pub mod state;
 pub mod util;

@@ -9,14 +9,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// so two writers or a crash's leftover never share one), fsync, rename over `file`, fsync
 /// of the directory. Creates the directory if needed. A failed write removes its temp file.
 pub fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_with(file, bytes, None)
+    write_with(file, bytes, Mode::Default)
+}
+
+/// As [`write_atomically`], the file readable by its owner only (mode 0600) from the moment
+/// it exists: for the sealed secrets.
+pub fn write_privately(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with(file, bytes, Mode::OwnerOnly)
+}
+
+/// The permission bits a written file gets.
+enum Mode {
+    /// As the umask says.
+    Default,
+    /// 0600.
+    OwnerOnly,
+    /// The replaced file's (and its owner, where allowed).
+    Like(std::fs::Metadata),
 }
 
 /// Replaces an existing `file` atomically as [`write_atomically`] does, giving the new file
 /// the old one's permission bits (and, where allowed, its owner), as an editor would.
 pub fn replace_keeping_mode(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let meta = std::fs::metadata(file)?;
-    write_with(file, bytes, Some(meta))
+    write_with(file, bytes, Mode::Like(meta))
 }
 
 /// Removes the temp files an interrupted [`write_atomically`] of `file` left behind (a crash
@@ -49,7 +65,7 @@ pub fn remove_leftovers(file: &Path) -> usize {
     removed
 }
 
-fn write_with(file: &Path, bytes: &[u8], like: Option<std::fs::Metadata>) -> std::io::Result<()> {
+fn write_with(file: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = file.parent().expect("a state file has a directory");
     std::fs::create_dir_all(dir)?;
@@ -60,8 +76,14 @@ fn write_with(file: &Path, bytes: &[u8], like: Option<std::fs::Metadata>) -> std
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Some(meta) = &like {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if matches!(mode, Mode::OwnerOnly) {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Mode::Like(meta) = &mode {
             use std::os::unix::fs::MetadataExt;
             f.set_permissions(meta.permissions())?;
             // Only root may give a file away; otherwise the file stays ours, as with an editor.

@@ -8,18 +8,19 @@ use std::path::Path;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("util", &[]),
     ("policy", &["util"]),
-    ("egress", &["policy", "util"]),
+    ("secrets", &["util"]),
+    ("egress", &["policy", "secrets", "util"]),
     ("metrics", &["egress", "policy"]),
-    ("proxy", &["egress", "metrics", "policy", "util"]),
+    ("proxy", &["egress", "metrics", "policy", "secrets", "util"]),
     ("schedule", &["egress", "metrics", "policy", "util"]),
     (
         "state",
-        &["egress", "metrics", "policy", "schedule", "util"],
+        &["egress", "metrics", "policy", "schedule", "secrets", "util"],
     ),
     (
         "control",
         &[
-            "egress", "metrics", "policy", "proxy", "schedule", "state", "util",
+            "egress", "metrics", "policy", "proxy", "schedule", "secrets", "state", "util",
         ],
     ),
 ];
