@@ -37,12 +37,16 @@ use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
 use crate::proxy::headers::Via;
 use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
+use crate::proxy::secrets::SecretsApi;
 use crate::proxy::{FailureThrottle, Proxy};
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
 use crate::schedule::store::{FileStore, ScheduleStore};
+use crate::secrets::file::FileBackend;
+use crate::secrets::{SecretBackend, SecretStore};
 use crate::state::postgres::allowlist::SharedAllowlist;
 use crate::state::postgres::schedules::PgScheduleStore;
+use crate::state::postgres::secrets::PgSecretBackend;
 use crate::state::postgres::Database;
 use crate::state::StateSettings;
 use crate::util::drain::Draining;
@@ -87,13 +91,14 @@ impl App {
 
         let metrics = Arc::new(metrics);
         let (store, database) = open_state(&config).await?;
+        let secrets = open_secrets(&config, database.as_ref()).await?;
         let shared = database
             .as_ref()
             .map(|db| Arc::new(SharedAllowlist::new(db.clone(), Handle::current())));
         let mut policy = config.policy.clone();
         let (book, shared_start) = open_activation_book(&config, &mut policy, shared).await?;
         // The policy and the client identities in force, one snapshot for every egress client.
-        let snapshot = Snapshot::handle(policy, config.mtls.clone());
+        let snapshot = Snapshot::handle_with_origins(policy, config.mtls.clone(), config.origins.clone());
         // Set at SIGTERM, before the listeners stop: readiness fails, keep-alive clients go.
         let draining = Draining::default();
         let registry = Arc::new(Registry::default());
@@ -116,8 +121,16 @@ impl App {
                     own_addrs.clone(),
                     options,
                 )
-                .with_handshake_hook(on_handshake.clone()),
+                .with_handshake_hook(on_handshake.clone())
+                .with_secrets(secrets.clone()),
             )
+        };
+        let secrets_api = match (&config.secrets, &secrets) {
+            (Some(settings), Some(store)) => Some(SecretsApi {
+                host: settings.host.clone(),
+                store: store.clone(),
+            }),
+            _ => None,
         };
         // Function credentials: read now, on each reload and when a token file changes.
         let identity = IdentityKeeper::new();
@@ -137,7 +150,8 @@ impl App {
                     .with_sni(settings.connect_sni, settings.header_read_timeout)
                     .with_via(Via::new(&settings.via_name))
                     .with_draining(draining.clone())
-                    .with_identity(identity.handle(), failures.clone()),
+                    .with_identity(identity.handle(), failures.clone())
+                    .with_secrets(secrets_api.clone()),
                 );
                 Worker { listener, proxy }
             })
@@ -391,6 +405,38 @@ impl Worker {
 /// schema is brought up to date first. A database that cannot be reached now does not stop
 /// the start (the proxy serves; admin writes and the scheduler wait for it); one that
 /// refuses egressd (a wrong password, a schema from a newer egressd) does.
+/// The secret store of `[secrets]`, in `state_dir` or the shared database; `None` without
+/// `[secrets]`. A wrong key, a store that cannot be read or a value that does not open
+/// stops the start, and nothing is written.
+async fn open_secrets(
+    config: &Config,
+    database: Option<&Arc<Database>>,
+) -> anyhow::Result<Option<Arc<SecretStore>>> {
+    let Some(settings) = &config.secrets else {
+        return Ok(None);
+    };
+    let key = settings
+        .key
+        .clone()
+        .expect("the start-up config reads secrets.key_file");
+    let backend: Arc<dyn SecretBackend> = match database {
+        None => Arc::new(FileBackend::new(&config.proxy.state_dir)),
+        Some(db) => Arc::new(PgSecretBackend::new(db.clone())),
+    };
+    // A shared database may be away while this replica starts (it opens the store when
+    // the database is back); a file that cannot be read stops the start.
+    let store = match database {
+        None => SecretStore::open(key, backend).await,
+        Some(_) => SecretStore::open_when_available(key, backend).await,
+    }
+    .context("cannot open the secret store ([secrets])")?;
+    if database.is_some() {
+        // Other replicas write too: follow their changes for injection.
+        tokio::spawn(store.clone().follow());
+    }
+    Ok(Some(store))
+}
+
 async fn open_state(
     config: &Config,
 ) -> anyhow::Result<(Arc<dyn ScheduleStore>, Option<Arc<Database>>)> {

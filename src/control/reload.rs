@@ -32,7 +32,7 @@ use notify::RecommendedWatcher;
 
 use super::config::{Config, TokenFile};
 use crate::egress::revoke::Registry;
-use crate::egress::tls::MtlsTable;
+use crate::egress::tls::{MtlsTable, TlsOrigins};
 use crate::egress::{Snapshot, SnapshotHandle};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::policy::activation::ActivationBook;
@@ -149,6 +149,7 @@ pub struct SharedStart {
 struct Parsed {
     policy: Policy,
     identities: Arc<MtlsTable>,
+    origins: Arc<TlsOrigins>,
     delay: Duration,
     /// The file's text; `None` for a change of the shared state.
     text: Option<String>,
@@ -257,13 +258,17 @@ impl Reloader {
             ),
             false => shared.read(&patterns),
         };
-        let identities = self.snapshot.load().identities.clone();
+        let (identities, origins) = {
+            let now = self.snapshot.load();
+            (now.identities.clone(), now.origins.clone())
+        };
         let delay = inner.delay;
         self.apply(
             &mut inner,
             Parsed {
                 policy: file_policy,
                 identities,
+                origins,
                 delay,
                 text: None,
                 parsed_in: Duration::ZERO,
@@ -360,6 +365,7 @@ impl Reloader {
             Parsed {
                 policy: config.policy,
                 identities: Arc::new(config.mtls),
+                origins: Arc::new(config.origins),
                 delay: new_delay,
                 text: Some(text),
                 parsed_in,
@@ -396,6 +402,7 @@ impl Reloader {
         let Parsed {
             policy: file_policy,
             identities,
+            origins,
             delay: new_delay,
             text,
             parsed_in,
@@ -457,6 +464,7 @@ impl Reloader {
         let next = Arc::new(Snapshot {
             policy: policy.clone(),
             identities,
+            origins,
         });
 
         let shared_set = Arc::new(inner.shared_entries.iter().cloned().collect());

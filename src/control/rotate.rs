@@ -123,6 +123,7 @@ impl Rotator {
             self.snapshot.rcu(|now| Snapshot {
                 policy: now.policy.clone(),
                 identities: Arc::new(now.identities.with_identities_of(&rotated)),
+                origins: now.origins.clone(),
             });
             for egress in &self.egress {
                 egress.reset_pool();

@@ -37,6 +37,8 @@ use super::tls::{
 use super::{Cause, ErrorKind};
 use crate::policy::allowlist::{Allowlist, Pattern, RuleId};
 use crate::policy::host::Host;
+use crate::policy::inject::{Injection, Part};
+use crate::secrets::SecretStore;
 use crate::policy::{Denial, DenyReason, Policy, Protocol, Target};
 use crate::util::body::HttpBody;
 use crate::util::body::RequestBodyIdle;
@@ -95,6 +97,20 @@ pub enum SendError {
     /// The client's request body stalled (see [`crate::util::body::IdleRequestBody`]).
     #[error("the client sent no request body bytes for {0:?} (proxy.idle_timeout)")]
     ClientIdle(Duration),
+    /// An `[[inject]]` rule's secret is not in the store: nothing was sent.
+    #[error("the secret {key:?} that [[inject]] line {line} adds to {header} is not in the secret store; an operator creates it on the console's Secrets page")]
+    SecretMissing {
+        key: String,
+        header: String,
+        line: u32,
+    },
+    /// An `[[inject]]` rule's secret cannot be a header value: nothing was sent.
+    #[error("the secret {key:?} that [[inject]] line {line} adds to {header} cannot be sent in a header (it holds a line break or another control character)")]
+    SecretUnusable {
+        key: String,
+        header: String,
+        line: u32,
+    },
 }
 
 impl SendError {
@@ -105,6 +121,8 @@ impl SendError {
             SendError::Upstream(_) => Cause::Error(ErrorKind::Upstream),
             SendError::Timeout(_) => Cause::Error(ErrorKind::UpstreamTimeout),
             SendError::ClientIdle(_) => Cause::Error(ErrorKind::ClientTimeout),
+            SendError::SecretMissing { .. } => Cause::Error(ErrorKind::SecretMissing),
+            SendError::SecretUnusable { .. } => Cause::Error(ErrorKind::SecretUnusable),
         }
     }
 }
@@ -122,6 +140,8 @@ pub struct EgressClient {
     options: EgressOptions,
     /// Told of every mTLS handshake.
     on_handshake: Option<HandshakeHook>,
+    /// Where `[[inject]]` values come from.
+    secrets: Option<Arc<SecretStore>>,
 }
 
 impl EgressClient {
@@ -140,7 +160,14 @@ impl EgressClient {
             pool,
             options,
             on_handshake: None,
+            secrets: None,
         }
+    }
+
+    /// Fills `[[inject]]` headers from `store`.
+    pub fn with_secrets(mut self, store: Option<Arc<SecretStore>>) -> Self {
+        self.secrets = store;
+        self
     }
 
     /// Reports every mTLS handshake to `hook` (for the metrics).
@@ -184,11 +211,27 @@ impl EgressClient {
     /// `https://host:port/path` when an `[[mtls]]` entry covers the host, so that the
     /// connection is TLS with the entry's client certificate — and its `Host` names the
     /// target, whatever they said before.
+    ///
+    /// Sent by egressd itself or an anonymous caller: `[[inject]]` rules limited to some
+    /// functions do not apply. See [`EgressClient::send_as`].
     pub async fn send(
         &self,
         permit: &Permit,
-        mut request: Request<HttpBody>,
+        request: Request<HttpBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        self.send_as(permit, request, None).await
+    }
+
+    /// [`EgressClient::send`] on behalf of `function`: the `[[inject]]` rules of the
+    /// permit's policy that apply to it set their headers (replacing the caller's) first,
+    /// or nothing is sent when a secret they name is missing.
+    pub async fn send_as(
+        &self,
+        permit: &Permit,
+        mut request: Request<HttpBody>,
+        function: Option<&str>,
+    ) -> Result<Response<Incoming>, SendError> {
+        self.inject(permit, request.headers_mut(), function)?;
         // An https:// permit (a scheduled invocation) is TLS to its own port; a plain-HTTP one
         // is TLS only where the policy that issued the permit originates it (an [[mtls]]
         // entry), to the entry's port.
@@ -221,6 +264,25 @@ impl EgressClient {
         Ok(response)
     }
 
+    /// Sets the headers of the `[[inject]]` rules for the permit's host that apply to
+    /// `function`, each replacing what the caller sent under that name.
+    fn inject(
+        &self,
+        permit: &Permit,
+        headers: &mut http::HeaderMap,
+        function: Option<&str>,
+    ) -> Result<(), SendError> {
+        let rules = permit.policy.injections.lookup(&permit.target.host);
+        for rule in rules.iter().filter(|r| r.applies_to(function)) {
+            let value = render(rule, self.secrets.as_deref())?;
+            let name = http::HeaderName::from_bytes(rule.header.as_bytes())
+                .expect("config validation checks header names");
+            headers.remove(&name);
+            headers.insert(name, value);
+        }
+        Ok(())
+    }
+
     /// A client for the redirect audit, which deliberately sets the allowlist aside for one
     /// hop's host — finding out what that hop would need is the point — under `policy`'s
     /// private-range, port and origination rules, with this client's resolver, own
@@ -228,6 +290,8 @@ impl EgressClient {
     /// proxied traffic.
     pub fn for_audit(&self, policy: &Policy, host: &Host) -> EgressClient {
         let mut audit = policy.clone();
+        // The audit learns where a URL leads; it sends no one's credentials.
+        audit.injections = Default::default();
         audit.allowlist = Allowlist::new([match host {
             Host::Domain(name) => Pattern::Exact(name.clone()),
             Host::Ip(ip) => Pattern::Ip(*ip),
@@ -235,6 +299,7 @@ impl EgressClient {
         let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot {
             policy: Arc::new(audit),
             identities: self.identities(),
+            origins: self.snapshot.load().origins.clone(),
         }));
         let pool = ArcSwap::from_pointee(pool(&self.dialer, &snapshot, self.options, None));
         EgressClient {
@@ -243,6 +308,7 @@ impl EgressClient {
             pool,
             options: self.options,
             on_handshake: None,
+            secrets: None,
         }
     }
 
@@ -255,6 +321,36 @@ impl EgressClient {
             self.on_handshake.clone(),
         )));
     }
+}
+
+/// The header value of `rule`, its placeholders filled from `store`; marked sensitive.
+fn render(rule: &Injection, store: Option<&SecretStore>) -> Result<HeaderValue, SendError> {
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(64));
+    for part in rule.template.parts() {
+        match part {
+            Part::Text(text) => bytes.extend_from_slice(text.as_bytes()),
+            Part::Secret(key) => {
+                let value = store.and_then(|s| s.value(key)).ok_or_else(|| {
+                    SendError::SecretMissing {
+                        key: key.clone(),
+                        header: rule.header.clone(),
+                        line: rule.line,
+                    }
+                })?;
+                bytes.extend_from_slice(value.expose());
+            }
+        }
+    }
+    let mut value = HeaderValue::from_bytes(&bytes).map_err(|_| {
+        let key = rule.template.keys().next().unwrap_or_default().to_string();
+        SendError::SecretUnusable {
+            key,
+            header: rule.header.clone(),
+            line: rule.line,
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// `host` or `host:port`, as written in an `http://` URL (port 80 left out).
@@ -398,6 +494,7 @@ impl tower_service::Service<Uri> for Connector {
         let dialer = self.dialer.clone();
         let snapshot = self.snapshot.load_full();
         let (policy, mtls) = (snapshot.policy.clone(), snapshot.identities.clone());
+        let origins = snapshot.origins.clone();
         let handshake_timeout = self.handshake_timeout;
         let on_handshake = self.on_handshake.clone();
         let plain_tls = self.plain_tls.clone();
@@ -411,9 +508,14 @@ impl tower_service::Service<Uri> for Connector {
                 target: target.to_string(),
                 message,
             };
-            // The entry's identity where mTLS applies; plain TLS for an https:// invocation.
+            // The entry's identity where mTLS applies; the [[inject]] rule's roots where
+            // egressd opens TLS for an injected header; plain TLS for an https:// invocation.
             let entry = mtls.lookup(&target.host);
-            let config = entry.map_or(plain_tls.clone(), |e| e.identity.config.clone());
+            let config = match (entry, origins.lookup(&target.host)) {
+                (Some(entry), _) => entry.identity.config.clone(),
+                (None, Some(origin)) => origin.config.clone(),
+                (None, None) => plain_tls.clone(),
+            };
             let handshake = originate(&config, &target.host, stream);
             let report = |outcome| {
                 if let (Some(hook), Some(entry)) = (&on_handshake, entry) {

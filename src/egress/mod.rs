@@ -46,6 +46,11 @@ pub enum ErrorKind {
     Tls,
     /// The client stopped sending its request body for the idle timeout.
     ClientTimeout,
+    /// An `[[inject]]` rule names a secret the store does not have (or egressd has no
+    /// store): the request is not sent without its credential.
+    SecretMissing,
+    /// An `[[inject]]` rule's secret cannot be carried in a header (a line break in it).
+    SecretUnusable,
 }
 
 /// Why egress failed, as the caller answers it: a policy denial (its own status, header and
@@ -58,7 +63,7 @@ pub enum Cause<'a> {
 
 impl ErrorKind {
     /// Every kind, for parsing the wire strings back.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::BadRequest,
         ErrorKind::Loop,
         ErrorKind::TooManyConnections,
@@ -70,6 +75,8 @@ impl ErrorKind {
         ErrorKind::UpstreamTimeout,
         ErrorKind::Tls,
         ErrorKind::ClientTimeout,
+        ErrorKind::SecretMissing,
+        ErrorKind::SecretUnusable,
     ];
 
     /// The kind whose [`ErrorKind::as_str`] is `text`.
@@ -90,6 +97,8 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream-timeout",
             ErrorKind::Tls => "tls",
             ErrorKind::ClientTimeout => "client-timeout",
+            ErrorKind::SecretMissing => "secret-missing",
+            ErrorKind::SecretUnusable => "secret-unusable",
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::tls::MtlsTable;
+use super::tls::{MtlsTable, TlsOrigins};
 use crate::policy::Policy;
 
 /// The policy and the identities in force together.
@@ -20,6 +20,8 @@ pub struct Snapshot {
     /// The `[[mtls]]` client certificates, by the same patterns as the policy's origination
     /// rules.
     pub identities: Arc<MtlsTable>,
+    /// Hosts egressd opens TLS to without a client certificate (`[[inject]]`).
+    pub origins: Arc<TlsOrigins>,
 }
 
 impl Snapshot {
@@ -28,6 +30,20 @@ impl Snapshot {
         Arc::new(ArcSwap::from_pointee(Snapshot {
             policy: Arc::new(policy),
             identities: Arc::new(identities),
+            origins: Arc::default(),
+        }))
+    }
+
+    /// As [`Snapshot::handle`], with the hosts egressd opens plain TLS to.
+    pub fn handle_with_origins(
+        policy: Policy,
+        identities: MtlsTable,
+        origins: TlsOrigins,
+    ) -> SnapshotHandle {
+        Arc::new(ArcSwap::from_pointee(Snapshot {
+            policy: Arc::new(policy),
+            identities: Arc::new(identities),
+            origins: Arc::new(origins),
         }))
     }
 
@@ -37,6 +53,7 @@ impl Snapshot {
         self.policy.private == next.policy.private
             && self.policy.dns_overrides == next.policy.dns_overrides
             && self.identities.same_as(&next.identities)
+            && self.origins.same_as(&next.origins)
     }
 }
 

@@ -322,6 +322,94 @@ impl MtlsTable {
     }
 }
 
+/// Where egressd originates TLS without a client certificate: the hosts of `[[inject]]`
+/// rules, so an injected credential crosses the network inside TLS although the function
+/// sent plain HTTP. Same patterns and matching as the allowlist.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOrigins {
+    index: Allowlist,
+    entries: Vec<TlsOrigin>,
+}
+
+/// One host egressd opens TLS to, and the roots that verify it.
+#[derive(Clone)]
+pub struct TlsOrigin {
+    pub pattern: Pattern,
+    pub port: u16,
+    /// Roots that verify the upstream; the Mozilla roots when absent.
+    pub ca: Option<PathBuf>,
+    pub config: Arc<ClientConfig>,
+}
+
+impl fmt::Debug for TlsOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOrigin")
+            .field("pattern", &self.pattern)
+            .field("port", &self.port)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsOrigin {
+    /// Loads the roots (`ca`, or the Mozilla roots).
+    pub fn load(pattern: Pattern, port: u16, ca: Option<PathBuf>) -> Result<TlsOrigin, IdentityError> {
+        let config = match &ca {
+            None => plain_tls_config(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs(path, "CERTIFICATE")? {
+                    roots.add(cert).map_err(|e| IdentityError::Invalid {
+                        path: path.clone(),
+                        message: format!("not a usable CA certificate: {e}"),
+                    })?;
+                }
+                Arc::new(
+                    ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .expect("the ring provider supports TLS 1.2 and 1.3")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+                )
+            }
+        };
+        Ok(TlsOrigin {
+            pattern,
+            port,
+            ca,
+            config,
+        })
+    }
+}
+
+impl TlsOrigins {
+    /// `entries` must not repeat a pattern (config validation refuses that).
+    pub fn new(entries: Vec<TlsOrigin>) -> Self {
+        let index = Allowlist::new(entries.iter().map(|e| e.pattern.clone()));
+        TlsOrigins { index, entries }
+    }
+
+    pub fn lookup(&self, host: &Host) -> Option<&TlsOrigin> {
+        self.index.find(host).map(|id| &self.entries[id as usize])
+    }
+
+    pub fn entries(&self) -> &[TlsOrigin] {
+        &self.entries
+    }
+
+    /// Whether both open TLS to the same hosts and ports with the same roots.
+    pub fn same_as(&self, other: &TlsOrigins) -> bool {
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.pattern == b.pattern && a.port == b.port && a.ca == b.ca)
+    }
+}
+
 /// TLS without a client certificate, verified against the Mozilla roots: for `https://`
 /// requests egressd sends itself (scheduled invocations) to hosts without an `[[mtls]]` entry.
 pub fn plain_tls_config() -> Arc<ClientConfig> {

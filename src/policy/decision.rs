@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use crate::policy::allowlist::{Allowlist, Lookup, RuleId};
 use crate::policy::function::Functions;
 use crate::policy::host::{Host, HostError};
+use crate::policy::inject::Injections;
 use crate::policy::netguard::PrivateAllow;
 use crate::policy::origination::Originations;
 use crate::util::time::format_utc;
@@ -154,11 +155,14 @@ pub enum DenyReason {
     /// The request's credentials are malformed, or name an unknown function or a wrong
     /// token (one answer for both): 407.
     IdentityInvalid,
+    /// A CONNECT to a host with an `[[inject]]` rule: egressd cannot add a header inside a
+    /// tunnel.
+    InjectionRequiresOrigination,
 }
 
 impl DenyReason {
     /// Every reason, for parsing the wire codes back.
-    pub const ALL: [DenyReason; 12] = [
+    pub const ALL: [DenyReason; 13] = [
         DenyReason::NotAllowlisted,
         DenyReason::PortNotAllowed,
         DenyReason::PrivateDestination,
@@ -171,6 +175,7 @@ impl DenyReason {
         DenyReason::SniUnreadable,
         DenyReason::IdentityRequired,
         DenyReason::IdentityInvalid,
+        DenyReason::InjectionRequiresOrigination,
     ];
 
     /// The reason whose [`DenyReason::code`] is `code`.
@@ -192,6 +197,7 @@ impl DenyReason {
             DenyReason::SniUnreadable => "sni-unreadable",
             DenyReason::IdentityRequired => "identity-required",
             DenyReason::IdentityInvalid => "identity-invalid",
+            DenyReason::InjectionRequiresOrigination => "injection-requires-origination",
         }
     }
 }
@@ -257,6 +263,9 @@ pub struct Policy {
     /// Hosts egressd originates TLS for (`[[mtls]]`): a CONNECT to them is refused unless
     /// the entry allows it, and a plain-HTTP request goes out over TLS to the entry's port.
     pub origination: Originations,
+    /// The `[[inject]]` rules: headers egressd adds from the secret store. A CONNECT to a
+    /// covered host is refused unless the rule allows it.
+    pub injections: Injections,
     /// The `[[functions]]`: which may be scheduled and invoked, and where.
     pub functions: Functions,
 }
@@ -308,6 +317,20 @@ impl Policy {
     /// A CONNECT to a host egressd originates mTLS for is refused unless its entry allows
     /// it: the tunnel's TLS would be end to end, without the client certificate.
     fn check_tunnel_allowed(&self, host: &Host) -> Result<(), Denial> {
+        if let Some(rule) = self
+            .injections
+            .lookup(host)
+            .iter()
+            .find(|r| !r.allow_connect)
+        {
+            return Err(Denial::new(
+                DenyReason::InjectionRequiresOrigination,
+                format!(
+                    "egressd adds the {} header to requests to {host} from the secret store, which it cannot do inside a tunnel: send plain http://{host}/ through HTTP_PROXY and egressd opens TLS itself ([[inject]] \"{}\", line {}; allow_connect = true tunnels without the header)",
+                    rule.header, rule.pattern, rule.line
+                ),
+            ));
+        }
         match self.origination.lookup(host).filter(|r| !r.allow_connect) {
             None => Ok(()),
             Some(rule) => Err(Denial::new(
@@ -363,6 +386,7 @@ impl Policy {
             private: PrivateAllow::default(),
             dns_overrides: HashMap::new(),
             origination: Originations::default(),
+            injections: Injections::default(),
             functions: Functions::default(),
         }
     }

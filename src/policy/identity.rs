@@ -313,6 +313,16 @@ impl Identities {
         }
     }
 
+    /// The function that sent a request with `headers`, whatever the mode: for what only a
+    /// function may do (the secret store), no credentials is a refusal too.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Arc<str>, Refusal> {
+        let presented = presented(headers)?.ok_or(Refusal::Missing)?;
+        match self.verify(&presented)? {
+            Caller::Function(name) => Ok(name),
+            Caller::Anonymous => Err(Refusal::Invalid),
+        }
+    }
+
     /// Checks a presented token against every digest of its function, all of them, in
     /// constant time.
     pub fn verify(&self, presented: &Presented) -> Result<Caller, Refusal> {

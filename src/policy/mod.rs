@@ -13,6 +13,7 @@ mod decision;
 pub mod function;
 pub mod host;
 pub mod identity;
+pub mod inject;
 pub mod netguard;
 pub mod origination;
 pub mod url;

@@ -171,6 +171,15 @@ impl AccessRecord {
         self.settle(Outcome::Allowed, status);
     }
 
+    /// egressd answered the request itself (the secret store's API) with `response`.
+    pub fn answered(mut self, response: Response<HttpBody>) -> Response<HttpBody> {
+        self.settle(Outcome::Allowed, response.status());
+        if let Some(len) = response.body().size_hint().exact() {
+            self.relayed.down.store(len, Ordering::Relaxed);
+        }
+        response
+    }
+
     /// The tunnel was closed before its relay started: its first flight failed a check. Its
     /// line says denied with the check's reason; the `200` it got is kept as the status.
     pub fn first_flight_refused(&mut self, denial: &Denial, end: TunnelEnd) {
@@ -277,11 +286,21 @@ impl AccessRecord {
                     self.raw_target
                 ),
             ),
+            SendError::SecretMissing { .. } => {
+                (ErrorKind::SecretMissing, format!("egressd: {err}; nothing was sent"))
+            }
+            SendError::SecretUnusable { .. } => {
+                (ErrorKind::SecretUnusable, format!("egressd: {err}; nothing was sent"))
+            }
         };
         self.metrics.upstream_error(kind);
         let status = match kind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            // egressd's own state, not the upstream's: retrying may help once it is fixed.
+            ErrorKind::SecretMissing | ErrorKind::SecretUnusable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_GATEWAY,
         };
         self.fail(kind, status, text)

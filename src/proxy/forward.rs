@@ -25,6 +25,7 @@ use super::server::ClientConn;
 use super::Proxy;
 use crate::egress::revoke::Peer;
 use crate::egress::{tunnel, Permit, SendError};
+use crate::policy::identity::Caller;
 use crate::policy::url::{resolve_location, target_of};
 use crate::policy::Protocol;
 use crate::util::body::{empty, full, BoxError, HttpBody, IdleRequestBody};
@@ -81,7 +82,11 @@ impl Proxy {
             self.idle_timeout,
             client_upgrade.is_some(),
         );
-        match self.egress.send(&permit, upstream_req).await {
+        let function = match &conn.caller {
+            Caller::Function(name) => Some(&**name),
+            Caller::Anonymous => None,
+        };
+        match self.egress.send_as(&permit, upstream_req, function).await {
             Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 match client_upgrade {
                     Some(client) => self.splice_upgrade(conn, permit, record, client, response),

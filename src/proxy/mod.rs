@@ -14,6 +14,7 @@ mod forward;
 pub mod headers;
 mod identity;
 pub mod request;
+pub mod secrets;
 pub mod server;
 pub mod sni;
 
@@ -75,6 +76,8 @@ pub struct Proxy {
     pub identity: IdentityHandle,
     /// Bad credentials per client address, shared by every worker.
     failures: Arc<FailureThrottle>,
+    /// The secret store's API, answered here (`[secrets]`).
+    secrets: Option<secrets::SecretsApi>,
 }
 
 impl Proxy {
@@ -99,7 +102,14 @@ impl Proxy {
             draining: Draining::default(),
             identity: IdentityHandle::default(),
             failures: Arc::default(),
+            secrets: None,
         }
+    }
+
+    /// Answers the secret store's API for functions (`[secrets] host`).
+    pub fn with_secrets(mut self, api: Option<secrets::SecretsApi>) -> Self {
+        self.secrets = api;
+        self
     }
 
     /// Shares the identities in force, and the failure table, with the other workers.
@@ -142,6 +152,10 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<HttpBody>, Infallible> {
         let connect = req.method() == Method::CONNECT;
+        if let Some(api) = self.secrets.as_ref().filter(|api| api.addresses(&req)) {
+            let response = self.serve_secrets(api, conn, req).await;
+            return Ok(self.with_our_via(response, false));
+        }
         let response = match self.caller(&req) {
             Ok(caller) => {
                 conn.caller = caller;

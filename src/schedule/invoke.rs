@@ -90,8 +90,9 @@ async fn attempt(
         )
         .body(full(Bytes::from(schedule.payload.clone())))
         .expect("a valid URL and header values make a valid request");
+    // On the function's behalf: its [[inject]] rules apply as to its own requests.
     let response = egress
-        .send(&permit, request)
+        .send_as(&permit, request, Some(&schedule.function))
         .await
         .map_err(|err| match err.cause() {
             Cause::Denied(denial) => denied(denial.clone()),

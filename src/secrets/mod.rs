@@ -67,7 +67,7 @@ struct Cached {
 }
 
 pub struct SecretStore {
-    master: MasterKey,
+    master: Arc<MasterKey>,
     backend: Arc<dyn SecretBackend>,
     /// Plaintext copies for injection, swapped whole.
     cache: ArcSwap<HashMap<String, Arc<Cached>>>,
@@ -78,6 +78,10 @@ pub struct SecretStore {
     /// Functions seen reading or writing each key since start, for the console's warning
     /// before a delete.
     users: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Whether the key check passed and the values were read. A shared database away at
+    /// start leaves it false: the store answers "unavailable" and [`SecretStore::follow`]
+    /// opens it once the database is back.
+    opened: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -93,9 +97,52 @@ impl SecretStore {
     /// Opens the store: the key check must match (or is recorded, for a new store) and
     /// every value must open. Any failure is an error naming the store; nothing is written.
     pub async fn open(
-        master: MasterKey,
+        master: Arc<MasterKey>,
         backend: Arc<dyn SecretBackend>,
     ) -> Result<Arc<SecretStore>, SecretError> {
+        let store = SecretStore {
+            master,
+            backend,
+            cache: ArcSwap::default(),
+            revision: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            users: Mutex::default(),
+            opened: std::sync::atomic::AtomicBool::new(false),
+        };
+        store.open_now().await?;
+        Ok(Arc::new(store))
+    }
+
+    /// As [`SecretStore::open`], but a backend that is unavailable for now (a shared
+    /// database away) is not an error: the store starts closed and opens itself when
+    /// [`SecretStore::follow`] reaches the backend. A wrong key or an unreadable store
+    /// still is.
+    pub async fn open_when_available(
+        master: Arc<MasterKey>,
+        backend: Arc<dyn SecretBackend>,
+    ) -> Result<Arc<SecretStore>, SecretError> {
+        let store = SecretStore {
+            master,
+            backend,
+            cache: ArcSwap::default(),
+            revision: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            users: Mutex::default(),
+            opened: std::sync::atomic::AtomicBool::new(false),
+        };
+        match store.open_now().await {
+            Ok(()) => {}
+            Err(SecretError::Backend(BackendError::Unavailable(err))) => {
+                tracing::error!(store = %store.describe(), error = %err, "the secret store is unavailable at start; functions get 503 and injection fails until it is reached (tried every {FOLLOW_INTERVAL:?})");
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(Arc::new(store))
+    }
+
+    /// Checks the key against the store and reads every value into the cache.
+    async fn open_now(&self) -> Result<(), SecretError> {
+        let (master, backend) = (&self.master, &self.backend);
         let stored = backend.open(master.check()).await.map_err(|err| match err {
             BackendError::WrongKey {
                 store,
@@ -110,17 +157,25 @@ impl SecretStore {
             },
             other => other,
         })?;
-        let cache = open_all(&master, &stored)?;
+        let cache = open_all(master, &stored)?;
         let revision = backend.revision().await?;
         tracing::info!(store = %backend.describe(), secrets = cache.len(), key_check = master.check(), "secret store opened");
-        Ok(Arc::new(SecretStore {
-            master,
-            backend,
-            cache: ArcSwap::from_pointee(cache),
-            revision: AtomicU64::new(revision),
-            runtime: tokio::runtime::Handle::current(),
-            users: Mutex::default(),
-        }))
+        self.cache.store(Arc::new(cache));
+        self.revision.store(revision, Ordering::Release);
+        self.opened.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// An error unless the store is open.
+    fn check_open(&self) -> Result<(), SecretError> {
+        match self.opened.load(Ordering::Acquire) {
+            true => Ok(()),
+            false => Err(BackendError::Unavailable(format!(
+                "{} has not been reached since egressd started",
+                self.describe()
+            ))
+            .into()),
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -139,6 +194,7 @@ impl SecretStore {
 
     /// Every key with its metadata, oldest first; never a value.
     pub async fn list(&self) -> Result<Vec<(String, Meta)>, SecretError> {
+        self.check_open()?;
         let backend = self.backend.clone();
         let (_, all) = self.on_runtime(async move { backend.all().await }).await?;
         let mut list: Vec<(String, Meta)> = all.into_iter().map(|s| (s.key, s.meta)).collect();
@@ -158,6 +214,7 @@ impl SecretStore {
         value: SecretValue,
         default: bool,
     ) -> Result<Meta, SecretError> {
+        self.check_open()?;
         let key = SecretKey::parse(key)?;
         let now = now();
         let meta = Meta {
@@ -187,6 +244,7 @@ impl SecretStore {
         key: &str,
         function: &str,
     ) -> Result<Option<(SecretValue, Meta)>, SecretError> {
+        self.check_open()?;
         let key = SecretKey::parse(key)?;
         let backend = self.backend.clone();
         let wanted = key.to_string();
@@ -212,6 +270,7 @@ impl SecretStore {
         expected: Option<u64>,
         writer: Writer,
     ) -> Result<Meta, SecretError> {
+        self.check_open()?;
         let key = SecretKey::parse(key)?;
         let update = Update {
             sealed: self.master.seal(&key, &value),
@@ -234,6 +293,7 @@ impl SecretStore {
 
     /// An operator deletes a secret: gone for every function and every injection now.
     pub async fn delete(&self, key: &str) -> Result<Meta, SecretError> {
+        self.check_open()?;
         let key = SecretKey::parse(key)?;
         let backend = self.backend.clone();
         let name = key.to_string();
@@ -248,6 +308,14 @@ impl SecretStore {
 
     /// Reads every value again if the backend's revision moved since the cache was filled.
     pub async fn refresh(&self) -> Result<bool, SecretError> {
+        if !self.opened.load(Ordering::Acquire) {
+            let backend = self.backend.clone();
+            // On the store's runtime like every backend call; `open_now` borrows self, so
+            // the check runs here and only the reads go there.
+            self.on_runtime(async move { backend.revision().await }).await?;
+            self.open_now().await?;
+            return Ok(true);
+        }
         let backend = self.backend.clone();
         let revision = self
             .on_runtime(async move { backend.revision().await })
@@ -293,6 +361,7 @@ impl SecretStore {
 
     /// Re-encrypts every value under `new` and records its key check, in one write.
     pub async fn rekey(&self, new: &MasterKey) -> Result<usize, SecretError> {
+        self.check_open()?;
         let backend = self.backend.clone();
         let (_, all) = self.on_runtime(async move { backend.all().await }).await?;
         let mut resealed = Vec::with_capacity(all.len());
@@ -362,8 +431,11 @@ mod tests {
     use super::*;
     use file::FileBackend;
 
-    fn master(byte: u8) -> MasterKey {
-        MasterKey::from_bytes(&[byte; seal::KEY_BYTES], std::path::Path::new("test.key"))
+    fn master(byte: u8) -> Arc<MasterKey> {
+        Arc::new(MasterKey::from_bytes(
+            &[byte; seal::KEY_BYTES],
+            std::path::Path::new("test.key"),
+        ))
     }
 
     async fn store(dir: &std::path::Path, byte: u8) -> Result<Arc<SecretStore>, SecretError> {

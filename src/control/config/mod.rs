@@ -9,7 +9,10 @@
 
 mod problems;
 mod raw;
+mod secrets;
 mod validate;
+
+pub use secrets::{SecretsSettings, DEFAULT_SECRETS_HOST};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,7 +25,7 @@ use raw::RawConfig;
 use validate::Secrets;
 
 use crate::egress::resolve::DnsSettings;
-use crate::egress::tls::MtlsTable;
+use crate::egress::tls::{MtlsTable, TlsOrigins};
 use crate::egress::tunnel::RelayKind;
 use crate::policy::identity::{parse_token_file, IdentityMode, TokenDigest};
 use crate::policy::Policy;
@@ -40,6 +43,10 @@ pub struct Config {
     pub mtls: MtlsTable,
     /// Where shared state lives (`[state]`), read at start only.
     pub state: StateSettings,
+    /// The secret store (`[secrets]`); `None` when the config has none.
+    pub secrets: Option<SecretsSettings>,
+    /// Hosts egressd opens TLS to for `[[inject]]` rules.
+    pub origins: TlsOrigins,
     /// Each `[[functions]]` entry's `token_file`, for `proxy.identity`.
     pub token_files: Vec<TokenFile>,
     /// Things that are valid but probably not what was meant (a client certificate about to
@@ -160,6 +167,18 @@ impl Config {
             ),
             ("dns.servers", format!("{servers:?}")),
             ("dns.timeout", format!("{timeout:?}")),
+            (
+                "secrets.key_file",
+                self.secrets
+                    .as_ref()
+                    .map_or(String::new(), |s| s.key_file.display().to_string()),
+            ),
+            (
+                "secrets.host",
+                self.secrets
+                    .as_ref()
+                    .map_or(String::new(), |s| s.host.to_string()),
+            ),
         ]
     }
 }
@@ -280,10 +299,24 @@ impl Config {
         let mut policy = validate::policy(&raw, overrides, &mut problems);
         let mut warnings = Vec::new();
         let mtls = validate::mtls(&raw.mtls, path, &policy, &mut problems, &mut warnings);
-        policy.origination = mtls.originations();
         let (functions, token_files) =
             validate::functions(&raw.functions, path, secrets, &mut problems);
         policy.functions = functions;
+        let secrets_settings =
+            secrets::secrets_settings(&raw.secrets, path, secrets, &mut problems);
+        let inject = secrets::injections(
+            &raw.inject,
+            path,
+            &policy,
+            &mtls,
+            raw.secrets.is_some(),
+            &mut problems,
+            &mut warnings,
+        );
+        let mut originations = mtls.originations().rules().to_vec();
+        originations.extend(inject.originations);
+        policy.origination = crate::policy::origination::Originations::new(originations);
+        policy.injections = inject.injections;
         if let Some(proxy) = &proxy {
             identity_warnings(proxy.identity, &token_files, &mut warnings);
         }
@@ -297,6 +330,8 @@ impl Config {
                 policy,
                 mtls,
                 state,
+                secrets: secrets_settings,
+                origins: inject.origins,
                 token_files,
                 warnings,
             }),

@@ -15,6 +15,30 @@ pub struct RawConfig {
     pub functions: Vec<Spanned<RawFunction>>,
     pub allowlist: RawAllowlist,
     pub state: RawState,
+    pub secrets: Option<Spanned<RawSecrets>>,
+    pub inject: Vec<Spanned<RawInject>>,
+}
+
+/// `[secrets]`: the secret store.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    pub key_file: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+}
+
+/// One `[[inject]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInject {
+    pub host: Spanned<String>,
+    pub header: Spanned<String>,
+    pub value: Spanned<String>,
+    pub functions: Option<Vec<Spanned<String>>>,
+    pub allow_connect: Option<bool>,
+    pub tls: Option<bool>,
+    pub port: Option<Spanned<i64>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 /// `[state]`: where shared state lives.

@@ -259,8 +259,9 @@ pub fn policy(
         http_ports: p.ports(&raw.proxy.http_ports, "proxy.http_ports", 80),
         private: PrivateAllow::new(nets),
         dns_overrides,
-        // Filled from the `[[mtls]]` and `[[functions]]` tables once they are read.
+        // Filled from the `[[mtls]]`, `[[inject]]` and `[[functions]]` tables once read.
         origination: Default::default(),
+        injections: Default::default(),
         functions: Default::default(),
     }
 }
@@ -459,7 +460,7 @@ pub fn mtls(
 
 /// Whether some allowlist entry allows the hosts `pattern` names (a wildcard: a made-up
 /// subdomain of it).
-fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
+pub(super) fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
     let host = match pattern {
         Pattern::Exact(name) => Host::parse(name),
         Pattern::Wildcard(suffix) => Host::parse(&format!("egressd-probe.{suffix}")),

@@ -9,6 +9,7 @@
 pub mod allowlist;
 pub mod schedules;
 pub mod schema;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;

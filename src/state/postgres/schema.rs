@@ -13,11 +13,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append; never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "schedules, run ledger, activation times, shared allowlist",
-    sql: include_str!("migrations/0001_shared_state.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "schedules, run ledger, activation times, shared allowlist",
+        sql: include_str!("migrations/0001_shared_state.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "secret store",
+        sql: include_str!("migrations/0002_secrets.sql"),
+    },
+];
 
 /// The schema version this binary writes.
 pub fn latest() -> i32 {
