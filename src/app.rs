@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 use crate::policy::activation::{ActivationBook, Opened};
 use crate::policy::Policy;
 use crate::proxy::headers::Via;
-use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::secrets::SecretsApi;
+use crate::proxy::server::{bind_workers, serve_proxy, ConnLimits};
 use crate::proxy::{FailureThrottle, Proxy};
 use crate::schedule::clock::SystemClock;
 use crate::schedule::service::Scheduler;
@@ -98,7 +98,8 @@ impl App {
         let mut policy = config.policy.clone();
         let (book, shared_start) = open_activation_book(&config, &mut policy, shared).await?;
         // The policy and the client identities in force, one snapshot for every egress client.
-        let snapshot = Snapshot::handle_with_origins(policy, config.mtls.clone(), config.origins.clone());
+        let snapshot =
+            Snapshot::handle_with_origins(policy, config.mtls.clone(), config.origins.clone());
         // Set at SIGTERM, before the listeners stop: readiness fails, keep-alive clients go.
         let draining = Draining::default();
         let registry = Arc::new(Registry::default());
@@ -251,6 +252,11 @@ impl App {
             loopback: settings.admin_listen.ip().is_loopback(),
             draining: draining.clone(),
             database,
+            secrets_host: config
+                .secrets
+                .as_ref()
+                .map_or(String::new(), |s| s.host.to_string()),
+            secrets,
         });
         Ok(App {
             settings,

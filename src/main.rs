@@ -81,6 +81,12 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// The key that encrypts the secret store: make one, or re-encrypt the store under a new
+    /// one. (Secrets are created by operators on the console.)
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCommand,
+    },
     /// Print a shell completion script, e.g. `egressd completions bash`.
     Completions { shell: cli::Shell },
     /// Print the man page, or write one page per command into a directory.
@@ -88,6 +94,20 @@ enum Command {
         /// Write egressd.1, egressd-run.1, ... into this directory instead.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Write a new random 32-byte key (64 hex digits) to FILE, readable by its owner only.
+    NewKey { file: PathBuf },
+    /// Re-encrypt every secret under the key in --new-key-file (stop egressd first with the
+    /// file backend), then point [secrets] key_file at it and restart.
+    Rekey {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        new_key_file: PathBuf,
     },
 }
 
@@ -148,6 +168,13 @@ fn main() -> ExitCode {
             after,
         } => cli::cron(&expression, count, after.as_deref()),
         Command::Health { admin, timeout } => cli::health(&admin, timeout),
+        Command::Secrets { action } => match action {
+            SecretsCommand::NewKey { file } => cli::secrets_new_key(&file),
+            SecretsCommand::Rekey {
+                config,
+                new_key_file,
+            } => cli::secrets_rekey(&config, &new_key_file),
+        },
         Command::Completions { shell } => cli::completions(Cli::command(), shell),
         Command::Man { dir } => cli::man(Cli::command(), dir.as_deref()),
     }

@@ -18,6 +18,7 @@ mod explain;
 mod health;
 mod run;
 mod schedules;
+mod secrets;
 mod trace;
 
 pub use check::check;
@@ -27,6 +28,7 @@ pub use explain::explain;
 pub use health::health;
 pub use run::{run, LogFormat};
 pub use schedules::{schedules, Action};
+pub use secrets::{new_key as secrets_new_key, rekey as secrets_rekey};
 pub use trace::trace;
 
 use std::path::Path;

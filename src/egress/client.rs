@@ -38,8 +38,8 @@ use super::{Cause, ErrorKind};
 use crate::policy::allowlist::{Allowlist, Pattern, RuleId};
 use crate::policy::host::Host;
 use crate::policy::inject::{Injection, Part};
-use crate::secrets::SecretStore;
 use crate::policy::{Denial, DenyReason, Policy, Protocol, Target};
+use crate::secrets::SecretStore;
 use crate::util::body::HttpBody;
 use crate::util::body::RequestBodyIdle;
 use crate::util::time::now_ms;
@@ -330,13 +330,14 @@ fn render(rule: &Injection, store: Option<&SecretStore>) -> Result<HeaderValue, 
         match part {
             Part::Text(text) => bytes.extend_from_slice(text.as_bytes()),
             Part::Secret(key) => {
-                let value = store.and_then(|s| s.value(key)).ok_or_else(|| {
-                    SendError::SecretMissing {
-                        key: key.clone(),
-                        header: rule.header.clone(),
-                        line: rule.line,
-                    }
-                })?;
+                let value =
+                    store
+                        .and_then(|s| s.value(key))
+                        .ok_or_else(|| SendError::SecretMissing {
+                            key: key.clone(),
+                            header: rule.header.clone(),
+                            line: rule.line,
+                        })?;
                 bytes.extend_from_slice(value.expose());
             }
         }

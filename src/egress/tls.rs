@@ -353,7 +353,11 @@ impl fmt::Debug for TlsOrigin {
 
 impl TlsOrigin {
     /// Loads the roots (`ca`, or the Mozilla roots).
-    pub fn load(pattern: Pattern, port: u16, ca: Option<PathBuf>) -> Result<TlsOrigin, IdentityError> {
+    pub fn load(
+        pattern: Pattern,
+        port: u16,
+        ca: Option<PathBuf>,
+    ) -> Result<TlsOrigin, IdentityError> {
         let config = match &ca {
             None => plain_tls_config(),
             Some(path) => {

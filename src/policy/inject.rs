@@ -40,7 +40,10 @@ impl Template {
     /// Parses `Bearer {secret:KEY}`. Keys are checked by the caller (the secret store owns
     /// their syntax).
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        if !text.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        if !text
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
             return Err(TemplateError::BadCharacter);
         }
         let mut parts = Vec::new();
@@ -162,7 +165,8 @@ impl Injections {
 
     /// The rules whose template names `key`.
     pub fn using<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Injection> {
-        self.rules().filter(move |r| r.template.keys().any(|k| k == key))
+        self.rules()
+            .filter(move |r| r.template.keys().any(|k| k == key))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -181,9 +185,16 @@ mod tests {
             (
                 "bearer",
                 "Bearer {secret:partner-token}",
-                vec![Part::Text("Bearer ".into()), Part::Secret("partner-token".into())],
+                vec![
+                    Part::Text("Bearer ".into()),
+                    Part::Secret("partner-token".into()),
+                ],
             ),
-            ("the value alone", "{secret:k}", vec![Part::Secret("k".into())]),
+            (
+                "the value alone",
+                "{secret:k}",
+                vec![Part::Secret("k".into())],
+            ),
             (
                 "two secrets around text",
                 "{secret:user}:{secret:pass}",
@@ -209,7 +220,11 @@ mod tests {
                 "Bearer {env:TOKEN}",
                 TemplateError::BadPlaceholder("{env:TOKEN}".into()),
             ),
-            ("a line break", "Bearer {secret:k}\r\nX: y", TemplateError::BadCharacter),
+            (
+                "a line break",
+                "Bearer {secret:k}\r\nX: y",
+                TemplateError::BadCharacter,
+            ),
         ];
         for (name, text, err) in bad {
             assert_eq!(Template::parse(text).unwrap_err(), err, "{name}");
@@ -236,10 +251,17 @@ mod tests {
         ]);
         let host = |h: &str| Host::parse(h).unwrap();
         let exact = rules.lookup(&host("api.partner.example"));
-        assert_eq!(exact.len(), 2, "the exact pattern's rules, not the wildcard's");
+        assert_eq!(
+            exact.len(),
+            2,
+            "the exact pattern's rules, not the wildcard's"
+        );
         assert!(exact[0].applies_to(Some("billing")));
         assert!(!exact[0].applies_to(Some("reports")));
-        assert!(!exact[0].applies_to(None), "anonymous requests get no listed rule");
+        assert!(
+            !exact[0].applies_to(None),
+            "anonymous requests get no listed rule"
+        );
         assert!(exact[1].applies_to(None));
         assert_eq!(rules.lookup(&host("www.partner.example")).len(), 1);
         assert!(rules.lookup(&host("partner.example")).is_empty());

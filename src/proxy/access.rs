@@ -298,9 +298,7 @@ impl AccessRecord {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             // egressd's own state, not the upstream's: retrying may help once it is fixed.
-            ErrorKind::SecretMissing | ErrorKind::SecretUnusable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::SecretMissing | ErrorKind::SecretUnusable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         };
         self.fail(kind, status, text)

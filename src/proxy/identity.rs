@@ -107,6 +107,19 @@ impl Proxy {
         req: &Request<B>,
         refusal: Refusal,
     ) -> Response<HttpBody> {
+        let denial = refusal.denial();
+        self.refuse_credentials_with(conn, req, refusal, denial)
+            .await
+    }
+
+    /// As [`Proxy::refuse_credentials`], explained by `denial`.
+    pub(super) async fn refuse_credentials_with<B>(
+        &self,
+        conn: &ClientConn,
+        req: &Request<B>,
+        refusal: Refusal,
+        denial: crate::policy::Denial,
+    ) -> Response<HttpBody> {
         self.metrics.identity_failure(refusal.label());
         if matches!(refusal, Refusal::Malformed(_) | Refusal::Invalid) {
             self.slow_down(conn.addr.ip()).await;
@@ -119,10 +132,9 @@ impl Proxy {
         // `conn.caller` is still anonymous: no identity was established.
         let record = self.record(protocol, conn, req);
         if refusal == Refusal::Duplicate {
-            return record.bad_request(refusal.denial().message);
+            return record.bad_request(denial.message);
         }
-        let mut response =
-            record.denied_with(refusal.denial(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        let mut response = record.denied_with(denial, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         response.headers_mut().insert(
             PROXY_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"egressd\""),

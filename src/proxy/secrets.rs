@@ -19,8 +19,8 @@ use hyper::body::Incoming;
 use super::server::ClientConn;
 use super::Proxy;
 use crate::policy::host::Host;
-use crate::policy::identity::Caller;
-use crate::policy::Protocol;
+use crate::policy::identity::{Caller, Refusal};
+use crate::policy::{Denial, DenyReason, Protocol};
 use crate::secrets::{
     InvalidSecret, Meta, SecretError, SecretStore, SecretValue, WriteError, Writer,
 };
@@ -63,6 +63,15 @@ impl Proxy {
         let connect = req.method() == Method::CONNECT;
         let function = match self.identity.load().identify(req.headers()) {
             Ok(function) => function,
+            Err(Refusal::Missing) => {
+                let denial = Denial::new(
+                    DenyReason::IdentityRequired,
+                    "the secret store answers functions only, whatever proxy.identity says: put the function's credentials in the proxy URL, HTTP_PROXY=http://FUNCTION:TOKEN@HOST:PORT",
+                );
+                return self
+                    .refuse_credentials_with(&conn, &req, Refusal::Missing, denial)
+                    .await;
+            }
             Err(refusal) => return self.refuse_credentials(&conn, &req, refusal).await,
         };
         conn.caller = Caller::Function(function.clone());
@@ -151,6 +160,7 @@ async fn read(store: &SecretStore, key: &str, function: &str) -> Response<HttpBo
 }
 
 /// `If-Match: "<version>"` (or `*`: any version), as the version it expects.
+#[allow(clippy::result_large_err)]
 fn if_match<B>(req: &Request<B>) -> Result<Option<u64>, Response<HttpBody>> {
     let Some(value) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
@@ -166,12 +176,15 @@ fn if_match<B>(req: &Request<B>) -> Result<Option<u64>, Response<HttpBody>> {
         .ok_or_else(|| {
             error(
                 StatusCode::BAD_REQUEST,
-                format!("If-Match takes the ETag of a read, e.g. \"3\" with its quotes; got {text:?}"),
+                format!(
+                    "If-Match takes the ETag of a read, e.g. \"3\" with its quotes; got {text:?}"
+                ),
             )
         })
 }
 
 /// The request body as a value: at most 64 KiB of UTF-8.
+#[allow(clippy::result_large_err)]
 async fn read_value(req: Request<Incoming>) -> Result<SecretValue, Response<HttpBody>> {
     use crate::secrets::value::MAX_VALUE_BYTES;
     let limited = Limited::new(req.into_body(), MAX_VALUE_BYTES);
@@ -200,7 +213,9 @@ fn written(key: &str, meta: &Meta) -> Response<HttpBody> {
         "updated_at": meta.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     let mut response = json(StatusCode::OK, &body);
-    response.headers_mut().insert(header::ETAG, etag(meta.version));
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(meta.version));
     response
 }
 

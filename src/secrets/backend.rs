@@ -108,8 +108,11 @@ pub trait SecretBackend: Send + Sync + 'static {
     /// Adds a secret unless its key exists or the store holds `limit` secrets.
     fn create(&self, secret: StoredSecret, limit: usize) -> BoxFuture<'_, Result<(), WriteError>>;
     /// Replaces a value; the version becomes one more than the stored one.
-    fn update<'a>(&'a self, key: &'a str, update: Update)
-        -> BoxFuture<'a, Result<Meta, WriteError>>;
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        update: Update,
+    ) -> BoxFuture<'a, Result<Meta, WriteError>>;
     /// Removes a secret; returns what it was.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Meta, WriteError>>;
     /// Replaces every sealed value and the key check at once (`egressd secrets rekey`), if

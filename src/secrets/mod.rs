@@ -143,20 +143,23 @@ impl SecretStore {
     /// Checks the key against the store and reads every value into the cache.
     async fn open_now(&self) -> Result<(), SecretError> {
         let (master, backend) = (&self.master, &self.backend);
-        let stored = backend.open(master.check()).await.map_err(|err| match err {
-            BackendError::WrongKey {
-                store,
-                given,
-                stored,
-                ..
-            } => BackendError::WrongKey {
-                key_file: master.path.display().to_string(),
-                store,
-                given,
-                stored,
-            },
-            other => other,
-        })?;
+        let stored = backend
+            .open(master.check())
+            .await
+            .map_err(|err| match err {
+                BackendError::WrongKey {
+                    store,
+                    given,
+                    stored,
+                    ..
+                } => BackendError::WrongKey {
+                    key_file: master.path.display().to_string(),
+                    store,
+                    given,
+                    stored,
+                },
+                other => other,
+            })?;
         let cache = open_all(master, &stored)?;
         let revision = backend.revision().await?;
         tracing::info!(store = %backend.describe(), secrets = cache.len(), key_check = master.check(), "secret store opened");
@@ -312,7 +315,8 @@ impl SecretStore {
             let backend = self.backend.clone();
             // On the store's runtime like every backend call; `open_now` borrows self, so
             // the check runs here and only the reads go there.
-            self.on_runtime(async move { backend.revision().await }).await?;
+            self.on_runtime(async move { backend.revision().await })
+                .await?;
             self.open_now().await?;
             return Ok(true);
         }
@@ -397,7 +401,9 @@ impl SecretStore {
     {
         match self.runtime.spawn(work).await {
             Ok(result) => result.map_err(Into::into),
-            Err(err) => Err(BackendError::Unavailable(format!("the store task failed: {err}")).into()),
+            Err(err) => {
+                Err(BackendError::Unavailable(format!("the store task failed: {err}")).into())
+            }
         }
     }
 }
@@ -450,24 +456,43 @@ mod tests {
     async fn a_secret_lives_from_create_to_delete_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), 1).await.unwrap();
-        let created = s.create("partner-token", value("v1-plaintext"), false).await.unwrap();
-        assert_eq!((created.version, created.last_writer.as_str()), (1, "operator"));
-        assert_eq!(s.value("partner-token").unwrap(), value("v1-plaintext"));
-        let updated = s
-            .update("partner-token", value("v2-plaintext"), None, Writer::Function("billing".into()))
+        let created = s
+            .create("partner-token", value("v1-plaintext"), false)
             .await
             .unwrap();
-        assert_eq!((updated.version, updated.last_writer.as_str()), (2, "function:billing"));
+        assert_eq!(
+            (created.version, created.last_writer.as_str()),
+            (1, "operator")
+        );
+        assert_eq!(s.value("partner-token").unwrap(), value("v1-plaintext"));
+        let updated = s
+            .update(
+                "partner-token",
+                value("v2-plaintext"),
+                None,
+                Writer::Function("billing".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (updated.version, updated.last_writer.as_str()),
+            (2, "function:billing")
+        );
         assert!(matches!(
-            s.update("partner-token", value("v3"), Some(1), Writer::Operator).await,
-            Err(SecretError::Write(WriteError::VersionMismatch { current: 2, .. }))
+            s.update("partner-token", value("v3"), Some(1), Writer::Operator)
+                .await,
+            Err(SecretError::Write(WriteError::VersionMismatch {
+                current: 2,
+                ..
+            }))
         ));
         assert!(matches!(
             s.create("partner-token", value("again"), false).await,
             Err(SecretError::Write(WriteError::Exists(_)))
         ));
         assert!(matches!(
-            s.update("nobody-made-it", value("x"), None, Writer::Operator).await,
+            s.update("nobody-made-it", value("x"), None, Writer::Operator)
+                .await,
             Err(SecretError::Write(WriteError::NotFound(_)))
         ));
         let on_disk = std::fs::read_to_string(dir.path().join(file::STORE_FILE)).unwrap();
@@ -477,7 +502,10 @@ mod tests {
         let s = store(dir.path(), 1).await.unwrap();
         let (read, meta) = s.read("partner-token", "billing").await.unwrap().unwrap();
         assert_eq!((read, meta.version), (value("v2-plaintext"), 2));
-        assert_eq!(s.users("partner-token").into_iter().collect::<Vec<_>>(), ["billing"]);
+        assert_eq!(
+            s.users("partner-token").into_iter().collect::<Vec<_>>(),
+            ["billing"]
+        );
         s.delete("partner-token").await.unwrap();
         assert!(s.value("partner-token").is_none());
         assert!(s.read("partner-token", "billing").await.unwrap().is_none());
@@ -498,7 +526,10 @@ mod tests {
         std::fs::write(&path, b"{\"format\": 1, \"key_check\": ").unwrap();
         let err = store(dir.path(), 1).await.unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"{\"format\": 1, \"key_check\": ");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"{\"format\": 1, \"key_check\": "
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,7 +553,10 @@ mod tests {
         s.create("b", value("beta"), true).await.unwrap();
         assert_eq!(s.rekey(&master(2)).await.unwrap(), 2);
         drop(s);
-        assert!(store(dir.path(), 1).await.is_err(), "the old key no longer opens it");
+        assert!(
+            store(dir.path(), 1).await.is_err(),
+            "the old key no longer opens it"
+        );
         let s = store(dir.path(), 2).await.unwrap();
         assert_eq!(s.value("b").unwrap(), value("beta"));
     }

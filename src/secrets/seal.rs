@@ -206,12 +206,21 @@ mod tests {
             .windows(b"Bearer abc".len())
             .any(|w| w == b"Bearer abc"));
         assert_eq!(key(1).open("partner-token", &sealed).unwrap(), value);
-        assert!(key(2).open("partner-token", &sealed).is_err(), "another master key");
-        assert!(key(1).open("other-token", &sealed).is_err(), "moved to another key");
+        assert!(
+            key(2).open("partner-token", &sealed).is_err(),
+            "another master key"
+        );
+        assert!(
+            key(1).open("other-token", &sealed).is_err(),
+            "moved to another key"
+        );
         let mut damaged = sealed.clone();
         *damaged.last_mut().unwrap() ^= 1;
         assert!(key(1).open("partner-token", &damaged).is_err(), "damaged");
-        assert!(key(1).open("partner-token", &sealed[..10]).is_err(), "cut short");
+        assert!(
+            key(1).open("partner-token", &sealed[..10]).is_err(),
+            "cut short"
+        );
         assert_ne!(key(1).seal(&name, &value), sealed, "a fresh nonce per seal");
     }
 
@@ -222,7 +231,9 @@ mod tests {
         let raw = [7u8; KEY_BYTES];
         let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-        let want = MasterKey::from_bytes(&raw, Path::new("x")).check().to_string();
+        let want = MasterKey::from_bytes(&raw, Path::new("x"))
+            .check()
+            .to_string();
         // (name, contents, accepted?)
         let cases: Vec<(&str, Vec<u8>, bool)> = vec![
             ("raw bytes", raw.to_vec(), true),
@@ -230,8 +241,12 @@ mod tests {
             ("base64", format!("{b64}\n").into_bytes(), true),
             ("generated", new_key_text().as_bytes().to_vec(), true),
             ("too short", vec![7u8; 16], false),
-            ("a password", b"correct horse battery staple\n".to_vec(), false),
-            ("hex one digit short", hex[1..].as_bytes().to_vec(), false),
+            (
+                "a password",
+                b"correct horse battery staple\n".to_vec(),
+                false,
+            ),
+            ("hex one digit short", hex.as_bytes()[1..].to_vec(), false),
             ("empty", Vec::new(), false),
         ];
         for (name, contents, accepted) in cases {

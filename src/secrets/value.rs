@@ -120,7 +120,11 @@ mod tests {
     fn keys() {
         // (name, key, valid?)
         let cases = [
-            ("letters, digits and the three marks", "partner-token_v2.prod", true),
+            (
+                "letters, digits and the three marks",
+                "partner-token_v2.prod",
+                true,
+            ),
             ("one character", "a", true),
             ("the longest", &"k".repeat(MAX_KEY_CHARS), true),
             ("empty", "", false),

@@ -9,7 +9,8 @@
 //!   scrapers (`/healthz`, `/readyz`, `/metrics`) answer any `Host`.
 //! - **Origin**: a state change that a browser sent from another origin (scheme, host and
 //!   port, compared whole) is refused (CSRF). Clients that are not browsers send none.
-//! - **Token**: with `admin_token_file`, a state change needs `Authorization: Bearer`.
+//! - **Token**: with `admin_token_file`, a state change needs `Authorization: Bearer`, and
+//!   so does a read of what only operators may see (the secret keys).
 //! - **Content type**: a route that reads a body reads JSON sent as `application/json`, a
 //!   type no cross-site form can send; a state change without a body refuses a form's types.
 //!   So a client or proxy that drops `Origin` still cannot be made to post a form here.
@@ -54,7 +55,7 @@ impl Guards<'_> {
                 "the admin listener is on loopback: use http://127.0.0.1:PORT/ or http://localhost:PORT/\n",
             ));
         }
-        if !route.mutating {
+        if !route.mutating && !route.private {
             return Ok(());
         }
         if let Some(origin) = headers.get(header::ORIGIN) {

@@ -9,6 +9,7 @@
 mod guard;
 mod routes;
 mod schedules;
+mod secrets;
 mod views;
 
 use std::convert::Infallible;
@@ -67,6 +68,10 @@ pub struct Admin {
     pub loopback: bool,
     /// Set at SIGTERM: `/readyz` then fails, so a load balancer stops sending connections.
     pub draining: Draining,
+    /// The secret store (`[secrets]`), for operators.
+    pub secrets: Option<Arc<crate::secrets::SecretStore>>,
+    /// Where functions reach the store (`[secrets] host`), shown on the console.
+    pub secrets_host: String,
 }
 
 /// Admin connections served at once; more are closed at accept. Scrapers and operators need
@@ -197,6 +202,10 @@ impl Admin {
                 );
                 r
             }
+            Endpoint::SecretsList => self.list_secrets().await,
+            Endpoint::SecretsCreate => self.create_secret(req, route).await,
+            Endpoint::SecretsUpdate => self.update_secret(req, route, &id).await,
+            Endpoint::SecretsDelete => self.delete_secret(&id).await,
             Endpoint::ScheduleRun => match self.scheduler.run_now(&id).await {
                 Ok(_) => self.schedule(&id).await,
                 Err(err) => run_now_error(err),

@@ -34,6 +34,11 @@ pub(super) enum Endpoint {
     AllowlistRemove,
     Explain,
     Trace,
+    /// Secret keys and metadata (never values): operators only.
+    SecretsList,
+    SecretsCreate,
+    SecretsUpdate,
+    SecretsDelete,
     Console(Asset),
 }
 
@@ -131,6 +136,14 @@ pub(super) const TRACE_BODY: JsonBody = JsonBody {
     limits: "url is limited to 8192 characters",
 };
 
+/// `POST /v1/secrets`: `{"key", "value", "default"}`; `PUT /v1/secrets/{key}`: `{"value"}`.
+pub(super) const SECRET_BODY: JsonBody = JsonBody {
+    field: "value",
+    chars: crate::secrets::value::MAX_VALUE_BYTES,
+    other_chars: crate::secrets::value::MAX_KEY_CHARS + 16,
+    limits: "value is limited to 65536 bytes, key to 128 characters",
+};
+
 /// One admin route.
 pub(super) struct Route {
     pub method: Method,
@@ -139,6 +152,9 @@ pub(super) struct Route {
     /// one is configured, a same-origin `Origin` when a browser sends one, and a content
     /// type no cross-site form can send.
     pub mutating: bool,
+    /// Reads what only operators may see (secret keys): the bearer token is required as
+    /// for a change.
+    pub private: bool,
     pub body: Body,
     pub endpoint: Endpoint,
 }
@@ -148,6 +164,18 @@ const fn read(path: &'static str, endpoint: Endpoint) -> Route {
         method: Method::GET,
         path,
         mutating: false,
+        private: false,
+        body: Body::Empty,
+        endpoint,
+    }
+}
+
+const fn read_private(path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method: Method::GET,
+        path,
+        mutating: false,
+        private: true,
         body: Body::Empty,
         endpoint,
     }
@@ -158,6 +186,7 @@ const fn change(method: Method, path: &'static str, body: Body, endpoint: Endpoi
         method,
         path,
         mutating: true,
+        private: true,
         body,
         endpoint,
     }
@@ -215,6 +244,25 @@ pub(super) const ROUTES: &[Route] = &[
         "/v1/trace",
         Body::Json(TRACE_BODY),
         Endpoint::Trace,
+    ),
+    read_private("/v1/secrets", Endpoint::SecretsList),
+    change(
+        Method::POST,
+        "/v1/secrets",
+        Body::Json(SECRET_BODY),
+        Endpoint::SecretsCreate,
+    ),
+    change(
+        Method::PUT,
+        "/v1/secrets/{id}",
+        Body::Json(SECRET_BODY),
+        Endpoint::SecretsUpdate,
+    ),
+    change(
+        Method::DELETE,
+        "/v1/secrets/{id}",
+        Body::Empty,
+        Endpoint::SecretsDelete,
     ),
     read("/", Endpoint::Console(Asset::Html)),
     read("/console/app.js", Endpoint::Console(Asset::Js)),
@@ -288,6 +336,14 @@ mod tests {
         assert_eq!(
             TRACE_BODY.limits,
             format!("url is limited to {MAX_URL_CHARS} characters")
+        );
+        assert_eq!(
+            SECRET_BODY.limits,
+            format!(
+                "value is limited to {} bytes, key to {} characters",
+                crate::secrets::value::MAX_VALUE_BYTES,
+                crate::secrets::value::MAX_KEY_CHARS
+            )
         );
     }
 }

@@ -157,13 +157,23 @@ pub fn injections(
         let pattern = match Pattern::parse(entry.host.get_ref()) {
             Ok(pattern) => pattern,
             Err(err) => {
-                p.at(&entry.host, &key("host"), Some(entry.host.get_ref().clone()), err.to_string());
+                p.at(
+                    &entry.host,
+                    &key("host"),
+                    Some(entry.host.get_ref().clone()),
+                    err.to_string(),
+                );
                 continue;
             }
         };
         let header = entry.header.get_ref().trim().to_ascii_lowercase();
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            p.at(&entry.header, &key("header"), Some(entry.header.get_ref().clone()), "not a valid header name");
+            p.at(
+                &entry.header,
+                &key("header"),
+                Some(entry.header.get_ref().clone()),
+                "not a valid header name",
+            );
             continue;
         }
         if HOP_BY_HOP_OR_FRAMING.contains(&header.as_str()) {
@@ -201,7 +211,12 @@ pub fn injections(
                         ));
                     }
                 }
-                Some(names.iter().map(|n| n.get_ref().clone()).collect::<Vec<_>>())
+                Some(
+                    names
+                        .iter()
+                        .map(|n| n.get_ref().clone())
+                        .collect::<Vec<_>>(),
+                )
             }
         };
         if let Some(first) = rules.iter().find(|r| {
@@ -236,7 +251,12 @@ pub fn injections(
                 Some(port) => match u16::try_from(*port.get_ref()) {
                     Ok(n) if n > 0 => n,
                     _ => {
-                        p.at(port, &key("port"), Some(port.get_ref().to_string()), "a port is a number from 1 to 65535");
+                        p.at(
+                            port,
+                            &key("port"),
+                            Some(port.get_ref().to_string()),
+                            "a port is a number from 1 to 65535",
+                        );
                         continue;
                     }
                 },

@@ -47,7 +47,9 @@ fn unavailable(err: DbError) -> BackendError {
 }
 
 /// Locks the store row for the rest of the transaction and bumps its revision.
-async fn lock_and_bump(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+async fn lock_and_bump(
+    tx: &deadpool_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "UPDATE egressd_secret_store SET revision = revision + 1 WHERE id = 1",
         &[],
@@ -120,7 +122,10 @@ impl SecretBackend for PgSecretBackend {
             self.db
                 .run(async |client| {
                     let row = client
-                        .query_one("SELECT revision FROM egressd_secret_store WHERE id = 1", &[])
+                        .query_one(
+                            "SELECT revision FROM egressd_secret_store WHERE id = 1",
+                            &[],
+                        )
                         .await?;
                     Ok(row.get::<_, i64>(0) as u64)
                 })
@@ -135,7 +140,10 @@ impl SecretBackend for PgSecretBackend {
                 .run(async |client| {
                     let tx = super::snapshot(client).await?;
                     let revision: i64 = tx
-                        .query_one("SELECT revision FROM egressd_secret_store WHERE id = 1", &[])
+                        .query_one(
+                            "SELECT revision FROM egressd_secret_store WHERE id = 1",
+                            &[],
+                        )
                         .await?
                         .get(0);
                     let rows = tx
@@ -268,7 +276,9 @@ impl SecretBackend for PgSecretBackend {
                     lock_and_bump(&tx).await?;
                     let row = tx
                         .query_opt(
-                            &format!("DELETE FROM egressd_secrets WHERE name = $1 RETURNING {COLUMNS}"),
+                            &format!(
+                                "DELETE FROM egressd_secrets WHERE name = $1 RETURNING {COLUMNS}"
+                            ),
                             &[&key],
                         )
                         .await?;
@@ -297,7 +307,10 @@ impl SecretBackend for PgSecretBackend {
                     let tx = client.transaction().await?;
                     lock_and_bump(&tx).await?;
                     let stored: Option<String> = tx
-                        .query_one("SELECT key_check FROM egressd_secret_store WHERE id = 1", &[])
+                        .query_one(
+                            "SELECT key_check FROM egressd_secret_store WHERE id = 1",
+                            &[],
+                        )
                         .await?
                         .get(0);
                     let count: i64 = tx
@@ -306,7 +319,8 @@ impl SecretBackend for PgSecretBackend {
                         .get(0);
                     if stored.as_deref() != Some(old_check) || count as usize != resealed.len() {
                         return Ok(Err(WriteError::Backend(BackendError::Corrupt(
-                            "the secrets changed while they were re-encrypted; run rekey again".into(),
+                            "the secrets changed while they were re-encrypted; run rekey again"
+                                .into(),
                         ))));
                     }
                     for (name, sealed) in &resealed {
