@@ -23,6 +23,7 @@ mod mtls;
 mod properties;
 mod refusals;
 mod schedules;
+mod secrets;
 mod shared_state;
 mod sni;
 mod soak;

@@ -494,9 +494,143 @@ function renderTrace(t) {
   return el("div", { id: "trace" }, el("h2", {}, "Redirect chain"), hops, ...summary);
 }
 
+// ---------- Secrets ----------
+// A value goes from its field to the API and nowhere else: the field is emptied once the
+// request is sent, whatever the answer, and no value is kept in state, the DOM or storage.
+
+let replacing = null; // the key whose value the form replaces; null: the form creates
+
+function secretForm(key) {
+  replacing = key;
+  $("s-key").value = key || "";
+  $("s-key").readOnly = key !== null;
+  $("secret-form-title").textContent = key === null ? "Create a secret" : `Replace the value of ${key}`;
+  $("secret-submit").textContent = key === null ? "Create" : "Replace";
+  $("secret-cancel").hidden = key === null;
+  clearErrors(["err-secret-key", "err-secret-value", "err-secret-form"]);
+}
+
+async function saveSecret(e) {
+  e.preventDefault();
+  clearErrors(["err-secret-key", "err-secret-value", "err-secret-form"]);
+  $("secret-saved").textContent = "";
+  const key = $("s-key").value.trim();
+  const field = $("s-value");
+  $("secret-submit").disabled = true;
+  try {
+    const s = replacing === null
+      ? await api("POST", "/v1/secrets", { key, value: field.value })
+      : await api("PUT", `/v1/secrets/${encodeURIComponent(replacing)}`, { value: field.value });
+    $("secret-saved").textContent = `Saved ${s.key} (version ${s.version}).`;
+    secretForm(null);
+  } catch (err) {
+    const target = err.field && $(`err-secret-${err.field}`) ? `err-secret-${err.field}` : "err-secret-form";
+    $(target).textContent = err.message;
+  } finally {
+    field.value = "";
+    $("secret-submit").disabled = false;
+    await loadSecrets().catch((err) => banner(err.message));
+  }
+}
+
+// "Used by functions a, b; injected by api.example.com authorization (line 40)."
+function secretUses(s) {
+  const uses = [];
+  if (s.functions.length) uses.push(`used by function${s.functions.length === 1 ? "" : "s"} ${s.functions.join(", ")}`);
+  if (s.injected_by.length) uses.push(`injected by ${s.injected_by.join(", ")}`);
+  if (!uses.length) return "";
+  const text = uses.join("; ");
+  return `${text[0].toUpperCase()}${text.slice(1)}.`;
+}
+
+function askDeleteSecret(s) {
+  const dialog = $("secret-delete");
+  dialog.dataset.key = s.key;
+  const uses = secretUses(s) || "No [[inject]] rule names it, and no function has used it since this egressd started.";
+  const refused = s.injected_by.length ? " Requests that inject it are refused (secret-missing) until it exists again." : "";
+  $("secret-delete-text").textContent = `Delete ${s.key}? ${uses} Functions lose it immediately.${refused}`;
+  dialog.returnValue = "";
+  dialog.showModal();
+}
+
+async function deleteSecret() {
+  const dialog = $("secret-delete");
+  if (dialog.returnValue !== "delete") return;
+  try {
+    await api("DELETE", `/v1/secrets/${encodeURIComponent(dialog.dataset.key)}`);
+    if (replacing === dialog.dataset.key) secretForm(null);
+  } catch (err) {
+    banner(err.message);
+  }
+  await loadSecrets().catch((err) => banner(err.message));
+}
+
+function usedByCell(s) {
+  if (!s.functions.length && !s.injected_by.length) return el("td", { class: "used-by muted" }, "—");
+  return el("td", { class: "used-by" },
+    s.functions.length ? el("div", { class: "functions" }, `functions: ${s.functions.join(", ")}`) : null,
+    s.injected_by.map((rule) => el("div", { class: "mono inject" }, `[[inject]] ${rule}`)));
+}
+
+// Without [secrets] the API answers 404 with what to add to the config: the page says that.
+function secretStoreMissing(message) {
+  const missing = $("secrets-missing");
+  missing.hidden = !message;
+  missing.textContent = message || "";
+  for (const id of ["secret-form", "secrets-host", "secrets-table"]) $(id).hidden = !!message;
+  $("show-defaults").parentElement.hidden = !!message;
+  if (message) {
+    $("secret-count").textContent = "";
+    $("secrets-empty").hidden = true;
+  }
+}
+
+async function loadSecrets() {
+  let r;
+  try {
+    r = await api("GET", "/v1/secrets");
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    secretStoreMissing(err.message);
+    return;
+  }
+  secretStoreMissing(null);
+  $("secrets-url").textContent = `GET http://${r.host}/v1/secrets/KEY`;
+  const count = $("secret-count");
+  count.textContent = `${r.secrets.length} of ${r.limit} secrets`;
+  count.classList.toggle("full", r.secrets.length >= r.limit);
+  const showDefaults = $("show-defaults").checked;
+  const shown = r.secrets.filter((s) => showDefaults || !s.default);
+  const hidden = r.secrets.length - shown.length;
+  $("defaults-hidden").textContent = hidden ? `(${hidden} hidden)` : "";
+  $("secrets-empty").hidden = r.secrets.length > 0;
+  const rows = shown.map((s) => el("tr", { "data-key": s.key, "data-default": String(s.default) },
+    el("td", { class: "mono key" }, s.key, s.default ? el("span", { class: "pill", title: "Created at provisioning" }, "default") : null),
+    timeCell(s.created_at, "created"),
+    timeCell(s.updated_at, "updated"),
+    el("td", { class: "version" }, String(s.version)),
+    el("td", { class: "mono writer" }, s.last_writer),
+    usedByCell(s),
+    el("td", { class: "actions" },
+      el("button", { type: "button", class: "secondary", "aria-label": `Replace the value of ${s.key}`, onclick: () => {
+        secretForm(s.key);
+        $("s-value").focus();
+      } }, "Replace value"),
+      el("button", { type: "button", class: "danger", "aria-label": `Delete ${s.key}`, title: `Delete ${s.key}`, onclick: () => askDeleteSecret(s) }, binIcon())),
+  ));
+  document.querySelector("#secrets-table tbody").replaceChildren(...rows);
+}
+
+function setupSecrets() {
+  $("secret-form").addEventListener("submit", saveSecret);
+  $("secret-cancel").addEventListener("click", () => secretForm(null));
+  $("show-defaults").addEventListener("change", () => loadSecrets().catch((err) => banner(err.message)));
+  $("secret-delete").addEventListener("close", deleteSecret);
+}
+
 // ---------- pages ----------
 
-const PAGES = ["schedules", "allowlist", "check"];
+const PAGES = ["schedules", "allowlist", "check", "secrets"];
 
 function currentPage() {
   const name = location.hash.replace("#", "");
@@ -510,9 +644,11 @@ async function refresh() {
     if (page === "schedules") await loadSchedules();
     if (page === "allowlist") await loadAllowlist();
     if (page === "check" && !state.allowlist) await loadAllowlist().catch(() => {});
+    if (page === "secrets") await loadSecrets();
     if (!$("banner").textContent.startsWith("This egressd requires")) banner("");
   } catch (err) {
-    banner(`Cannot reach the admin API: ${err.message}`);
+    // A 401 asked for the token already, and says so.
+    if (err.status !== 401) banner(`Cannot reach the admin API: ${err.message}`);
   }
 }
 
@@ -532,9 +668,13 @@ document.addEventListener("DOMContentLoaded", () => {
   setupToken();
   setupSchedules();
   setupAllowlist();
+  setupSecrets();
   $("check-form").addEventListener("submit", checkUrl);
   window.addEventListener("hashchange", showPage);
   showPage();
-  // Live: last runs and activation states change without a click.
-  setInterval(() => { if (currentPage() === "allowlist" || (currentPage() === "schedules" && $("create-form").hidden)) refresh(); }, 5000);
+  // Live: last runs, activation states and functions' writes change without a click.
+  setInterval(() => {
+    const page = currentPage();
+    if (page === "allowlist" || page === "secrets" || (page === "schedules" && $("create-form").hidden)) refresh();
+  }, 5000);
 });
