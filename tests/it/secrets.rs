@@ -657,7 +657,8 @@ async fn a_wrong_or_missing_key_or_a_damaged_store_stops_the_start_and_changes_n
     let sealed = std::fs::read(&store).unwrap();
     let config = proxy.config_path.clone();
     // (name, how to break it, what the error must say)
-    let cases: [(&str, Box<dyn Fn()>, &[&str]); 3] = [
+    type Breaks<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, Breaks, &[&str]); 3] = [
         (
             "another key",
             Box::new(|| std::fs::write(dir.join("secrets.key"), OTHER_KEY_HEX).unwrap()),
