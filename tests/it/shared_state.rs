@@ -911,3 +911,120 @@ async fn a_rolling_restart_behind_a_balancer_fails_no_request() {
     }
     assert!(total > 100, "the clients ran: {total} requests");
 }
+
+/// A replica with the secret store on `db`: the same key file as every other, function
+/// `billing` (token in its dir), and `Authorization` injected for it towards `api.test`.
+fn secrets_replica(db: &TestDb, port: u16, dir: &std::path::Path) -> Egressd {
+    std::fs::write(dir.join("secrets.key"), "7".repeat(64)).unwrap();
+    set_mode(&dir.join("secrets.key"), 0o600);
+    std::fs::write(
+        dir.join("billing.token"),
+        "billing-token-0123456789abcdef\n",
+    )
+    .unwrap();
+    egressd()
+        .allow_local("api.test")
+        .ports(&[], &[port])
+        .table(&state_table(&db.url))
+        .table("[secrets]\nkey_file = \"secrets.key\"\n")
+        .table(&format!(
+            "[[functions]]\nname = \"billing\"\nstate = \"productive\"\nurl = \"http://api.test:{port}/billing\"\ntoken_file = \"billing.token\"\n"
+        ))
+        .table("[[inject]]\nhost = \"api.test\"\nheader = \"Authorization\"\nvalue = \"Bearer {secret:partner-token}\"\ntls = false\n")
+        .start_in(dir)
+}
+
+/// A request through `proxy` as function `billing`: the raw response.
+async fn as_billing(proxy: std::net::SocketAddr, method: &str, url: &str, body: &str) -> String {
+    use base64::Engine as _;
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode("billing:billing-token-0123456789abcdef");
+    let host = url.split('/').nth(2).unwrap();
+    raw_exchange(
+        proxy,
+        format!(
+            "{method} {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+}
+
+/// Secrets in PostgreSQL: created on one replica, read and updated on another at once
+/// (versions from the database), stored sealed only, and a delete on one replica stops
+/// injection on the other within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_shared_by_every_replica_and_a_delete_is_in_force_on_all_within_a_second() {
+    const VALUE: &str = "pl41ntext-shared-credential";
+    const STORE: &str = "http://secrets.egressd.internal/v1/secrets/partner-token";
+    let origin = origin().await;
+    let db = postgres::database();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = secrets_replica(&db, origin.port(), dir_a.path());
+    let b = secrets_replica(&db, origin.port(), dir_b.path());
+    let create = format!("{{\"key\": \"partner-token\", \"value\": \"{VALUE}\"}}");
+    let (code, answer) = a.admin_json("POST", "/v1/secrets", &create).await;
+    assert_eq!(code, 201, "{answer}");
+
+    let read = as_billing(b.proxy, "GET", STORE, "").await;
+    assert_eq!(
+        body(&read),
+        VALUE,
+        "read on the other replica at once: {read}"
+    );
+    let written = as_billing(b.proxy, "PUT", STORE, "second-value").await;
+    assert_eq!(header(&written, "etag"), Some("\"2\""), "{written}");
+    let read = as_billing(a.proxy, "GET", STORE, "").await;
+    assert_eq!(
+        (body(&read), header(&read, "etag")),
+        ("second-value", Some("\"2\""))
+    );
+    let sealed_only = db.query_text(&format!(
+        "SELECT count(*)::text FROM egressd_secrets WHERE position(convert_to('{VALUE}', 'UTF8') in sealed) > 0 OR position(convert_to('second-value', 'UTF8') in sealed) > 0"
+    ));
+    assert_eq!(
+        sealed_only.as_deref(),
+        Some("0"),
+        "a plaintext in the database"
+    );
+
+    let call = format!("http://api.test:{}/echo", origin.port());
+    let injected = eventually_within(
+        "the other replica to inject the updated value",
+        Duration::from_secs(2),
+        || async {
+            let raw = as_billing(b.proxy, "GET", &call, "").await;
+            raw.contains("authorization: Bearer second-value")
+                .then_some(raw)
+        },
+    )
+    .await;
+    assert_eq!(status(&injected), 200);
+    let stream = {
+        let (proxy, call) = (b.proxy, call.clone());
+        tokio::spawn(async move {
+            loop {
+                let raw = as_billing(proxy, "GET", &call, "").await;
+                if status(&raw) == 503 {
+                    return (std::time::Instant::now(), raw);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deleted_at = std::time::Instant::now();
+    let (code, answer) = a
+        .admin_json("DELETE", "/v1/secrets/partner-token", "")
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (refused_at, raw) = tokio::time::timeout(PATIENCE, stream)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header(&raw, "x-egress-error"), Some("secret-missing"));
+    assert!(
+        refused_at.saturating_duration_since(deleted_at) < Duration::from_secs(1),
+        "the delete on one replica is in force on the other within 1 s"
+    );
+}
