@@ -153,8 +153,8 @@ impl Proxy {
     ) -> Result<Response<HttpBody>, Infallible> {
         let connect = req.method() == Method::CONNECT;
         if let Some(api) = self.secrets.as_ref().filter(|api| api.addresses(&req)) {
-            let response = self.serve_secrets(api, conn, req).await;
-            return Ok(self.with_our_via(response, false));
+            let response = self.clone().serve_secrets(api, conn, req).await;
+            return Ok(self.with_our_via(response, connect));
         }
         let response = match self.caller(&req) {
             Ok(caller) => {

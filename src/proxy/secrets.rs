@@ -55,7 +55,7 @@ impl SecretsApi {
 impl Proxy {
     /// Answers a request addressed to the secret store.
     pub(super) async fn serve_secrets(
-        &self,
+        self: Arc<Self>,
         api: &SecretsApi,
         mut conn: ClientConn,
         req: Request<Incoming>,
@@ -80,7 +80,18 @@ impl Proxy {
         } else {
             Protocol::Http
         };
-        let record = self.record(protocol, &conn, &req);
+        let mut record = self.record(protocol, &conn, &req);
+        let plain_tunnel = connect && req.uri().port_u16() == Some(80);
+        if plain_tunnel {
+            // Some clients (undici's ProxyAgent) tunnel even http:// URLs: the store is
+            // then served inside the tunnel, to the function the CONNECT named.
+            record.allowed(StatusCode::OK);
+            let (api, proxy) = (api.clone(), self.clone());
+            self.tasks.spawn(async move {
+                proxy.serve_secrets_tunnel(api, conn, req, record).await;
+            });
+            return Response::new(crate::util::body::empty());
+        }
         if connect || req.uri().scheme_str() != Some("http") {
             return record.bad_request(format!(
                 "the secret store speaks plain HTTP to egressd: GET http://{}/v1/secrets/KEY through HTTP_PROXY (the request never leaves egressd)",
@@ -89,6 +100,45 @@ impl Proxy {
         }
         let response = answer(&api.store, &function, req).await;
         record.answered(response)
+    }
+
+    /// The store's API inside a CONNECT tunnel to its host's port 80, for the function
+    /// whose credentials opened it; each request logged like one sent in the open.
+    async fn serve_secrets_tunnel(
+        self: Arc<Self>,
+        api: SecretsApi,
+        conn: ClientConn,
+        req: Request<Incoming>,
+        record: super::access::AccessRecord,
+    ) {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(error = %err, "client went away before the tunnel opened");
+                return;
+            }
+        };
+        let hard_stop = self.hard_stop.clone();
+        let Caller::Function(function) = conn.caller.clone() else {
+            return;
+        };
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (proxy, conn, api, function) =
+                (self.clone(), conn.clone(), api.clone(), function.clone());
+            async move {
+                let record = proxy.record(Protocol::Http, &conn, &req);
+                let response = record.answered(answer(&api.store, &function, req).await);
+                Ok::<_, std::convert::Infallible>(proxy.with_our_via(response, false))
+            }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .serve_connection(upgraded, service);
+        tokio::select! {
+            _ = served => {}
+            _ = hard_stop.cancelled() => {}
+        }
+        drop(record);
     }
 }
 

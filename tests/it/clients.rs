@@ -863,3 +863,100 @@ fn strip_timestamp(line: &str) -> &str {
         line
     }
 }
+
+/// A function reads and updates a secret with curl, Python requests and Node (undici), each
+/// configured only by `HTTP_PROXY=http://FUNCTION:TOKEN@egressd`: the store answers through
+/// the proxy, `If-Match` with the ETag read writes, the next read sees the new value.
+#[tokio::test]
+async fn functions_read_and_update_secrets_with_every_client() {
+    let tools = tools();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fn-a.token"), FN_A_TOKEN).unwrap();
+    std::fs::write(dir.path().join("secrets.key"), "5".repeat(64)).unwrap();
+    set_mode(&dir.path().join("secrets.key"), 0o600);
+    let proxy = egressd()
+        .table("[secrets]\nkey_file = \"secrets.key\"\n")
+        .table("[[functions]]\nname = \"fn-a\"\nstate = \"productive\"\nurl = \"http://fn-a.test/\"\ntoken_file = \"fn-a.token\"\n")
+        .start_in(dir.path());
+    let proxy_url = format!("http://fn-a:{FN_A_TOKEN}@{}", proxy.proxy);
+    let env = [
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("HOME", dir.path().display().to_string()),
+        ("HTTP_PROXY", proxy_url.clone()),
+        ("http_proxy", proxy_url.clone()),
+        ("NO_PROXY", String::new()),
+    ];
+    let mut failures = Vec::new();
+    for (client, n) in [("curl", 0), ("python-requests", 1), ("node-undici", 2)] {
+        let key = format!("token-{client}");
+        let create = format!("{{\"key\": \"{key}\", \"value\": \"first-{client}\"}}");
+        assert_eq!(
+            proxy.admin_json("POST", "/v1/secrets", &create).await.0,
+            201
+        );
+        let url = format!("http://secrets.egressd.internal/v1/secrets/{key}");
+        let new_value = format!("second-{client}");
+        let mut cmd = match n {
+            0 => {
+                // curl: the same three steps in shell, the ETag carried by hand.
+                let mut cmd = tokio::process::Command::new("sh");
+                cmd.arg("-c").arg(
+                    r#"set -e
+read_body=$(curl -q -sS -D headers --max-time 10 "$1")
+etag=$(tr -d '\r' < headers | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
+put_status=$(curl -q -sS -o /dev/null -D put_headers -w '%{http_code}' --max-time 10 -X PUT -H "If-Match: $etag" --data-binary "$2" "$1")
+put_etag=$(tr -d '\r' < put_headers | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
+reread=$(curl -q -sS --max-time 10 "$1")
+printf '{"read": "%s", "etag": %s, "put_status": %s, "put_etag": %s, "reread": "%s"}\n' "$read_body" "$(printf '%s' "$etag" | sed 's/"/\\"/g; s/^/"/; s/$/"/')" "$put_status" "$(printf '%s' "$put_etag" | sed 's/"/\\"/g; s/^/"/; s/$/"/')" "$reread""#,
+                )
+                .arg("sh")
+                .current_dir(dir.path());
+                cmd
+            }
+            1 => {
+                let mut cmd = tokio::process::Command::new(&tools.python);
+                cmd.arg(tools.clients_dir.join("secrets_client.py"));
+                cmd
+            }
+            _ => {
+                let mut cmd = tokio::process::Command::new("node");
+                cmd.arg(tools.clients_dir.join("secrets_client.mjs"));
+                cmd
+            }
+        };
+        cmd.arg(&url)
+            .arg(&new_value)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true);
+        if n == 2 {
+            cmd.current_dir(&tools.clients_dir);
+        }
+        let out = tokio::time::timeout(PATIENCE, cmd.output())
+            .await
+            .expect("the client finishes")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let got: serde_json::Value = match stdout.lines().last().map(serde_json::from_str) {
+            Some(Ok(got)) => got,
+            _ => {
+                failures.push(format!(
+                    "{client}: no JSON line: {stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                continue;
+            }
+        };
+        let want = serde_json::json!({
+            "read": format!("first-{client}"),
+            "etag": "\"1\"",
+            "put_status": 200,
+            "put_etag": "\"2\"",
+            "reread": new_value,
+        });
+        if got != want {
+            failures.push(format!("{client}: got {got}, want {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

@@ -714,12 +714,18 @@ async fn with_a_token_the_console_asks_once_and_sends_it() {
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("admin.token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let key_file = secrets.path().join("secrets.key");
+    std::fs::write(&key_file, format!("{SECRETS_KEY_HEX}\n")).unwrap();
     let proxy = egressd()
         .proxy(&format!(
             "admin_token_file = {:?}",
             token_file.display().to_string()
         ))
         .allow_local("keep.test")
+        .table(&format!(
+            "[secrets]\nkey_file = {:?}",
+            key_file.display().to_string()
+        ))
         .start();
     let b = browser().await;
     b.open(&proxy, "allowlist").await;
@@ -750,6 +756,221 @@ async fn with_a_token_the_console_asks_once_and_sends_it() {
         stored,
         json!([1, 0, ""]),
         "only this tab's session keeps it"
+    );
+    // Reading the secrets' keys needs the token too: the page sends it.
+    b.open(&proxy, "secrets").await;
+    b.wait_text("#secret-count", |t| t == "0 of 1000 secrets")
+        .await;
+    b.close().await;
+}
+
+/// The 32-byte key of `[secrets] key_file`, as 64 hex digits.
+const SECRETS_KEY_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Whether `text` shows up anywhere in the page: its HTML, a field's value, the tab's storage.
+async fn page_shows(b: &Browser, text: &str) -> bool {
+    let found = b
+        .js(
+            "const t = arguments[0];
+             const fields = [...document.querySelectorAll('input, textarea')].map(e => e.value);
+             return document.documentElement.outerHTML.includes(t)
+               || fields.some(v => v.includes(t))
+               || JSON.stringify(Object.entries(sessionStorage)).includes(t)
+               || JSON.stringify(Object.entries(localStorage)).includes(t);",
+            vec![json!(text)],
+        )
+        .await;
+    found == json!(true)
+}
+
+/// Secrets go in through a password field that is emptied once sent, and never come back:
+/// the list has keys and metadata only, default secrets hide behind a toggle, and the bin
+/// icon's confirmation names the `[[inject]]` rule and the function that lose the secret.
+#[tokio::test]
+async fn the_secrets_page_creates_lists_and_deletes_without_showing_a_value() {
+    let _one = ONE_BROWSER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secrets.key"),
+        format!("{SECRETS_KEY_HEX}\n"),
+    )
+    .unwrap();
+    set_mode(&dir.path().join("secrets.key"), 0o600);
+    let proxy = egressd()
+        .allow_local("api.test")
+        .table("[secrets]\nkey_file = \"secrets.key\"\n")
+        .table("[[functions]]\nname = \"billing-sync\"\nstate = \"productive\"\nurl = \"http://api.test:9/billing\"\n")
+        .table("[[inject]]\nhost = \"api.test\"\nheader = \"Authorization\"\nvalue = \"Bearer {secret:partner-token}\"\nfunctions = [\"billing-sync\"]\n")
+        .start_in(dir.path());
+    let values = ["c0nsole-partner-credential", "r0tated-partner-credential"];
+    let b = browser().await;
+    b.open(&proxy, "secrets").await;
+    b.wait_text("#secret-count", |t| t == "0 of 1000 secrets")
+        .await;
+    assert_eq!(
+        b.text("#secrets-url").await.as_deref(),
+        Some("GET http://secrets.egressd.internal/v1/secrets/KEY")
+    );
+    assert_eq!(
+        b.js("return document.getElementById('s-value').type;", vec![])
+            .await,
+        json!("password")
+    );
+
+    // A refused key: the error is next to the key, the value is gone all the same.
+    b.type_into("#s-key", "partner token").await;
+    b.type_into("#s-value", values[0]).await;
+    b.click("#secret-submit").await;
+    let error = b.wait_text("#err-secret-key", |t| !t.is_empty()).await;
+    assert!(
+        error.starts_with("a secret key is 1 to 128 characters"),
+        "{error}"
+    );
+    assert!(!page_shows(&b, values[0]).await, "emptied after a refusal");
+
+    // Created: the row has the key and its metadata, the page has no trace of the value.
+    b.type_into("#s-key", "partner-token").await;
+    b.type_into("#s-value", values[0]).await;
+    b.click("#secret-submit").await;
+    let row = "#secrets-table tr[data-key='partner-token']";
+    b.wait_text(&format!("{row} td.version"), |t| t == "1")
+        .await;
+    assert_eq!(
+        b.text(&format!("{row} td.writer")).await.as_deref(),
+        Some("operator")
+    );
+    for (shown, utc) in times(&b, &format!("{row} time")).await {
+        assert_new_york(&shown, &utc);
+    }
+    let used = b.text(&format!("{row} td.used-by")).await.unwrap();
+    assert!(
+        used.contains("functions: billing-sync")
+            && used.contains("[[inject]] api.test authorization (line "),
+        "{used}"
+    );
+    assert_eq!(
+        b.js("return document.getElementById('s-value').value;", vec![])
+            .await,
+        json!("")
+    );
+    assert_eq!(
+        b.text("#secret-saved").await.as_deref(),
+        Some("Saved partner-token (version 1).")
+    );
+    assert!(!page_shows(&b, values[0]).await, "the value is nowhere");
+
+    // The key exists: refused, and that value is emptied too.
+    b.type_into("#s-key", "partner-token").await;
+    b.type_into("#s-value", values[1]).await;
+    b.click("#secret-submit").await;
+    let error = b.wait_text("#err-secret-form", |t| !t.is_empty()).await;
+    assert!(error.contains("exists already"), "{error}");
+    assert!(!page_shows(&b, values[1]).await, "emptied after a conflict");
+
+    // Replace value: a PUT, the version goes up.
+    b.click(&format!("{row} button.secondary")).await;
+    b.wait_text("#secret-form-title", |t| {
+        t == "Replace the value of partner-token"
+    })
+    .await;
+    b.type_into("#s-value", values[1]).await;
+    b.click("#secret-submit").await;
+    b.wait_text(&format!("{row} td.version"), |t| t == "2")
+        .await;
+    assert!(!page_shows(&b, values[1]).await, "the new value is nowhere");
+
+    // Default secrets (made at provisioning) are hidden until asked for.
+    for body in [
+        r#"{"key": "smtp-relay-password", "value": "d3fault-value", "default": true}"#,
+        r#"{"key": "webhook-signing-key", "value": "w3bhook-value"}"#,
+    ] {
+        let (status, answer) = proxy.admin_json("POST", "/v1/secrets", body).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    b.client.refresh().await.unwrap();
+    b.wait_text("#secret-count", |t| t == "3 of 1000 secrets")
+        .await;
+    let smtp = "#secrets-table tr[data-key='smtp-relay-password']";
+    assert!(b
+        .text("#secrets-table tr[data-key='webhook-signing-key']")
+        .await
+        .is_some());
+    assert_eq!(b.text(smtp).await, None, "hidden by default");
+    assert_eq!(
+        b.text("#defaults-hidden").await.as_deref(),
+        Some("(1 hidden)")
+    );
+    b.click("#show-defaults").await;
+    b.wait_text(&format!("{smtp} td.key"), |t| {
+        t == "smtp-relay-passworddefault"
+    })
+    .await;
+    assert_eq!(b.text("#defaults-hidden").await.as_deref(), Some(""));
+    b.js("document.activeElement.blur();", vec![]).await;
+    b.screenshot("secrets").await;
+
+    // The bin icon: the confirmation names who loses the secret; accepted, it is gone.
+    b.click(&format!("{row} button.danger")).await;
+    let question = b.wait_text("#secret-delete-text", |t| !t.is_empty()).await;
+    assert!(
+        question.starts_with("Delete partner-token? Used by function billing-sync; injected by api.test authorization (line "),
+        "{question}"
+    );
+    assert!(
+        question.contains("Functions lose it immediately."),
+        "{question}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('secret-delete').open;",
+            vec![]
+        )
+        .await,
+        json!(true)
+    );
+    b.screenshot("secrets-delete").await;
+    b.click("#secret-delete-confirm").await;
+    eventually("the row to go", || async {
+        b.text(row).await.is_none().then_some(())
+    })
+    .await;
+    b.wait_text("#secret-count", |t| t == "2 of 1000 secrets")
+        .await;
+    let (status, list) = proxy.admin_get("/v1/secrets").await;
+    assert_eq!(status, 200, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let keys: Vec<&str> = list["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["smtp-relay-password", "webhook-signing-key"]);
+    for value in values.iter().chain(&["d3fault-value", "w3bhook-value"]) {
+        assert!(!page_shows(&b, value).await, "{value} is nowhere");
+    }
+    b.close().await;
+}
+
+/// Without `[secrets]` the page says what to add instead of an empty list.
+#[tokio::test]
+async fn the_secrets_page_without_a_store_says_what_to_add() {
+    let _one = ONE_BROWSER.lock().await;
+    let proxy = egressd().allow_local("keep.test").start();
+    let b = browser().await;
+    b.open(&proxy, "secrets").await;
+    let notice = b.wait_text("#secrets-missing", |t| !t.is_empty()).await;
+    assert!(
+        notice.starts_with("egressd has no secret store: add [secrets]"),
+        "{notice}"
+    );
+    assert_eq!(
+        b.js(
+            "return document.getElementById('secret-form').hidden;",
+            vec![]
+        )
+        .await,
+        json!(true)
     );
     b.close().await;
 }
