@@ -432,6 +432,115 @@ mod tests {
     }
 
     #[test]
+    fn secrets_and_injection_rules_are_checked_with_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secrets.key"), "ab".repeat(32)).unwrap();
+        std::fs::write(dir.path().join("short.key"), "ab".repeat(8)).unwrap();
+        let config = dir.path().join("egressd.toml");
+        let secrets = "[secrets]\nkey_file = \"secrets.key\"\n";
+        let inject = |body: &str| format!("[[inject]]\nhost = \"api.test\"\n{body}\n");
+        let allow = "[allowlist]\ndomains = [\"api.test\"]\n";
+        // (name, config text, the problem's words; empty: valid)
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "a rule",
+                format!(
+                    "{secrets}{}{allow}",
+                    inject("header = \"Authorization\"\nvalue = \"Bearer {secret:t}\"")
+                ),
+                "",
+            ),
+            (
+                "a rule without a store",
+                format!(
+                    "{}{allow}",
+                    inject("header = \"Authorization\"\nvalue = \"Bearer {secret:t}\"")
+                ),
+                "inject[0].value: [[inject]] takes its values from the secret store",
+            ),
+            (
+                "a key file that is not a key",
+                format!("[secrets]\nkey_file = \"short.key\"\n{allow}"),
+                "secrets.key_file \"short.key\"",
+            ),
+            (
+                "a missing key file",
+                format!("[secrets]\nkey_file = \"gone.key\"\n{allow}"),
+                "cannot read",
+            ),
+            (
+                "no key file",
+                format!("[secrets]\n{allow}"),
+                "secrets.key_file: missing",
+            ),
+            (
+                "a framing header",
+                format!(
+                    "{secrets}{}{allow}",
+                    inject("header = \"Content-Length\"\nvalue = \"{secret:t}\"")
+                ),
+                "inject[0].header \"Content-Length\"",
+            ),
+            (
+                "a value naming no secret",
+                format!(
+                    "{secrets}{}{allow}",
+                    inject("header = \"X-Key\"\nvalue = \"static\"")
+                ),
+                "names no secret",
+            ),
+            (
+                "an invalid secret key",
+                format!(
+                    "{secrets}{}{allow}",
+                    inject("header = \"X-Key\"\nvalue = \"{secret:a/b}\"")
+                ),
+                "a secret key is 1 to 128 characters",
+            ),
+            (
+                "one header set twice for the same functions",
+                format!(
+                    "{secrets}{}{}{allow}",
+                    inject("header = \"X-Key\"\nvalue = \"{secret:a}\""),
+                    inject("header = \"x-key\"\nvalue = \"{secret:b}\"")
+                ),
+                "sets it for the same host and functions already",
+            ),
+            (
+                "an unknown field",
+                format!(
+                    "{secrets}{}{allow}",
+                    inject("header = \"X-Key\"\nvalue = \"{secret:a}\"\nsecret = \"x\"")
+                ),
+                "unknown field",
+            ),
+        ];
+        for (name, text, words) in cases {
+            let got = Config::parse(&config, &text);
+            match (words, got) {
+                ("", Ok(c)) => {
+                    assert_eq!(c.policy.injections.rules().count(), 1, "{name}");
+                    assert!(c.secrets.unwrap().key.is_some(), "{name}");
+                }
+                ("", Err(err)) => panic!("{name}: {err}"),
+                (words, Ok(_)) => panic!("{name}: accepted, wanted {words:?}"),
+                (words, Err(err)) => {
+                    let text = err.to_string();
+                    assert!(text.contains(words), "{name}: {text}");
+                    assert!(!text.contains("abababab"), "{name} shows the key: {text}");
+                }
+            }
+        }
+        // A problem names the file and the line of the key at fault.
+        let text = format!(
+            "{secrets}{allow}{}",
+            inject("header = \"Host\"\nvalue = \"{secret:a}\"")
+        );
+        let err = Config::parse(&config, &text).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:7:", config.display())), "{err}");
+    }
+
+    #[test]
     fn admin_token_is_masked() {
         let token = AdminToken("s3cret".into());
         assert_eq!(format!("{token:?}"), "AdminToken(****)");
