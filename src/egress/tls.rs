@@ -368,15 +368,7 @@ impl TlsOrigin {
                         message: format!("not a usable CA certificate: {e}"),
                     })?;
                 }
-                Arc::new(
-                    ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                    .expect("the ring provider supports TLS 1.2 and 1.3")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-                )
+                server_verified(roots)
             }
         };
         Ok(TlsOrigin {
@@ -419,6 +411,12 @@ impl TlsOrigins {
 pub fn plain_tls_config() -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    server_verified(roots)
+}
+
+/// TLS 1.3 or 1.2 with the ring provider, no client certificate, the server verified
+/// against `roots`.
+fn server_verified(roots: RootCertStore) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -100,15 +100,7 @@ impl SecretStore {
         master: Arc<MasterKey>,
         backend: Arc<dyn SecretBackend>,
     ) -> Result<Arc<SecretStore>, SecretError> {
-        let store = SecretStore {
-            master,
-            backend,
-            cache: ArcSwap::default(),
-            revision: AtomicU64::new(0),
-            runtime: tokio::runtime::Handle::current(),
-            users: Mutex::default(),
-            opened: std::sync::atomic::AtomicBool::new(false),
-        };
+        let store = SecretStore::closed(master, backend);
         store.open_now().await?;
         Ok(Arc::new(store))
     }
@@ -121,15 +113,7 @@ impl SecretStore {
         master: Arc<MasterKey>,
         backend: Arc<dyn SecretBackend>,
     ) -> Result<Arc<SecretStore>, SecretError> {
-        let store = SecretStore {
-            master,
-            backend,
-            cache: ArcSwap::default(),
-            revision: AtomicU64::new(0),
-            runtime: tokio::runtime::Handle::current(),
-            users: Mutex::default(),
-            opened: std::sync::atomic::AtomicBool::new(false),
-        };
+        let store = SecretStore::closed(master, backend);
         match store.open_now().await {
             Ok(()) => {}
             Err(SecretError::Backend(BackendError::Unavailable(err))) => {
@@ -138,6 +122,19 @@ impl SecretStore {
             Err(err) => return Err(err),
         }
         Ok(Arc::new(store))
+    }
+
+    /// A store not opened yet: no values, every operation "unavailable".
+    fn closed(master: Arc<MasterKey>, backend: Arc<dyn SecretBackend>) -> SecretStore {
+        SecretStore {
+            master,
+            backend,
+            cache: ArcSwap::default(),
+            revision: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            users: Mutex::default(),
+            opened: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Checks the key against the store and reads every value into the cache.

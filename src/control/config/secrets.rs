@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::problems::Problems;
 use super::raw::{RawInject, RawSecrets};
-use super::validate::{allowlist_covers, Secrets};
+use super::validate::{allowlist_covers, tls_port, Secrets};
 use crate::egress::tls::{MtlsTable, TlsOrigin, TlsOrigins};
 use crate::policy::allowlist::Pattern;
 use crate::policy::host::Host;
@@ -246,20 +246,8 @@ pub fn injections(
         }
         let tls = !mtls_covers && entry.tls.unwrap_or(true);
         if tls && !origins.iter().any(|o| o.pattern == pattern) {
-            let port = match &entry.port {
-                None => 443,
-                Some(port) => match u16::try_from(*port.get_ref()) {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        p.at(
-                            port,
-                            &key("port"),
-                            Some(port.get_ref().to_string()),
-                            "a port is a number from 1 to 65535",
-                        );
-                        continue;
-                    }
-                },
+            let Some(port) = tls_port(&entry.port, &key("port"), p) else {
+                continue;
             };
             let ca = entry.ca.as_ref().map(|ca| base.join(ca.get_ref()));
             match TlsOrigin::load(pattern.clone(), port, ca) {

@@ -385,20 +385,8 @@ pub fn mtls(
             );
             continue;
         }
-        let port = match &entry.port {
-            None => 443,
-            Some(port) => match u16::try_from(*port.get_ref()) {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    p.at(
-                        port,
-                        &key("port"),
-                        Some(port.get_ref().to_string()),
-                        "a port is a number from 1 to 65535",
-                    );
-                    continue;
-                }
-            },
+        let Some(port) = tls_port(&entry.port, &key("port"), p) else {
+            continue;
         };
         let spec = MtlsSpec {
             pattern,
@@ -460,6 +448,30 @@ pub fn mtls(
 
 /// Whether some allowlist entry allows the hosts `pattern` names (a wildcard: a made-up
 /// subdomain of it).
+/// A TLS upstream port, 443 when not set; `None` (the problem recorded under `key`) when
+/// it is not a port.
+pub(super) fn tls_port(
+    raw: &Option<toml::Spanned<i64>>,
+    key: &str,
+    p: &mut Problems,
+) -> Option<u16> {
+    let Some(port) = raw else {
+        return Some(443);
+    };
+    match u16::try_from(*port.get_ref()) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            p.at(
+                port,
+                key,
+                Some(port.get_ref().to_string()),
+                "a port is a number from 1 to 65535",
+            );
+            None
+        }
+    }
+}
+
 pub(super) fn allowlist_covers(allowlist: &Allowlist, pattern: &Pattern) -> bool {
     let host = match pattern {
         Pattern::Exact(name) => Host::parse(name),
