@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::egress::revoke::LiveKind;
 use crate::egress::tls::HandshakeOutcome;
 use crate::egress::ErrorKind;
+use crate::policy::denials::{DenialBook, Refusal};
 use crate::policy::identity::{Caller, ANONYMOUS};
 use crate::policy::{DenyReason, Protocol};
 
@@ -91,6 +92,10 @@ pub struct Metrics {
     identity_failures: Family<Labels<1>, Counter>,
     /// Refusals answered late because their client address kept failing.
     pub identity_slowed: Counter,
+    /// Refusals recorded for the console's recent denials, by reason.
+    denials_recorded: Family<Labels<1>, Counter>,
+    /// The recent refusals themselves, grouped by what would fix them.
+    pub denials: DenialBook,
 
     /// Config reloads by result (success, failure, unchanged).
     reloads: Family<Labels<1>, Counter>,
@@ -294,6 +299,12 @@ impl Metrics {
             "Credential refusals answered after a delay because their client address kept failing",
             identity_slowed.clone(),
         );
+        let denials_recorded: Family<Labels<1>, Counter> = Family::default();
+        registry.register(
+            "denials_recorded",
+            "Refusals recorded for recent denials (GET /v1/denials), by reason",
+            denials_recorded.clone(),
+        );
         let anonymous = DECISIONS.map(|decision| {
             let guard = function_requests.get_or_create(&vec![
                 ("function", ANONYMOUS.to_string()),
@@ -321,6 +332,8 @@ impl Metrics {
             function_requests,
             identity_failures,
             identity_slowed,
+            denials_recorded,
+            denials: DenialBook::default(),
 
             reloads,
             revocations,
@@ -384,6 +397,14 @@ impl Metrics {
     pub fn identity_failure(&self, reason: &'static str) {
         self.identity_failures
             .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Records a refusal among the recent denials, and counts it.
+    pub fn denial(&self, refusal: &Refusal<'_>, now_ms: u64) {
+        self.denials.record(refusal, now_ms);
+        self.denials_recorded
+            .get_or_create(&[("reason", refusal.seen.code())])
             .inc();
     }
 

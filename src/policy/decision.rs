@@ -208,6 +208,9 @@ impl DenyReason {
 pub struct Denial {
     pub reason: DenyReason,
     pub message: String,
+    /// The allowlist entry that would fix it, where one would: the host that is on no
+    /// entry, the entry still inside its activation delay. Recent denials are grouped by it.
+    pub fix: Option<Box<str>>,
 }
 
 impl Denial {
@@ -215,7 +218,14 @@ impl Denial {
         Denial {
             reason,
             message: message.into(),
+            fix: None,
         }
+    }
+
+    /// The same, fixed by adding `entry` to the allowlist (or by its activation).
+    pub fn with_fix(mut self, entry: impl Into<Box<str>>) -> Self {
+        self.fix = Some(entry.into());
+        self
     }
 
     pub fn invalid_target(err: &TargetError) -> Self {
@@ -286,7 +296,8 @@ impl Policy {
                 return Err(Denial::new(
                     DenyReason::NotAllowlisted,
                     self.allowlist.denial_hint(&target.host),
-                ))
+                )
+                .with_fix(target.host.to_string()))
             }
         };
         let ports = match protocol {
@@ -352,6 +363,7 @@ impl Policy {
                 format_utc(self.allowlist.active_at(rule)),
             ),
         )
+        .with_fix(self.allowlist.pattern(rule).to_string())
     }
 
     /// Refuses special addresses that no `allow_private_cidrs` entry opens.

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod allowlist;
 mod decision;
+pub mod denials;
 pub mod function;
 pub mod host;
 pub mod identity;

@@ -23,6 +23,7 @@ use hyper::ext::ReasonPhrase;
 use crate::egress::tunnel::{TunnelEnd, TunnelStats};
 use crate::egress::{authority_text, Cause, EgressError, ErrorKind, Permit, SendError};
 use crate::metrics::{Metrics, Outcome};
+use crate::policy::denials::{Refusal as DenialSeen, Seen};
 use crate::policy::identity::{Caller, ANONYMOUS};
 use crate::policy::{Denial, Protocol, Target};
 use crate::util::body::{text_response, BoxError, HttpBody};
@@ -158,6 +159,50 @@ impl AccessRecord {
         self.relayed.clone()
     }
 
+    /// Puts a denial among the recent ones, with the target as decided (or as sent, when it
+    /// was refused before it could be parsed) and the function that sent it.
+    fn note_denial(&self, denial: &Denial) {
+        let raw = &self.raw_target;
+        let target: &dyn std::fmt::Display = match &self.normalised {
+            Some(target) => target,
+            None => raw,
+        };
+        let function = match &self.caller {
+            Caller::Function(name) => Some(&**name),
+            Caller::Anonymous => None,
+        };
+        self.metrics.denial(
+            &DenialSeen {
+                seen: Seen::Denied(denial.reason),
+                fix: denial.fix.as_deref(),
+                target,
+                function,
+                redirected_from: None,
+            },
+            crate::util::time::now_ms(),
+        );
+    }
+
+    /// A redirect the allowlist would deny: counted among the recent denials under the
+    /// entry its target needs, with the URL that redirected.
+    pub fn note_denied_redirect(&self, denial: &Denial, next: &str) {
+        let function = match &self.caller {
+            Caller::Function(name) => Some(&**name),
+            Caller::Anonymous => None,
+        };
+        let from = self.logged_url();
+        self.metrics.denial(
+            &DenialSeen {
+                seen: Seen::Redirect,
+                fix: denial.fix.as_deref(),
+                target: &next,
+                function,
+                redirected_from: Some(&from),
+            },
+            crate::util::time::now_ms(),
+        );
+    }
+
     /// Records the outcome once, counting it at once (a tunnel's log line waits for its end,
     /// its request counter does not).
     fn settle(&mut self, outcome: Outcome, status: StatusCode) {
@@ -183,6 +228,7 @@ impl AccessRecord {
     /// The tunnel was closed before its relay started: its first flight failed a check. Its
     /// line says denied with the check's reason; the `200` it got is kept as the status.
     pub fn first_flight_refused(&mut self, denial: &Denial, end: TunnelEnd) {
+        self.note_denial(denial);
         self.outcome = Outcome::Denied(denial.reason);
         self.metrics.tunnel_refused(denial.reason);
         self.tunnel_end = Some(end);
@@ -241,6 +287,7 @@ impl AccessRecord {
 
     /// A denial answered with `status` (407 for refused credentials).
     pub fn denied_with(self, denial: Denial, status: StatusCode) -> Response<HttpBody> {
+        self.note_denial(&denial);
         let code = denial.reason.code();
         let text = format!(
             "egressd denied {} {}: {}",

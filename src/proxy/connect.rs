@@ -267,10 +267,14 @@ impl Proxy {
                 live.set_sni(asked.clone());
                 match self.egress.decide(&asked, Protocol::Connect) {
                     Ok(_) => Ok(()),
-                    Err(denial) => refused(
-                        DenyReason::SniNotAllowlisted,
-                        format!("the TLS ClientHello names \"{named}\", which is not allowed ({}): {}", denial.reason.code(), denial.message),
-                    ),
+                    Err(denial) => {
+                        let mut sni = Denial::new(
+                            DenyReason::SniNotAllowlisted,
+                            format!("the TLS ClientHello names \"{named}\", which is not allowed ({}): {}", denial.reason.code(), denial.message),
+                        );
+                        sni.fix = denial.fix;
+                        Err((sni, TunnelEnd::Closed))
+                    }
                 }
             }
         }

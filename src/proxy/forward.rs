@@ -263,6 +263,7 @@ fn denied_redirect<B>(
     let next = resolve_location(&record.logged_url(), location);
     let (target, protocol) = target_of(&next).ok()?;
     let denial = permit.policy().decide(&target, protocol, now_ms()).err()?;
+    record.note_denied_redirect(&denial, &next.to_string());
     Some(
         format!(
             "{next} would be denied ({}): {}",

@@ -2,6 +2,8 @@
 //! decision, pinning and mTLS origination as a function's own request, so a host that is not
 //! allowlisted (or still pending activation) is a `failure` with that reason, never a bypass.
 
+use crate::metrics::Metrics;
+use crate::policy::denials::{Refusal, Seen};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,9 +28,11 @@ pub async fn invoke(
     schedule: &Schedule,
     nominal: DateTime<Utc>,
     deadline: Duration,
+    metrics: &Metrics,
 ) -> RunRecord {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(deadline, attempt(egress, function, schedule, nominal))
+    let attempt = attempt(egress, function, schedule, nominal, metrics);
+    let outcome = tokio::time::timeout(deadline, attempt)
         .await
         .unwrap_or_else(|_| {
             Err((
@@ -63,8 +67,23 @@ async fn attempt(
     function: &Function,
     schedule: &Schedule,
     nominal: DateTime<Utc>,
+    metrics: &Metrics,
 ) -> Result<u16, (RunStatus, String)> {
-    let denied = |d: Denial| (RunStatus::Denied(d.reason), d.message);
+    // A refused invocation is a refusal like a function's own: among the recent denials,
+    // under the function whose schedule it is.
+    let denied = |d: Denial| {
+        metrics.denial(
+            &Refusal {
+                seen: Seen::Denied(d.reason),
+                fix: d.fix.as_deref(),
+                target: &function.url,
+                function: Some(&schedule.function),
+                redirected_from: None,
+            },
+            crate::util::time::now_ms(),
+        );
+        (RunStatus::Denied(d.reason), d.message)
+    };
     let authority = function.url.authority().map(|a| a.as_str()).unwrap_or("");
     // https:// leaves as a function's HTTPS_PROXY traffic would: the CONNECT port rules.
     let (protocol, default_port) = match function.url.scheme_str() {

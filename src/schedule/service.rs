@@ -227,7 +227,15 @@ impl Scheduler {
             .filter(|f| f.state == DeployState::Productive);
         match productive.cloned() {
             Some(function) => {
-                invoke(&self.egress, &function, schedule, nominal, self.timeout).await
+                invoke(
+                    &self.egress,
+                    &function,
+                    schedule,
+                    nominal,
+                    self.timeout,
+                    &self.metrics,
+                )
+                .await
             }
             None => RunRecord {
                 scheduled_for: nominal,

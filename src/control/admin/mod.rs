@@ -6,6 +6,7 @@
 //! the guards ([`guard`]) run from it before any handler, so a new state-changing endpoint
 //! cannot forget a check. What the API answers is in [`views`]; schedules in [`schedules`].
 
+mod denials;
 mod guard;
 mod routes;
 mod schedules;
@@ -202,6 +203,10 @@ impl Admin {
                 );
                 r
             }
+            Endpoint::Denials => match self.denials(query(&req).get("since").map(String::as_str)) {
+                Ok(view) => json(StatusCode::OK, &view),
+                Err(message) => api_error(StatusCode::BAD_REQUEST, message, Some("since")),
+            },
             Endpoint::SecretsList => self.list_secrets().await,
             Endpoint::SecretsCreate => self.create_secret(req, route).await,
             Endpoint::SecretsUpdate => self.update_secret(req, route, &id).await,
@@ -264,6 +269,16 @@ impl Admin {
         MtlsView { entries }
     }
 
+    /// Whether the console may add and remove entries, or why not.
+    fn allowlist_writable(&self) -> Result<(), String> {
+        // With the postgres backend the console edits the shared allowlist, whatever the
+        // file's mount; the file's own entries are changed in the file.
+        match self.reloader.shared().is_some() {
+            true => Ok(()),
+            false => self.editor.writable(),
+        }
+    }
+
     fn allowlist(&self) -> AllowlistView {
         let (policy, status) = self.reloader.snapshot();
         let list = &policy.allowlist;
@@ -295,12 +310,7 @@ impl Admin {
                 }
             })
             .collect();
-        // With the postgres backend the console edits the shared allowlist, whatever the
-        // file's mount; the file's own entries are changed in the file.
-        let writable = match shared_backend {
-            true => Ok(()),
-            false => file_writable,
-        };
+        let writable = self.allowlist_writable();
         AllowlistView {
             now: format_utc(now),
             editable: writable.is_ok(),

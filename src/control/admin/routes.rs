@@ -34,6 +34,8 @@ pub(super) enum Endpoint {
     AllowlistRemove,
     Explain,
     Trace,
+    /// Recent refusals, grouped by what would fix them.
+    Denials,
     /// Secret keys and metadata (never values): operators only.
     SecretsList,
     SecretsCreate,
@@ -245,6 +247,7 @@ pub(super) const ROUTES: &[Route] = &[
         Body::Json(TRACE_BODY),
         Endpoint::Trace,
     ),
+    read("/v1/denials", Endpoint::Denials),
     read_private("/v1/secrets", Endpoint::SecretsList),
     change(
         Method::POST,
