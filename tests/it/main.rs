@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod clients;
 mod connect_tunnels;
+mod denials;
 mod console;
 mod dns;
 mod egress_client;

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A ClientHello built by hand, as the wire carries it: `sni` in the server_name extension,
 /// `padding` bytes of padding extension (RFC 7685), framed in TLS records of at most 16 KiB.
-fn client_hello(sni: &str, padding: usize) -> Vec<u8> {
+pub fn client_hello(sni: &str, padding: usize) -> Vec<u8> {
     let mut body = vec![0x03, 0x03];
     body.extend_from_slice(&[7u8; 32]); // random
     body.push(0); // no session id

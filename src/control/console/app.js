@@ -5,7 +5,7 @@
 
 const TOKEN_KEY = "egressd-admin-token"; // sessionStorage: gone with the tab
 const $ = (id) => document.getElementById(id);
-const state = { status: null, skewMs: 0, allowlist: null, timers: [] };
+const state = { status: null, skewMs: 0, allowlist: null, denials: null, allDenials: false, timers: [] };
 
 // ---------- small helpers ----------
 
@@ -373,7 +373,7 @@ async function loadAllowlist() {
       el("td", { class: "actions" }, a.editable && e.removable
         ? confirmButton("", "Remove?", `Remove ${e.pattern}`, async () => {
           await api("DELETE", `/v1/allowlist/${encodeURIComponent(e.pattern)}`);
-          await loadAllowlist();
+          await loadAllowlistTab();
         }, binIcon())
         : null),
     );
@@ -381,14 +381,104 @@ async function loadAllowlist() {
   document.querySelector("#allowlist-table tbody").replaceChildren(...rows);
 }
 
-// Pending countdowns tick every second; the list itself is fetched again when one reaches 0.
+// Short labels for the refusal codes (those of X-Egress-Denied); the code shows on hover.
+const REASON_LABELS = {
+  "not-allowlisted": "not allowlisted",
+  "pending-activation": "pending",
+  "sni-not-allowlisted": "TLS SNI",
+  "redirect-denied": "redirect",
+  "port-not-allowed": "port not open",
+  "private-destination": "internal address",
+  "invalid-target": "invalid target",
+  "tunnel-host-mismatch": "tunnel host mismatch",
+  "mtls-origination-required": "mTLS needs http://",
+  "injection-requires-origination": "injection needs http://",
+  "sni-mismatch": "SNI mismatch",
+  "sni-unreadable": "unreadable ClientHello",
+  "identity-required": "no credentials",
+  "identity-invalid": "invalid credentials",
+};
+
+const reasonLabel = (code) => REASON_LABELS[code] || code;
+
+// Rows shown until "Show all": the panel sits above the allowlist, which stays in reach.
+const DENIALS_SHOWN = 10;
+
+async function loadDenials() {
+  state.denials = await api("GET", "/v1/denials");
+  renderDenials();
+}
+
+// One row: what would fix it (the entry, or for a refusal no entry fixes, its reason), how
+// often and when, why in words, who asked for what, and Add while the entry is missing.
+function denialRow(d) {
+  const why = el("td", { class: "why" },
+    d.entry ? d.reasons.map((code) => el("span", { class: "tag", title: code }, reasonLabel(code))) : null,
+    el("p", { class: "fix" }, d.hint));
+  const from = el("td", { class: "from" },
+    d.functions.length ? el("div", {}, `function${d.functions.length === 1 ? "" : "s"} ${d.functions.join(", ")}`) : null,
+    d.examples.map((x) => el("div", { class: "mono" }, x)),
+    d.redirected_from.map((url) => el("div", { class: "redirected" }, "redirected from ", el("span", { class: "mono" }, url))));
+  const action = el("td", { class: "actions" });
+  if (d.state === "pending") {
+    const span = el("span", { class: "state pending", title: `active at ${utcTime(d.active_at)}`, "data-active-at": d.active_at });
+    renderPending(span, d.active_at);
+    action.append(span);
+  } else if (d.state === "active") {
+    action.append(el("span", { class: "state active" }, "active"));
+  } else if (d.addable) {
+    action.append(el("button", { type: "button", class: "secondary", "aria-label": `Add ${d.entry}`, onclick: (ev) => addDenied(ev.currentTarget, d.entry) }, "Add"));
+  }
+  const key = d.entry ? { "data-entry": d.entry } : { "data-reason": d.reasons[0] };
+  return el("tr", { ...key, "data-state": d.state },
+    d.entry
+      ? el("td", { class: "mono entry" }, d.entry)
+      : el("td", { class: "entry", title: d.reasons.join(", ") }, d.reasons.map(reasonLabel).join(", ")),
+    el("td", { class: "count", title: `first seen ${utcTime(d.first_seen)}` }, String(d.count)),
+    timeCell(d.last_seen, "last-seen"),
+    why,
+    from,
+    action,
+  );
+}
+
+function renderDenials() {
+  const d = state.denials;
+  const n = d.denials.length;
+  const shown = state.allDenials ? d.denials : d.denials.slice(0, DENIALS_SHOWN);
+  document.querySelector("#denials-table tbody").replaceChildren(...shown.map(denialRow));
+  $("denials-table").hidden = n === 0;
+  $("denials-empty").hidden = n > 0;
+  const readOnly = $("denials-readonly");
+  readOnly.hidden = d.editable || n === 0;
+  readOnly.textContent = d.editable ? "" : `Entries cannot be added from here: ${d.read_only_reason}`;
+  const more = $("denials-more");
+  more.hidden = n <= DENIALS_SHOWN;
+  more.textContent = state.allDenials ? `Show the ${DENIALS_SHOWN} most recent` : `Show all ${n}`;
+}
+
+// Add on a row: exactly its entry, the way the Add field adds one.
+async function addDenied(button, entry) {
+  $("err-denials").textContent = "";
+  button.disabled = true;
+  const r = await addEntry(entry);
+  $("err-denials").textContent = r.error ? `${entry}: ${r.error}` : "";
+  await loadAllowlistTab();
+}
+
+// The tab: the allowlist and the recent refusals, which an entry's state changes.
+async function loadAllowlistTab() {
+  await Promise.all([loadAllowlist(), loadDenials()]);
+}
+
+// Pending countdowns tick every second; the tab is fetched again when one reaches 0.
 function tickCountdowns() {
   let due = false;
-  for (const span of document.querySelectorAll("#allowlist-table span[data-active-at]")) {
+  for (const span of document.querySelectorAll("#allowlist-table span[data-active-at], #denials-table span[data-active-at]")) {
     renderPending(span, span.dataset.activeAt);
     if (Date.parse(span.dataset.activeAt) <= Date.now() + state.skewMs) due = true;
   }
-  if (due && currentPage() === "allowlist") loadAllowlist().catch(() => {});
+  if (due && currentPage() === "allowlist") loadAllowlistTab().catch(() => {});
 }
 
 async function checkDomain() {
@@ -412,25 +502,32 @@ async function checkDomain() {
   );
 }
 
+// Adds an entry through the API, for the Add field and the Recently denied rows alike:
+// whether it was written, and what went wrong ("" when nothing did).
+async function addEntry(domain) {
+  try {
+    const r = await api("POST", "/v1/allowlist", { domain });
+    const failed = r.reload && r.reload.result === "failed";
+    return { written: true, error: failed ? `Written, but the reload failed: ${r.reload.errors.join("; ")}` : "" };
+  } catch (err) {
+    return { written: false, error: err.message };
+  }
+}
+
 async function addDomain(e) {
   e.preventDefault();
   const domain = $("a-domain").value.trim();
   if (!domain) return;
   $("err-domain").textContent = "";
   $("add-button").disabled = true;
-  try {
-    const r = await api("POST", "/v1/allowlist", { domain });
+  const r = await addEntry(domain);
+  if (r.written) {
     $("a-domain").value = "";
     $("add-check").replaceChildren();
-    if (r.reload && r.reload.result === "failed") {
-      $("err-domain").textContent = `Written, but the reload failed: ${r.reload.errors.join("; ")}`;
-    }
-  } catch (err) {
-    $("err-domain").textContent = err.message;
-  } finally {
-    $("add-button").disabled = false;
-    await loadAllowlist();
   }
+  $("err-domain").textContent = r.error;
+  $("add-button").disabled = false;
+  await loadAllowlistTab();
 }
 
 function setupAllowlist() {
@@ -439,6 +536,10 @@ function setupAllowlist() {
     checkTimer = setTimeout(checkDomain, 200);
   });
   $("add-form").addEventListener("submit", addDomain);
+  $("denials-more").addEventListener("click", () => {
+    state.allDenials = !state.allDenials;
+    renderDenials();
+  });
   setInterval(tickCountdowns, 1000);
 }
 
@@ -642,7 +743,7 @@ async function refresh() {
     await loadStatus();
     const page = currentPage();
     if (page === "schedules") await loadSchedules();
-    if (page === "allowlist") await loadAllowlist();
+    if (page === "allowlist") await loadAllowlistTab();
     if (page === "check" && !state.allowlist) await loadAllowlist().catch(() => {});
     if (page === "secrets") await loadSecrets();
     if (!$("banner").textContent.startsWith("This egressd requires")) banner("");
