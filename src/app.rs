@@ -45,6 +45,7 @@ use crate::schedule::store::{FileStore, ScheduleStore};
 use crate::secrets::file::FileBackend;
 use crate::secrets::{SecretBackend, SecretStore};
 use crate::state::postgres::allowlist::SharedAllowlist;
+use crate::state::postgres::denials::SharedDenials;
 use crate::state::postgres::schedules::PgScheduleStore;
 use crate::state::postgres::secrets::PgSecretBackend;
 use crate::state::postgres::Database;
@@ -235,6 +236,13 @@ impl App {
             }));
         }
         let watcher = reload::watch(reloader.clone()).context("cannot watch the config file")?;
+        // Recent denials merged across replicas: each writes its rows every few seconds.
+        let shared_denials = database
+            .as_ref()
+            .map(|db| Arc::new(SharedDenials::new(db.clone())));
+        if let Some(shared) = &shared_denials {
+            tokio::spawn(shared.clone().keep_flushing(metrics.clone()));
+        }
         let admin = Arc::new(Admin {
             metrics,
             reloader: reloader.clone(),
@@ -252,6 +260,7 @@ impl App {
             loopback: settings.admin_listen.ip().is_loopback(),
             draining: draining.clone(),
             database,
+            shared_denials: shared_denials.clone(),
             secrets_host: config
                 .secrets
                 .as_ref()

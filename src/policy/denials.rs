@@ -60,6 +60,10 @@ impl Seen {
             Seen::Redirect => "redirect-denied",
         }
     }
+
+    pub fn from_code(code: &str) -> Option<Seen> {
+        Seen::all().find(|s| s.code() == code)
+    }
 }
 
 /// One refusal, as the proxy saw it.
@@ -136,13 +140,11 @@ impl Row {
         }
     }
 
-    /// The reason bits, for storing a row elsewhere (the shared database).
-    pub fn reason_bits(&self) -> u32 {
-        self.reasons
-    }
-
-    pub fn with_reason_bits(mut self, bits: u32) -> Row {
-        self.reasons = bits;
+    /// This row with `seen` among its reasons (a row read back from the shared database).
+    pub fn with_reasons(mut self, seen: impl IntoIterator<Item = Seen>) -> Row {
+        for s in seen {
+            self.reasons |= 1 << s.bit();
+        }
         self
     }
 }
@@ -188,6 +190,36 @@ pub enum Key {
     Entry(String),
     /// A refusal no entry fixes.
     Reason(Seen),
+}
+
+impl Key {
+    /// `entry:PATTERN` or `reason:CODE`, as stored in the shared database.
+    pub fn encode(&self) -> String {
+        match self {
+            Key::Entry(entry) => format!("entry:{entry}"),
+            Key::Reason(seen) => format!("reason:{}", seen.code()),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Key> {
+        match text.split_once(':')? {
+            ("entry", entry) => Some(Key::Entry(entry.to_string())),
+            ("reason", code) => Seen::from_code(code).map(Key::Reason),
+            _ => None,
+        }
+    }
+}
+
+/// Rows of several replicas merged by key, most recent first, at most `limit` of them.
+pub fn merge_rows(parts: impl IntoIterator<Item = (Key, Row)>, limit: usize) -> Vec<(Key, Row)> {
+    let mut merged: HashMap<Key, Row> = HashMap::new();
+    for (key, row) in parts {
+        merged.entry(key).or_default().merge(&row);
+    }
+    let mut rows: Vec<(Key, Row)> = merged.into_iter().collect();
+    rows.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen));
+    rows.truncate(limit);
+    rows
 }
 
 #[derive(Default)]
@@ -422,10 +454,27 @@ mod tests {
             functions: vec!["fn-b".into()],
             redirected_from: vec!["http://y.test/".into()],
         };
+        let merged = merge_rows(
+            [
+                (Key::Entry("x.test".into()), mine.clone()),
+                (Key::Entry("x.test".into()), other.clone()),
+                (Key::Reason(PORT), other.clone()),
+            ],
+            10,
+        );
+        assert_eq!(merged.len(), 2);
         mine.merge(&other);
         assert_eq!((mine.count, mine.first_seen, mine.last_seen), (5, 20, 50));
         assert_eq!(mine.reasons(), [NOT_LISTED, Seen::Redirect]);
         assert_eq!(mine.functions.len(), 2);
+        assert_eq!(merged[0], (Key::Entry("x.test".into()), mine));
+        for key in [
+            Key::Entry("*.x.test".into()),
+            Key::Reason(Seen::Redirect),
+            Key::Reason(PORT),
+        ] {
+            assert_eq!(Key::decode(&key.encode()), Some(key));
+        }
     }
 
     #[test]

@@ -34,7 +34,14 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
         .table("[[functions]]\nname = \"fn-a\"\nstate = \"productive\"\nurl = \"http://fn-a.test/\"\ntoken_file = \"fn-a.token\"\n")
         .allow("example.test")
         .allow("a.test");
-    for name in ["example.test", "www.example.test", "a.test", "b.test", "pending.test", "sni.test"] {
+    for name in [
+        "example.test",
+        "www.example.test",
+        "a.test",
+        "b.test",
+        "pending.test",
+        "sni.test",
+    ] {
         builder = builder.dns(name, "127.0.0.1");
     }
     let proxy = builder.start_in(dir.path());
@@ -53,9 +60,21 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
     };
     // (what, request, the status it gets)
     let requests = [
-        ("a subdomain of an exact entry", get("www.example.test", web, "/", true), 403),
-        ("an entry still pending", get("pending.test", web, "/", false), 403),
-        ("a redirect to a host on no entry", get("a.test", web, "/start", true), 302),
+        (
+            "a subdomain of an exact entry",
+            get("www.example.test", web, "/", true),
+            403,
+        ),
+        (
+            "an entry still pending",
+            get("pending.test", web, "/", false),
+            403,
+        ),
+        (
+            "a redirect to a host on no entry",
+            get("a.test", web, "/start", true),
+            302,
+        ),
         ("a port that is not open", get("a.test", 1, "/", false), 403),
     ];
     for (what, request, want) in &requests {
@@ -64,7 +83,10 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
     }
     // A tunnel to an allowed host whose ClientHello names another.
     let mut tunnel = open_tunnel(proxy.proxy, &format!("a.test:{echo}")).await;
-    tunnel.write_all(&client_hello("sni.test", 0)).await.unwrap();
+    tunnel
+        .write_all(&client_hello("sni.test", 0))
+        .await
+        .unwrap();
     let _ = read_to_close(&mut tunnel, "the fronted tunnel").await;
 
     let rows = eventually("every refusal recorded", || async {
@@ -73,14 +95,26 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
     })
     .await;
     let www = row(&rows, "www.example.test");
-    assert_eq!((&www["state"], &www["addable"]), (&"missing".into(), &true.into()));
+    assert_eq!(
+        (&www["state"], &www["addable"]),
+        (&"missing".into(), &true.into())
+    );
     assert_eq!(www["reasons"], serde_json::json!(["not-allowlisted"]));
     assert_eq!(www["functions"], serde_json::json!(["fn-a"]));
     let hint = www["hint"].as_str().unwrap();
-    assert!(hint.contains("\"example.test\" is allowlisted but does not cover subdomains"), "{hint}");
+    assert!(
+        hint.contains("\"example.test\" is allowlisted but does not cover subdomains"),
+        "{hint}"
+    );
     let pending = row(&rows, "pending.test");
-    assert_eq!((&pending["state"], &pending["addable"]), (&"pending".into(), &false.into()));
-    assert_eq!(pending["reasons"], serde_json::json!(["pending-activation"]));
+    assert_eq!(
+        (&pending["state"], &pending["addable"]),
+        (&"pending".into(), &false.into())
+    );
+    assert_eq!(
+        pending["reasons"],
+        serde_json::json!(["pending-activation"])
+    );
     assert!(pending["active_at"].is_string(), "{pending}");
     let redirect = row(&rows, "b.test");
     assert_eq!(redirect["reasons"], serde_json::json!(["redirect-denied"]));
@@ -88,14 +122,23 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
         redirect["redirected_from"],
         serde_json::json!([format!("http://a.test:{web}/start")])
     );
-    assert!(redirect["hint"].as_str().unwrap().contains("a redirect from"), "{redirect}");
+    assert!(
+        redirect["hint"]
+            .as_str()
+            .unwrap()
+            .contains("a redirect from"),
+        "{redirect}"
+    );
     let sni = row(&rows, "sni.test");
     assert_eq!(sni["reasons"], serde_json::json!(["sni-not-allowlisted"]));
     let port = rows
         .iter()
         .find(|r| r["reasons"] == serde_json::json!(["port-not-allowed"]))
         .expect("a port row");
-    assert_eq!((&port["entry"], &port["state"]), (&serde_json::Value::Null, &"none".into()));
+    assert_eq!(
+        (&port["entry"], &port["state"]),
+        (&serde_json::Value::Null, &"none".into())
+    );
     assert_eq!(port["examples"], serde_json::json!(["a.test:1"]));
     assert!(port["hint"].as_str().unwrap().contains("proxy.http_ports"));
 
@@ -106,9 +149,18 @@ async fn each_refusal_is_recorded_under_what_would_fix_it() {
     let (code, _) = proxy.admin_get("/v1/denials?since=yesterday").await;
     assert_eq!(code, 400);
     let metrics = proxy.metrics().await;
-    for reason in ["not-allowlisted", "pending-activation", "redirect-denied", "sni-not-allowlisted", "port-not-allowed"] {
+    for reason in [
+        "not-allowlisted",
+        "pending-activation",
+        "redirect-denied",
+        "sni-not-allowlisted",
+        "port-not-allowed",
+    ] {
         assert!(
-            metric(&metrics, &format!("egressd_denials_recorded_total{{reason=\"{reason}\"}}")) >= 1.0,
+            metric(
+                &metrics,
+                &format!("egressd_denials_recorded_total{{reason=\"{reason}\"}}")
+            ) >= 1.0,
             "{reason}"
         );
     }
@@ -124,19 +176,31 @@ async fn a_row_goes_once_its_entry_is_active_and_nothing_was_refused_since() {
         .start();
     let get = http_get(&format!("late.test:{}", origin.port()), "/")
         .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
-    assert_eq!(status(&raw_exchange(proxy.proxy, get.as_bytes()).await), 403);
-    assert_eq!(row(&denials(&proxy, "").await, "late.test")["state"], "missing");
+    assert_eq!(
+        status(&raw_exchange(proxy.proxy, get.as_bytes()).await),
+        403
+    );
+    assert_eq!(
+        row(&denials(&proxy, "").await, "late.test")["state"],
+        "missing"
+    );
     let (code, added) = proxy
         .admin_json("POST", "/v1/allowlist", r#"{"domain": "late.test"}"#)
         .await;
     assert_eq!(code, 201, "{added}");
-    assert_eq!(row(&denials(&proxy, "").await, "late.test")["state"], "pending");
+    assert_eq!(
+        row(&denials(&proxy, "").await, "late.test")["state"],
+        "pending"
+    );
     eventually("the row to go once late.test is active", || async {
         let rows = denials(&proxy, "").await;
         rows.iter().all(|r| r["entry"] != "late.test").then_some(())
     })
     .await;
-    assert_eq!(status(&raw_exchange(proxy.proxy, get.as_bytes()).await), 200);
+    assert_eq!(
+        status(&raw_exchange(proxy.proxy, get.as_bytes()).await),
+        200
+    );
 }
 
 /// 100,000 refusals to as many hosts: the record keeps at most its bound of rows, and the
@@ -163,14 +227,19 @@ async fn a_flood_of_refusals_to_random_hosts_stays_within_the_bound() {
             let mut requests = String::new();
             for i in 0..100 {
                 let host = format!("h{worker}-{batch}-{i}.flood.test");
-                requests.push_str(&format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+                requests.push_str(&format!(
+                    "GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                ));
             }
             stream.write_all(requests.as_bytes()).await.unwrap();
             let mut answers = 0;
             while answers < 100 {
                 let n = stream.read(&mut buf).await.unwrap();
                 assert!(n > 0, "the proxy closed the connection");
-                answers += buf[..n].windows(12).filter(|w| w == b"HTTP/1.1 403").count();
+                answers += buf[..n]
+                    .windows(12)
+                    .filter(|w| w == b"HTTP/1.1 403")
+                    .count();
             }
         }
     }
@@ -193,13 +262,20 @@ async fn a_flood_of_refusals_to_random_hosts_stays_within_the_bound() {
     let after = rss_kib();
     let rows = denials(&proxy, "").await;
     assert!(rows.len() <= 1_000, "{} rows", rows.len());
-    assert!(rows.len() >= 900, "the newest are kept: {} rows", rows.len());
+    assert!(
+        rows.len() >= 900,
+        "the newest are kept: {} rows",
+        rows.len()
+    );
     // The record is bounded at about half a mebibyte; anything like 100,000 rows would be
     // tens of MiB.
     assert!(
         after.saturating_sub(before) < 16 * 1024,
         "RSS grew from {before} KiB to {after} KiB"
     );
-    let total = metric(&proxy.metrics().await, "egressd_denials_recorded_total{reason=\"not-allowlisted\"}");
+    let total = metric(
+        &proxy.metrics().await,
+        "egressd_denials_recorded_total{reason=\"not-allowlisted\"}",
+    );
     assert_eq!(total, 101_600.0);
 }

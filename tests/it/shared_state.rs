@@ -245,7 +245,7 @@ async fn thirty_creates_over_three_replicas_started_together_leave_ten() {
     assert_eq!(
         db.query_text("SELECT string_agg(version::text, ',' ORDER BY version) FROM egressd_schema")
             .as_deref(),
-        Some("1,2"),
+        Some("1,2,3"),
         "each migration applied once by replicas that started together"
     );
     let mut tasks = Vec::new();
@@ -1026,5 +1026,45 @@ async fn a_secret_is_shared_by_every_replica_and_a_delete_is_in_force_on_all_wit
     assert!(
         refused_at.saturating_duration_since(deleted_at) < Duration::from_secs(1),
         "the delete on one replica is in force on the other within 1 s"
+    );
+}
+
+/// Recent denials are merged across replicas: a host refused on each of two replicas is one
+/// row counting both, on either replica, within a few seconds (each writes its rows every
+/// two seconds, never per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_denials_are_merged_across_replicas() {
+    let db = postgres::database();
+    let replica = || {
+        egressd()
+            .dns("refused.test", "127.0.0.1")
+            .table(&state_table(&db.url))
+            .start()
+    };
+    let (a, b) = (replica(), replica());
+    let refused =
+        b"GET http://refused.test/ HTTP/1.1\r\nHost: refused.test\r\nConnection: close\r\n\r\n";
+    for proxy in [&a, &b, &b] {
+        assert_eq!(status(&raw_exchange(proxy.proxy, refused).await), 403);
+    }
+    for (name, proxy) in [("a", &a), ("b", &b)] {
+        let merged = eventually_within(
+            "both replicas' refusals in one row",
+            Duration::from_secs(10),
+            || async {
+                let (_, body) = proxy.admin_get("/v1/denials").await;
+                let rows = json(&body)["denials"].as_array()?.clone();
+                let row = rows.into_iter().find(|r| r["entry"] == "refused.test")?;
+                (row["count"] == 3).then_some(row)
+            },
+        )
+        .await;
+        assert_eq!(merged["state"], "missing", "on {name}: {merged}");
+    }
+    let stored = db.query_text("SELECT count(DISTINCT replica)::text FROM egressd_denials");
+    assert_eq!(
+        stored.as_deref(),
+        Some("2"),
+        "one row per replica, merged when read"
     );
 }

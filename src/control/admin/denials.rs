@@ -121,7 +121,7 @@ fn entry_hint(allowlist: &Allowlist, entry: &str, state: &EntryState, row: &Row)
 
 impl Admin {
     /// `GET /v1/denials?since=T` (RFC 3339 or Unix milliseconds).
-    pub(super) fn denials(&self, since: Option<&str>) -> Result<DenialsView, String> {
+    pub(super) async fn denials(&self, since: Option<&str>) -> Result<DenialsView, String> {
         let since = match since.map(str::trim).filter(|s| !s.is_empty()) {
             None => 0,
             Some(text) => parse_since(text)?,
@@ -133,8 +133,21 @@ impl Admin {
             Ok(()) => (true, None),
             Err(reason) => (false, Some(reason)),
         };
+        let book = &self.metrics.denials;
+        // With several replicas, every replica's refusals; this one's alone when the shared
+        // state is away.
+        let rows = match &self.shared_denials {
+            Some(shared) => match shared.merged(book, since).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::debug!(error = %err, "recent denials of the other replicas unavailable");
+                    book.rows(since)
+                }
+            },
+            None => book.rows(since),
+        };
         let mut denials = Vec::new();
-        for (key, row) in self.metrics.denials.rows(since) {
+        for (key, row) in rows {
             let view = match &key {
                 Key::Entry(entry) => {
                     let state = entry_state(allowlist, entry, now);

@@ -73,6 +73,8 @@ pub struct Admin {
     pub secrets: Option<Arc<crate::secrets::SecretStore>>,
     /// Where functions reach the store (`[secrets] host`), shown on the console.
     pub secrets_host: String,
+    /// Recent denials of the other replicas, with the postgres backend.
+    pub shared_denials: Option<Arc<crate::state::postgres::denials::SharedDenials>>,
 }
 
 /// Admin connections served at once; more are closed at accept. Scrapers and operators need
@@ -203,7 +205,10 @@ impl Admin {
                 );
                 r
             }
-            Endpoint::Denials => match self.denials(query(&req).get("since").map(String::as_str)) {
+            Endpoint::Denials => match self
+                .denials(query(&req).get("since").map(String::as_str))
+                .await
+            {
                 Ok(view) => json(StatusCode::OK, &view),
                 Err(message) => api_error(StatusCode::BAD_REQUEST, message, Some("since")),
             },

@@ -7,6 +7,7 @@
 //! holds a proxied request, since none waits for it.
 
 pub mod allowlist;
+pub mod denials;
 pub mod schedules;
 pub mod schema;
 pub mod secrets;

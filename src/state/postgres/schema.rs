@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "secret store",
         sql: include_str!("migrations/0002_secrets.sql"),
     },
+    Migration {
+        version: 3,
+        name: "recent denials",
+        sql: include_str!("migrations/0003_denials.sql"),
+    },
 ];
 
 /// The schema version this binary writes.
