@@ -102,6 +102,34 @@ pub fn check(path: &Path) -> ExitCode {
             }
         );
     }
+    if let Some(secrets) = &config.secrets {
+        say!(
+            "  secrets    key {} (check {}); functions reach http://{}/v1/secrets/KEY",
+            secrets.key_file.display(),
+            secrets.key.as_ref().map_or("?", |k| k.check()),
+            secrets.host
+        );
+    }
+    for rule in policy.injections.rules() {
+        let tls = match policy.origination.lookup_pattern(&rule.pattern) {
+            Some(port) => format!("TLS to port {port}"),
+            None => "plain HTTP".into(),
+        };
+        say!(
+            "  inject     {} {} from {} for {}; {tls}{}",
+            rule.pattern,
+            rule.header,
+            rule.template.keys().collect::<Vec<_>>().join(", "),
+            rule.functions
+                .as_ref()
+                .map_or("every function".into(), |f| f.join(", ")),
+            if rule.allow_connect {
+                "; CONNECT tunnelled"
+            } else {
+                "; CONNECT refused"
+            }
+        );
+    }
     if policy.allowlist.is_empty() {
         say!("  note: the allowlist is empty, so every request will be denied");
     }

@@ -45,6 +45,14 @@ impl Originations {
         self.index.find(host).map(|id| &self.rules[id as usize])
     }
 
+    /// The TLS port of the rule for exactly `pattern`, if there is one.
+    pub fn lookup_pattern(&self, pattern: &Pattern) -> Option<u16> {
+        self.rules
+            .iter()
+            .find(|r| r.pattern == *pattern)
+            .map(|r| r.port)
+    }
+
     pub fn rules(&self) -> &[Origination] {
         &self.rules
     }
