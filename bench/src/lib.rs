@@ -8,6 +8,7 @@
 //! with certificates from [`pki`].
 //! With a database ([`postgres`]), egressd also runs with its state there, and [`ticklag`]
 //! measures the scheduler's tick lag with three replicas on it.
+//! With `--denial-flood`, [`flood`] measures egressd again under a flood of refusals.
 //! The [`allowlist`] figures come from in-process timing. [`report`] turns the medians into
 //! markdown and [`chart`] into a PNG of the ratios.
 //!
@@ -15,6 +16,7 @@
 
 pub mod allowlist;
 pub mod chart;
+pub mod flood;
 pub mod http1;
 pub mod load;
 pub mod mtls;

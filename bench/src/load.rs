@@ -225,8 +225,21 @@ fn protocol_error(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-/// Reads one response into `buf`; the whole message, nothing after it.
+/// Reads one response into `buf`; the whole message, nothing after it. A status other than
+/// 200 is an error.
 async fn read_response<S>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<Head>
+where
+    S: AsyncRead + Unpin,
+{
+    let head = read_message(stream, buf).await?;
+    if head.status != 200 {
+        return Err(protocol_error(format!("status {}", head.status)));
+    }
+    Ok(head)
+}
+
+/// Reads one response of any status into `buf`; the whole message, nothing after it.
+pub(crate) async fn read_message<S>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<Head>
 where
     S: AsyncRead + Unpin,
 {
@@ -258,9 +271,6 @@ where
             while stream.read_buf(buf).await? > 0 {}
             head.close = true;
         }
-    }
-    if head.status != 200 {
-        return Err(protocol_error(format!("status {}", head.status)));
     }
     Ok(head)
 }

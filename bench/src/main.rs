@@ -16,7 +16,7 @@ use egressd_bench::report::{self, Context};
 use egressd_bench::scenarios::{self, Scenario, Settings, SharedState};
 use egressd_bench::ticklag::{self, TickLagSettings};
 use egressd_bench::upstream::{self, TlsUpstreamAddrs, UpstreamAddrs};
-use egressd_bench::{chart, pki, LOOPBACK};
+use egressd_bench::{chart, flood, pki, LOOPBACK};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
@@ -88,6 +88,20 @@ struct RunArgs {
     /// writes its schema and state there.
     #[arg(long, value_name = "URL")]
     egressd_postgres_url: Option<String>,
+    /// Also measure egressd as shipped in keep-alive and new tunnels quiet and under a flood
+    /// of requests its allowlist refuses, each to a host never asked for before (the worst
+    /// case for its book of recent denials), alternated in every repetition, then the flood
+    /// alone for egressd's CPU per refusal. With --scenario the section is printed.
+    #[arg(long)]
+    denial_flood: bool,
+    /// Refusals per second the denial flood asks for.
+    #[arg(
+        long,
+        value_name = "PER_SECOND",
+        default_value_t = flood::DEFAULT_RATE,
+        requires = "denial_flood"
+    )]
+    denial_flood_rate: u32,
     /// Minute boundaries the tick-lag measurement waits for, with the postgres backend
     /// [default: 3 in a full run; 0, meaning none, with --quick or --scenario].
     #[arg(long, value_name = "N")]
@@ -247,6 +261,13 @@ fn run_harness(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(seconds) = args.seconds {
         settings.measure = std::time::Duration::from_secs_f64(seconds);
+    }
+    if args.denial_flood {
+        anyhow::ensure!(
+            args.denial_flood_rate > 0,
+            "--denial-flood-rate must be above 0"
+        );
+        settings.denial_flood = Some(args.denial_flood_rate);
     }
     // Started here, on the main thread, which lives as long as the harness: the server's
     // parent-death signal follows the thread that started it.

@@ -1,6 +1,7 @@
 //! Turns an [`Outcome`] into the markdown of `BENCHMARKS.md`: context (date, machine,
 //! versions, command), the targets with pass or miss, one table per scenario with medians and
-//! ratios, the access log's cost (egressd as shipped against the access log off), the mTLS
+//! ratios, the access log's cost (egressd as shipped against the access log off), egressd under
+//! a flood of denials (with `--denial-flood`), the mTLS
 //! origination figures (which have no target), the shared-state section (the postgres
 //! backend against the file backend, and tick lag), and notes on method.
 //!
@@ -11,6 +12,7 @@
 
 use std::fmt::Write;
 
+use crate::flood::{FloodPair, FloodSection, FloodTally, GROUPS};
 use crate::mtls::{Handshakes, MtlsRuns, MtlsSample, MtlsScenario, MtlsSection, Via};
 use crate::peers::Kind;
 use crate::scenarios::{
@@ -635,6 +637,9 @@ pub fn markdown(o: &Outcome, ctx: &Context, chart: Option<&str>, previous: Optio
         scenario_table(&mut md, o, *scenario, per_kind.iter().map(|(k, _)| *k));
     }
     access_log_table(&mut md, o);
+    if let Some(section) = &o.denial_flood {
+        denial_flood_section(&mut md, section);
+    }
     memory_table(&mut md, o);
     allowlist_table(&mut md, o);
     if let Some(section) = &o.mtls {
@@ -730,6 +735,175 @@ fn access_log_table(md: &mut String, o: &Outcome) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// egressd quiet against egressd under a flood of denials (issue 25): the verdict, the
+/// figures of both sides with their ratio and noise, what the flood achieved and what it cost.
+pub fn denial_flood_section(md: &mut String, f: &FloodSection) {
+    let rate = thousands(f64::from(f.rate));
+    let _ = writeln!(md, "### Under a flood of denials (egressd only)\n");
+    let _ = writeln!(
+        md,
+        "egressd as shipped, one instance, measured quiet and then under a flood of refusals, \
+         scenario by scenario, in each repetition ({} of {:.1} s measured after {:.1} s \
+         warm-up; the flood runs through both). The flood asks for {rate} requests per \
+         second that the allowlist refuses, `GET http://hN.flood.invalid/ HTTP/1.1` \
+         (absolute-form) with N never repeated, on {} keep-alive connections that each send \
+         one every {:.0} ms, in {} groups spread over that time, from a thread of the harness's \
+         own, and reads the 403s. Every refusal is a new row in egressd's book of recent denials, which, full at \
+         1,000 rows, evicts a tenth every hundredth: its worst case. Each refusal also writes an \
+         access-log line. **The flood takes CPU from the same {} cores** as egressd, the \
+         upstream and the load client (its own thread's CPU, from \
+         `/proc/thread-self/schedstat`, is in the second table), so a small drop can be the \
+         generator's, not egressd's. Medians; per repetition, the \
+         lowest and highest ratio of a quiet run and the flooded run after it; noise, the \
+         larger spread of the two sides' repetitions, (max − min) ÷ median.\n",
+        f.reps,
+        f.measure.as_secs_f64(),
+        f.warmup.as_secs_f64(),
+        f.connections,
+        f.connections as f64 * 1e3 / f64::from(f.rate),
+        GROUPS,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    let throughput: Vec<(Scenario, Option<Comparison>)> = f
+        .runs
+        .iter()
+        .map(|(s, pairs)| (*s, flood_comparison(pairs, |r| Some(r.value))))
+        .collect();
+    let verdicts: Vec<Option<bool>> = throughput
+        .iter()
+        .map(|(_, c)| c.and_then(|c| c.within_noise()))
+        .collect();
+    let unchanged = if verdicts.is_empty() || verdicts.contains(&None) {
+        None
+    } else {
+        Some(verdicts.iter().all(|v| *v == Some(true)))
+    };
+    let ratios = throughput
+        .iter()
+        .map(|(s, c)| format!("{} {}", s.key(), times(c.map_or(f64::NAN, |c| c.ratio))))
+        .collect::<Vec<_>>()
+        .join(", ");
+    write_target_table(
+        md,
+        "target (issue 25)",
+        &[TargetCheck {
+            name: format!("keep-alive req/s and new tunnels/s under {rate} denials/s"),
+            goal: "unchanged within noise (same run, quiet and flood alternated)".into(),
+            measured: format!("flood ÷ quiet: {ratios}"),
+            pass: unchanged,
+        }],
+    );
+    let _ = writeln!(
+        md,
+        "\n| figure | quiet | under flood | flood ÷ quiet | per repetition | noise | unchanged within noise |\n\
+         |---|---:|---:|---:|---:|---:|---|"
+    );
+    for (scenario, pairs) in &f.runs {
+        type Figure = fn(&Sample) -> Option<f64>;
+        let mut rows: Vec<(&str, Figure)> = vec![(scenario.unit(), |s| Some(s.value))];
+        if scenario.has_latency() {
+            rows.push(("p50 µs", |s| s.latency.map(|l| l.p50)));
+            rows.push(("p99 µs", |s| s.latency.map(|l| l.p99)));
+        }
+        for (what, value) in rows {
+            let name = format!("{} {what}", scenario.key());
+            let Some(c) = flood_comparison(pairs, value) else {
+                let _ = writeln!(md, "| {name} | – | – | – | – | – | n/a |");
+                continue;
+            };
+            let verdict = match c.within_noise() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a (one repetition)",
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} | {verdict} |",
+                thousands(c.file),
+                thousands(c.postgres),
+                times(c.ratio),
+                match c.paired {
+                    Some((low, high)) if low != high => format!("{low:.2}–{high:.2}×"),
+                    Some((low, _)) => times(low),
+                    None => "–".into(),
+                },
+                c.noise
+                    .map_or("–".into(), |n| format!("±{:.1} %", n * 100.0)),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| flood during | refusals/s achieved | other answers and errors | egressd CPU (cores), quiet / flooded | the flood's own thread (cores) |\n\
+         |---|---:|---:|---:|---:|"
+    );
+    for (scenario, pairs) in &f.runs {
+        let tallies: Vec<FloodTally> = pairs.iter().map(|p| p.tally).collect();
+        let cores =
+            |side: fn(&FloodPair) -> &Sample| opt(median_of(pairs, |p| side(p).cpu_cores), 2);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} / {} | {} |",
+            scenario.key(),
+            flood_rate_cell(&tallies),
+            tallies.iter().map(|t| t.errors).sum::<u64>(),
+            cores(|p| &p.quiet),
+            cores(|p| &p.flood),
+            opt(median_of(&tallies, FloodTally::cpu_cores), 3),
+        );
+    }
+    let a = &f.alone;
+    let _ = writeln!(
+        md,
+        "| nothing else, {:.1} s | {} | {} | – / {} | {} |\n",
+        a.tally.seconds,
+        thousands(a.tally.rate()),
+        a.tally.errors,
+        opt(a.egressd_cores(), 3),
+        opt(a.tally.cpu_cores(), 3),
+    );
+    let _ = match (a.micros_per_refusal(), a.refusals_per_cpu_second()) {
+        (Some(us), Some(per)) => writeln!(
+            md,
+            "Alone, the flood cost egressd {us:.1} µs of CPU per refusal: {} refusals per \
+             CPU-second (utime + stime from `/proc/PID/stat` at both ends of the window, 10 ms \
+             ticks), the book, the access-log line and the 403 together.\n",
+            thousands(per)
+        ),
+        _ => writeln!(
+            md,
+            "egressd's CPU for the flood alone could not be read (or rounded to no tick).\n"
+        ),
+    };
+}
+
+/// Quiet against flooded for one figure, from the pairs of one scenario (`Comparison` names
+/// its sides after the state backends: quiet is `file`, flooded `postgres`).
+fn flood_comparison(
+    pairs: &[FloodPair],
+    figure: impl Fn(&Sample) -> Option<f64>,
+) -> Option<Comparison> {
+    let (quiet, flooded): (Vec<f64>, Vec<f64>) = pairs
+        .iter()
+        .filter_map(|p| Some((figure(&p.quiet)?, figure(&p.flood)?)))
+        .filter(|(q, f)| q.is_finite() && f.is_finite())
+        .unzip();
+    Comparison::of(&quiet, &flooded)
+}
+
+/// The median refusal rate of the flooded runs, with its range when they differ.
+fn flood_rate_cell(tallies: &[FloodTally]) -> String {
+    let rates: Vec<f64> = tallies.iter().map(FloodTally::rate).collect();
+    let low = thousands(rates.iter().copied().fold(f64::INFINITY, f64::min));
+    let high = thousands(rates.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+    let mid = thousands(median(rates).unwrap_or(f64::NAN));
+    if low != high {
+        format!("{mid} ({low}–{high})")
+    } else {
+        mid
+    }
 }
 
 /// The shared-state section of an earlier `BENCHMARKS.md`, markers included.
@@ -1462,6 +1636,82 @@ mod tests {
         assert!(carried.contains("figures"));
         assert!(!carried.contains("Method"));
         assert_eq!(carried_section("# egressd benchmarks\n\n## Method\n"), None);
+    }
+
+    fn sample(value: f64, p50: f64) -> Sample {
+        Sample {
+            value,
+            latency: Some(Percentiles {
+                p50,
+                p99: p50 * 2.0,
+                p999: p50 * 3.0,
+            }),
+            cpu_cores: Some(1.0),
+            cpu_per_op: None,
+            switches_per_op: None,
+            errors: 0,
+            connects: 32,
+        }
+    }
+
+    #[test]
+    fn the_denial_flood_section_judges_throughput_against_the_quiet_runs() {
+        use crate::flood::{FloodAlone, FloodPair, FloodSection, FloodTally};
+        let tally = FloodTally {
+            refusals: 4_000,
+            errors: 0,
+            connects: 8,
+            cpu_seconds: Some(0.1),
+            seconds: 2.0,
+        };
+        let pairs = |values: [(f64, f64); 3]| -> Vec<FloodPair> {
+            values
+                .iter()
+                .map(|(quiet, flood)| FloodPair {
+                    quiet: sample(*quiet, 800.0),
+                    flood: sample(*flood, 820.0),
+                    tally,
+                })
+                .collect()
+        };
+        let mut section = FloodSection {
+            rate: 2_000,
+            connections: 40,
+            reps: 3,
+            warmup: std::time::Duration::from_millis(500),
+            measure: std::time::Duration::from_secs(2),
+            runs: vec![
+                (
+                    Scenario::KeepAlive,
+                    pairs([(100.0, 99.0), (104.0, 101.0), (98.0, 100.0)]),
+                ),
+                (
+                    Scenario::NewTunnels,
+                    pairs([(50.0, 50.0), (51.0, 49.0), (49.0, 50.0)]),
+                ),
+            ],
+            alone: FloodAlone {
+                tally,
+                egressd_cpu_seconds: Some(0.16),
+            },
+        };
+        let mut md = String::new();
+        denial_flood_section(&mut md, &section);
+        assert!(
+            md.contains("keep-alive 1.00×, new-tunnels 1.00× | pass |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| keep-alive p50 µs | 800 | 820 | 1.02× | 1.02× |"),
+            "{md}"
+        );
+        assert!(md.contains("| keep-alive | 2,000 | 0 | 1.00 / 1.00 | 0.050 |"));
+        assert!(md.contains("40.0 µs of CPU per refusal: 25,000 refusals per CPU-second"));
+
+        section.runs[1].1 = pairs([(50.0, 40.0), (51.0, 41.0), (49.0, 39.0)]);
+        let mut md = String::new();
+        denial_flood_section(&mut md, &section);
+        assert!(md.contains("new-tunnels 0.80× | **miss** |"), "{md}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! with its JSON log in those that write a log line per request or tunnel at a high rate. The
 //! idle-tunnel scenario starts a fresh instance of each path per repetition, so memory freed by
 //! earlier scenarios cannot hide the cost of a tunnel. The [`mtls`] scenarios, egressd's alone,
-//! follow. egressd with the postgres backend runs in the five throughput scenarios only (see
+//! follow. With `--denial-flood`, [`flood`] measures egressd as shipped in keep-alive and new
+//! tunnels again, quiet and under a flood of refusals, right after the throughput scenarios.
+//! egressd with the postgres backend runs in the five throughput scenarios only (see
 //! [`Kind::EgressdPostgres`]); its tick lag is measured by [`crate::ticklag`].
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::allowlist;
+use crate::flood::{self, FloodSection};
 use crate::load::{self, Tally, Window};
 use crate::mtls::{self, MtlsSection};
 use crate::peers::{self, Env, Kind, Started, Subject};
@@ -38,6 +41,8 @@ pub struct Settings {
     pub allowlist_entries: usize,
     pub allowlist_lookups: usize,
     pub reloads: usize,
+    /// Refusals per second of the denial flood (`--denial-flood`); `None`: not measured.
+    pub denial_flood: Option<u32>,
 }
 
 impl Settings {
@@ -54,6 +59,7 @@ impl Settings {
             allowlist_entries: allowlist::ENTRIES,
             allowlist_lookups: 2_000_000,
             reloads: 3,
+            denial_flood: None,
         }
     }
 
@@ -70,6 +76,7 @@ impl Settings {
             allowlist_entries: 10_000,
             allowlist_lookups: 100_000,
             reloads: 1,
+            denial_flood: None,
         }
     }
 }
@@ -334,6 +341,8 @@ pub struct Outcome {
     pub allowlist: allowlist::Timings,
     /// The postgres backend's database and tick lag; `None` when it was not measured.
     pub shared_state: Option<SharedState>,
+    /// egressd quiet and under a flood of denials; `None` without `--denial-flood`.
+    pub denial_flood: Option<FloodSection>,
 }
 
 /// The shared-state part of a run (issue 21).
@@ -400,6 +409,7 @@ pub async fn run(
         }
         scenarios.push((scenario, samples));
     }
+    let denial_flood = run_denial_flood(&subjects, env, &settings).await?;
 
     let memory_kinds: Vec<Kind> = subjects
         .iter()
@@ -450,7 +460,24 @@ pub async fn run(
         mtls,
         allowlist,
         shared_state: None,
+        denial_flood,
     })
+}
+
+/// The denial flood on egressd as shipped, when `settings` asks for it and egressd runs.
+async fn run_denial_flood(
+    subjects: &[Subject],
+    env: &Env,
+    settings: &Settings,
+) -> anyhow::Result<Option<FloodSection>> {
+    let Some(rate) = settings.denial_flood else {
+        return Ok(None);
+    };
+    let Some(egressd) = subjects.iter().find(|s| s.kind == Kind::Egressd) else {
+        eprintln!("denial flood: skipped, egressd is not among the paths measured");
+        return Ok(None);
+    };
+    flood::measure(egressd, env, settings, rate).await.map(Some)
 }
 
 /// Whether the idle-tunnel scenario runs `kind`. Idle tunnels move no bytes, so egressd's
@@ -491,6 +518,16 @@ async fn start_checked(kind: Kind, env: &Env) -> anyhow::Result<Started> {
 
 async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Settings) -> Sample {
     let window = Window::after_warmup(settings.warmup, settings.measure);
+    measure_in(scenario, subject, env, window).await
+}
+
+/// One run of `scenario` on `subject` inside `window`.
+pub(crate) async fn measure_in(
+    scenario: Scenario,
+    subject: &Subject,
+    env: &Env,
+    window: Window,
+) -> Sample {
     let usage = subject
         .pid()
         .map(|pid| tokio::spawn(usage_during(pid, window)));
@@ -519,7 +556,7 @@ async fn measure(scenario: Scenario, subject: &Subject, env: &Env, settings: &Se
 
 /// What a process spent inside a window.
 pub(crate) struct Usage {
-    cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// Context switches, voluntary and involuntary, over all its threads.
     switches: u64,
 }
@@ -632,6 +669,11 @@ pub async fn run_focused(
             );
         }
         print_backend_comparison(scenario, &subjects, &samples);
+    }
+    if let Some(section) = run_denial_flood(&subjects, env, &settings).await? {
+        let mut md = String::new();
+        report::denial_flood_section(&mut md, &section);
+        println!("\n{md}");
     }
     // Only those that started: a missing peer has no idle memory to measure.
     let started: Vec<Kind> = subjects.iter().map(|s| s.kind).collect();
