@@ -569,7 +569,9 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
     ];
     let b = browser().await;
     for case in cases {
-        let mut builder = egressd().allow_local("keep.test");
+        let mut builder = egressd()
+            .allow_local("keep.test")
+            .dns("www.keep.test", "127.0.0.1");
         if let Some(line) = case.setting {
             builder = builder.proxy(line);
         }
@@ -579,6 +581,7 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
             std::fs::set_permissions(&proxy.config_path, std::fs::Permissions::from_mode(0o444))
                 .unwrap();
         }
+        refuse(&proxy, "GET http://www.keep.test/", "").await;
         b.open(&proxy, "allowlist").await;
         let notice = b
             .wait_text("#readonly-notice", |t| t.starts_with("Read-only: "))
@@ -593,6 +596,30 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
             )
             .await;
         assert_eq!(bins, json!(0), "{}: no bin icons", case.name);
+        // Recently denied: the row and its hint, no Add, the reason said once above the rows.
+        let row = "#denials-table tr[data-entry='www.keep.test']";
+        let hint = b
+            .wait_text(&format!("{row} p.fix"), |t| !t.is_empty())
+            .await;
+        assert!(
+            hint.contains("add \"www.keep.test\""),
+            "{}: {hint}",
+            case.name
+        );
+        assert_eq!(
+            b.js(&buttons_in("#denials-table"), vec![]).await,
+            json!(0),
+            "{}: no Add",
+            case.name
+        );
+        let reason = b.text("#denials-readonly").await.unwrap();
+        assert!(
+            reason.starts_with("Entries cannot be added from here: ")
+                && reason.contains(case.notice),
+            "{}: {reason}",
+            case.name
+        );
+        assert!(!hidden(&b, "#denials-readonly").await, "{}", case.name);
         // The API refuses too, with the same reason.
         let (status, body) = proxy
             .admin_json("POST", "/v1/allowlist", "{\"domain\": \"x.test\"}")
@@ -602,6 +629,286 @@ async fn a_read_only_config_makes_the_tab_read_only_and_says_why() {
             b.screenshot("allowlist-read-only").await;
         }
     }
+    b.close().await;
+}
+
+/// Sends `request_line` (`GET http://host/...`) through the proxy with `headers` (each line
+/// ending in CRLF) and asserts that egressd refused it.
+async fn refuse(proxy: &Egressd, request_line: &str, headers: &str) {
+    let host = request_line
+        .split("//")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let request =
+        format!("{request_line} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
+    let answer = raw_exchange(proxy.proxy, request.as_bytes()).await;
+    assert_eq!(status(&answer), 403, "{request_line}: {answer}");
+}
+
+/// A script that counts the buttons under `css`.
+fn buttons_in(css: &str) -> String {
+    format!("return document.querySelectorAll(\"{css} button\").length;")
+}
+
+/// Whether the element matching `css` is hidden (its `hidden` property).
+async fn hidden(b: &Browser, css: &str) -> bool {
+    b.js(
+        "return document.querySelector(arguments[0]).hidden;",
+        vec![json!(css)],
+    )
+    .await
+        == json!(true)
+}
+
+/// The rows of "Recently denied" are in the order of their last refusal, most recent first.
+/// (Two refusals can share a millisecond, so the test compares times, not an expected order.)
+async fn assert_most_recent_first(b: &Browser) {
+    let seen: Vec<String> = times(b, "#denials-table td.last-seen time")
+        .await
+        .into_iter()
+        .map(|(_, utc)| utc)
+        .collect();
+    let parsed: Vec<_> = seen
+        .iter()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap())
+        .collect();
+    assert!(parsed.windows(2).all(|w| w[0] >= w[1]), "{seen:?}");
+}
+
+/// "Recently denied" on the Domain Allowlist tab: a refusal shows within a refresh, under
+/// the entry that would fix it and with the hint that names it; Add adds exactly that entry,
+/// which is pending (a countdown instead of the button, in the allowlist too), then active,
+/// and the row goes. A refusal no entry fixes says what would, with no Add.
+#[tokio::test]
+async fn a_recently_denied_row_adds_its_entry_which_goes_pending_then_active() {
+    let _one = ONE_BROWSER.lock().await;
+    let proxy = egressd()
+        .proxy("activation_delay = \"4s\"")
+        .allow_local("refused.test")
+        .dns("www.refused.test", "127.0.0.1")
+        .ports(&[443], &[80])
+        .start();
+    let b = browser().await;
+    b.open(&proxy, "allowlist").await;
+    b.wait_text(
+        "#allowlist-table tr[data-entry='refused.test'] span.state",
+        |t| t == "active",
+    )
+    .await;
+    assert!(!hidden(&b, "#denials-empty").await, "the empty state");
+    assert!(hidden(&b, "#denials-table").await);
+
+    // Refused while the page is open: the rows come with the tab's periodic refresh.
+    refuse(&proxy, "GET http://www.refused.test/", "").await;
+    refuse(&proxy, "GET http://refused.test:22/", "").await;
+    let row = "#denials-table tr[data-entry='www.refused.test']";
+    let hint = b
+        .wait_text(&format!("{row} p.fix"), |t| !t.is_empty())
+        .await;
+    assert_eq!(
+        hint,
+        "\"refused.test\" is allowlisted but does not cover subdomains; add \"www.refused.test\" or \"*.refused.test\""
+    );
+    assert!(hidden(&b, "#denials-empty").await);
+    assert_eq!(
+        b.text(&format!("{row} td.count")).await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        b.text(&format!("{row} td.from")).await.as_deref(),
+        Some("www.refused.test:80")
+    );
+    assert_eq!(
+        b.text(&format!("{row} span.tag")).await.as_deref(),
+        Some("not allowlisted")
+    );
+    let seen = times(&b, &format!("{row} td.last-seen time")).await;
+    assert_eq!(seen.len(), 1);
+    assert_new_york(&seen[0].0, &seen[0].1);
+    assert!(hidden(&b, "#denials-readonly").await, "editable");
+
+    // The port: no entry fixes it; the row says what does, and has no button.
+    let port = "#denials-table tr[data-reason='port-not-allowed']";
+    let fix = b
+        .wait_text(&format!("{port} p.fix"), |t| !t.is_empty())
+        .await;
+    assert!(fix.contains("proxy.http_ports"), "{fix}");
+    assert_eq!(
+        b.text(&format!("{port} td.entry")).await.as_deref(),
+        Some("port not open")
+    );
+    assert_eq!(b.js(&buttons_in(port), vec![]).await, json!(0));
+    assert_most_recent_first(&b).await;
+
+    // Add: exactly the row's entry, through the Add field's path; pending with a countdown
+    // in the allowlist and on the row, which has no button any more.
+    let add = format!("{row} button");
+    let label = b
+        .js(
+            "return document.querySelector(arguments[0]).getAttribute('aria-label');",
+            vec![json!(add)],
+        )
+        .await;
+    assert_eq!(label, json!("Add www.refused.test"));
+    b.click(&add).await;
+    let listed = "#allowlist-table tr[data-entry='www.refused.test'] span.state";
+    b.wait_text(listed, |t| t.starts_with("pending, active in 0:0"))
+        .await;
+    let pending = b
+        .wait_text(&format!("{row} td.actions"), |t| {
+            t.starts_with("pending, active in 0:0")
+        })
+        .await;
+    let seconds: u32 = pending.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(seconds <= 4, "{pending}");
+    assert_eq!(b.js(&buttons_in(row), vec![]).await, json!(0));
+    let hint = b.text(&format!("{row} p.fix")).await.unwrap();
+    assert!(
+        hint.starts_with("\"www.refused.test\" was added recently and becomes active at "),
+        "{hint}"
+    );
+    assert_eq!(b.text("#err-denials").await.as_deref(), Some(""));
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    assert!(
+        text.contains("domains = [\"refused.test\", \"www.refused.test\"]"),
+        "{text}"
+    );
+
+    // Active: the row is done and goes; the port's stays.
+    b.wait_text(listed, |t| t == "active").await;
+    eventually("the fixed row to go", || async {
+        b.text(row).await.is_none().then_some(())
+    })
+    .await;
+    assert!(b.text(port).await.is_some(), "the port's row stays");
+    b.close().await;
+}
+
+/// The rows' other shapes, and the screenshot in docs/console.md: the subdomain pitfall seen
+/// twice from a function, an entry added and pending, a redirect to a host on no entry (with
+/// the URL that redirected), and a port no entry opens.
+#[tokio::test]
+async fn recently_denied_shows_redirects_pending_entries_and_functions() {
+    let _one = ONE_BROWSER.lock().await;
+    let port = redirecting_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("billing.token"),
+        "billing-token-0123456789abcdef\n",
+    )
+    .unwrap();
+    let proxy = egressd()
+        .proxy("activation_delay = \"5m\"")
+        .proxy("identity = \"optional\"")
+        .allow_local("a.test")
+        .allow_local("partner.test")
+        .dns("b.test", "127.0.0.1")
+        .dns("www.partner.test", "127.0.0.1")
+        .dns("api.vendor.test", "127.0.0.1")
+        .ports(&[443], &[port])
+        .table("[[functions]]\nname = \"billing\"\nstate = \"productive\"\nurl = \"http://billing.test/\"\ntoken_file = \"billing.token\"\n")
+        .start_in(dir.path());
+    let billing = {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode("billing:billing-token-0123456789abcdef");
+        format!("Proxy-Authorization: Basic {basic}\r\n")
+    };
+
+    // Oldest first: the port, the redirect, the entry to be added, the pitfall (twice).
+    refuse(&proxy, "GET http://partner.test:22/", "").await;
+    let start = format!("http://a.test:{port}/start");
+    let redirect = raw_exchange(
+        proxy.proxy,
+        format!(
+            "GET {start} HTTP/1.1\r\nHost: a.test:{port}\r\n{billing}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&redirect), 302, "{redirect}");
+    refuse(
+        &proxy,
+        &format!("GET http://api.vendor.test:{port}/v2/orders"),
+        "",
+    )
+    .await;
+    let (status_code, answer) = proxy
+        .admin_json("POST", "/v1/allowlist", r#"{"domain": "api.vendor.test"}"#)
+        .await;
+    assert!((200..300).contains(&status_code), "{answer}");
+    for _ in 0..2 {
+        refuse(
+            &proxy,
+            &format!("GET http://www.partner.test:{port}/"),
+            &billing,
+        )
+        .await;
+    }
+
+    let b = browser().await;
+    b.open(&proxy, "allowlist").await;
+    let www = "#denials-table tr[data-entry='www.partner.test']";
+    b.wait_text(&format!("{www} td.count"), |t| t == "2").await;
+    let rows = b
+        .js(
+            "return [...document.querySelectorAll('#denials-table tbody tr')].map(r => [r.dataset.entry || r.dataset.reason, r.dataset.state]).sort();",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        rows,
+        json!([
+            ["api.vendor.test", "pending"],
+            ["b.test", "missing"],
+            ["port-not-allowed", "none"],
+            ["www.partner.test", "missing"],
+        ])
+    );
+    assert_most_recent_first(&b).await;
+    let from = b.text(&format!("{www} td.from")).await.unwrap();
+    assert!(from.starts_with("function billing"), "{from}");
+
+    // The redirect: its tag, the hint naming the URL that redirected, which is shown too.
+    let b_test = "#denials-table tr[data-entry='b.test']";
+    let tags = b
+        .js(
+            "return [...document.querySelectorAll(arguments[0])].map(t => [t.textContent, t.title]);",
+            vec![json!(format!("{b_test} span.tag"))],
+        )
+        .await;
+    assert_eq!(tags, json!([["redirect", "redirect-denied"]]));
+    let hint = b.text(&format!("{b_test} p.fix")).await.unwrap();
+    assert!(
+        hint.starts_with(&format!("a redirect from {start} leads here: ")),
+        "{hint}"
+    );
+    assert_eq!(
+        b.text(&format!("{b_test} .redirected")).await,
+        Some(format!("redirected from {start}"))
+    );
+    assert_eq!(b.js(&buttons_in(b_test), vec![]).await, json!(1), "addable");
+
+    // The pending entry: its countdown, no button.
+    let vendor = "#denials-table tr[data-entry='api.vendor.test']";
+    let pending = b
+        .wait_text(&format!("{vendor} td.actions"), |t| {
+            t.starts_with("pending, active in 4:") || t == "pending, active in 5:00"
+        })
+        .await;
+    assert_eq!(
+        b.js(&buttons_in(vendor), vec![]).await,
+        json!(0),
+        "{pending}"
+    );
+    // The panel at the top, the allowlist with the pending entry under it.
+    b.js(
+        "document.getElementById('denials').scrollIntoView();",
+        vec![],
+    )
+    .await;
+    b.screenshot("recent-denials").await;
     b.close().await;
 }
 

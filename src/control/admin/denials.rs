@@ -97,7 +97,8 @@ fn entry_hint(allowlist: &Allowlist, entry: &str, state: &EntryState, row: &Row)
             format_utc(*at)
         ),
         EntryState::Active(_) => format!(
-            "\"{entry}\" is on the allowlist and active now; these refusals came before it was"
+            "\"{entry}\" is on the allowlist and active, yet requests were refused after it became active: another port, or the host resolves to an internal address ({})",
+            row.reasons().iter().map(|r| r.code()).collect::<Vec<_>>().join(", ")
         ),
         EntryState::Missing => {
             let base = match Host::parse(entry) {
