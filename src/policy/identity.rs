@@ -155,6 +155,14 @@ impl Caller {
             Caller::Function(name) => name,
         }
     }
+
+    /// The function's name; `None` for an anonymous caller.
+    pub fn function(&self) -> Option<&str> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Function(name) => Some(name),
+        }
+    }
 }
 
 /// Why credentials were refused.

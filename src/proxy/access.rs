@@ -167,16 +167,12 @@ impl AccessRecord {
             Some(target) => target,
             None => raw,
         };
-        let function = match &self.caller {
-            Caller::Function(name) => Some(&**name),
-            Caller::Anonymous => None,
-        };
         self.metrics.denial(
             &DenialSeen {
                 seen: Seen::Denied(denial.reason),
                 fix: denial.fix.as_deref(),
                 target,
-                function,
+                function: self.caller.function(),
                 redirected_from: None,
             },
             crate::util::time::now_ms(),
@@ -186,17 +182,13 @@ impl AccessRecord {
     /// A redirect the allowlist would deny: counted among the recent denials under the
     /// entry its target needs, with the URL that redirected.
     pub fn note_denied_redirect(&self, denial: &Denial, next: &str) {
-        let function = match &self.caller {
-            Caller::Function(name) => Some(&**name),
-            Caller::Anonymous => None,
-        };
         let from = self.logged_url();
         self.metrics.denial(
             &DenialSeen {
                 seen: Seen::Redirect,
                 fix: denial.fix.as_deref(),
                 target: &next,
-                function,
+                function: self.caller.function(),
                 redirected_from: Some(&from),
             },
             crate::util::time::now_ms(),

@@ -25,7 +25,6 @@ use super::server::ClientConn;
 use super::Proxy;
 use crate::egress::revoke::Peer;
 use crate::egress::{tunnel, Permit, SendError};
-use crate::policy::identity::Caller;
 use crate::policy::url::{resolve_location, target_of};
 use crate::policy::Protocol;
 use crate::util::body::{empty, full, BoxError, HttpBody, IdleRequestBody};
@@ -82,10 +81,7 @@ impl Proxy {
             self.idle_timeout,
             client_upgrade.is_some(),
         );
-        let function = match &conn.caller {
-            Caller::Function(name) => Some(&**name),
-            Caller::Anonymous => None,
-        };
+        let function = conn.caller.function();
         match self.egress.send_as(&permit, upstream_req, function).await {
             Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 match client_upgrade {

@@ -66,6 +66,15 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The secrets changed between the read of a rekey and its write.
+    pub fn changed_during_rekey() -> BackendError {
+        BackendError::Corrupt(
+            "the secrets changed while they were re-encrypted; run rekey again".into(),
+        )
+    }
+}
+
 /// Why a write was not made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {

@@ -231,19 +231,10 @@ impl SecretBackend for FileBackend {
     ) -> BoxFuture<'a, Result<(), WriteError>> {
         let (old_check, new_check) = (old_check.to_string(), new_check.to_string());
         self.write(move |state| {
-            if state.key_check.as_deref() != Some(old_check.as_str()) {
-                return Err(BackendError::Corrupt(
-                    "the store changed key while it was re-encrypted; run rekey again".into(),
-                )
-                .into());
-            }
-            let changed = || {
-                BackendError::Corrupt(
-                    "the secrets changed while they were re-encrypted; run rekey again".into(),
-                )
-                .into()
-            };
-            if resealed.len() != state.secrets.len() {
+            let changed = || BackendError::changed_during_rekey().into();
+            if state.key_check.as_deref() != Some(old_check.as_str())
+                || resealed.len() != state.secrets.len()
+            {
                 return Err(changed());
             }
             for (key, sealed) in resealed {

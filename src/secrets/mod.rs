@@ -61,16 +61,11 @@ impl From<SecretError> for WriteError {
     }
 }
 
-/// A value and what is known of it, as injection reads it.
-struct Cached {
-    value: SecretValue,
-}
-
 pub struct SecretStore {
     master: Arc<MasterKey>,
     backend: Arc<dyn SecretBackend>,
     /// Plaintext copies for injection, swapped whole.
-    cache: ArcSwap<HashMap<String, Arc<Cached>>>,
+    cache: ArcSwap<HashMap<String, SecretValue>>,
     /// The backend revision `cache` reflects.
     revision: AtomicU64,
     /// Backend work runs here (the main runtime), whichever worker asked.
@@ -184,7 +179,7 @@ impl SecretStore {
 
     /// The value of `key` as last known here, for injection: no lock, no wait.
     pub fn value(&self, key: &str) -> Option<SecretValue> {
-        self.cache.load().get(key).map(|c| c.value.clone())
+        self.cache.load().get(key).cloned()
     }
 
     /// Whether `key` exists, as last known here.
@@ -309,11 +304,6 @@ impl SecretStore {
     /// Reads every value again if the backend's revision moved since the cache was filled.
     pub async fn refresh(&self) -> Result<bool, SecretError> {
         if !self.opened.load(Ordering::Acquire) {
-            let backend = self.backend.clone();
-            // On the store's runtime like every backend call; `open_now` borrows self, so
-            // the check runs here and only the reads go there.
-            self.on_runtime(async move { backend.revision().await })
-                .await?;
             self.open_now().await?;
             return Ok(true);
         }
@@ -408,12 +398,12 @@ impl SecretStore {
 fn open_all(
     master: &MasterKey,
     stored: &[StoredSecret],
-) -> Result<HashMap<String, Arc<Cached>>, SecretError> {
+) -> Result<HashMap<String, SecretValue>, SecretError> {
     stored
         .iter()
         .map(|s| {
             let value = master.open(&s.key, &s.sealed)?;
-            Ok((s.key.clone(), Arc::new(Cached { value })))
+            Ok((s.key.clone(), value))
         })
         .collect()
 }

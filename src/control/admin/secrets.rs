@@ -73,24 +73,25 @@ impl Admin {
     }
 
     fn secret_view(&self, store: &SecretStore, key: String, meta: Meta) -> SecretView {
+        let usage = self.usage(store, &key);
+        secret_view(key, meta, usage)
+    }
+
+    /// Who uses `key`: the `[[inject]]` rules that name it, and the functions those rules
+    /// are limited to or that were seen reading or writing it.
+    fn usage(&self, store: &SecretStore, key: &str) -> Usage {
         let policy = self.reloader.snapshot().0;
-        let rules: Vec<&Injection> = policy.injections.using(&key).collect();
-        let mut functions = store.users(&key);
+        let rules: Vec<&Injection> = policy.injections.using(key).collect();
+        let mut functions = store.users(key);
         for rule in &rules {
             functions.extend(rule.functions.iter().flatten().cloned());
         }
-        SecretView {
+        Usage {
             injected_by: rules
                 .iter()
                 .map(|r| format!("{} {} (line {})", r.pattern, r.header, r.line))
                 .collect(),
             functions: functions.into_iter().collect(),
-            created_at: millis(&meta.created_at),
-            updated_at: millis(&meta.updated_at),
-            version: meta.version,
-            last_writer: meta.last_writer,
-            default: meta.default,
-            key,
         }
     }
 
@@ -182,33 +183,31 @@ impl Admin {
             Err(response) => return response,
         };
         let key = decode(key);
-        let users = self.secret_view(store, key.clone(), placeholder_meta());
+        // Read before the delete forgets who used it.
+        let usage = self.usage(store, &key);
         match store.delete(&key).await {
-            Ok(meta) => json(
-                StatusCode::OK,
-                &SecretView {
-                    created_at: millis(&meta.created_at),
-                    updated_at: millis(&meta.updated_at),
-                    version: meta.version,
-                    last_writer: meta.last_writer,
-                    default: meta.default,
-                    ..users
-                },
-            ),
+            Ok(meta) => json(StatusCode::OK, &secret_view(key, meta, usage)),
             Err(err) => secret_error(err),
         }
     }
 }
 
-/// The users of a key are known before its metadata is (the delete returns it).
-fn placeholder_meta() -> Meta {
-    let epoch = chrono::DateTime::UNIX_EPOCH;
-    Meta {
-        created_at: epoch,
-        updated_at: epoch,
-        version: 0,
-        last_writer: String::new(),
-        default: false,
+/// Who uses a secret, as the list and the delete's answer show it.
+struct Usage {
+    injected_by: Vec<String>,
+    functions: Vec<String>,
+}
+
+fn secret_view(key: String, meta: Meta, usage: Usage) -> SecretView {
+    SecretView {
+        injected_by: usage.injected_by,
+        functions: usage.functions,
+        created_at: millis(&meta.created_at),
+        updated_at: millis(&meta.updated_at),
+        version: meta.version,
+        last_writer: meta.last_writer,
+        default: meta.default,
+        key,
     }
 }
 

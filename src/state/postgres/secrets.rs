@@ -318,10 +318,9 @@ impl SecretBackend for PgSecretBackend {
                         .await?
                         .get(0);
                     if stored.as_deref() != Some(old_check) || count as usize != resealed.len() {
-                        return Ok(Err(WriteError::Backend(BackendError::Corrupt(
-                            "the secrets changed while they were re-encrypted; run rekey again"
-                                .into(),
-                        ))));
+                        return Ok(Err(WriteError::Backend(
+                            BackendError::changed_during_rekey(),
+                        )));
                     }
                     for (name, sealed) in &resealed {
                         let updated = tx
@@ -331,10 +330,9 @@ impl SecretBackend for PgSecretBackend {
                             )
                             .await?;
                         if updated != 1 {
-                            return Ok(Err(WriteError::Backend(BackendError::Corrupt(
-                                "the secrets changed while they were re-encrypted; run rekey again"
-                                    .into(),
-                            ))));
+                            return Ok(Err(WriteError::Backend(
+                                BackendError::changed_during_rekey(),
+                            )));
                         }
                     }
                     tx.execute(
