@@ -5,6 +5,7 @@
 //! A row whose entry is active and that saw no refusal since it became active is done: it
 //! is left out, and forgotten.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -57,13 +58,29 @@ enum EntryState {
     Active(u64),
 }
 
-fn entry_state(allowlist: &Allowlist, entry: &str, now: u64) -> EntryState {
+/// The allowlist's patterns by rule id, built once per answer: up to a thousand rows are
+/// looked up in an allowlist of any size.
+fn pattern_ids(allowlist: &Allowlist) -> HashMap<&Pattern, u32> {
+    allowlist
+        .patterns()
+        .iter()
+        .enumerate()
+        .map(|(id, p)| (p, id as u32))
+        .collect()
+}
+
+fn entry_state(
+    allowlist: &Allowlist,
+    ids: &HashMap<&Pattern, u32>,
+    entry: &str,
+    now: u64,
+) -> EntryState {
     let Ok(pattern) = Pattern::parse(entry) else {
         return EntryState::Missing;
     };
-    match allowlist.patterns().iter().position(|p| *p == pattern) {
+    match ids.get(&pattern) {
         None => EntryState::Missing,
-        Some(id) => match allowlist.active_at(id as u32) {
+        Some(&id) => match allowlist.active_at(id) {
             at if at <= now => EntryState::Active(at),
             at => EntryState::Pending(at),
         },
@@ -147,11 +164,12 @@ impl Admin {
             },
             None => book.rows(since),
         };
+        let ids = pattern_ids(allowlist);
         let mut denials = Vec::new();
         for (key, row) in rows {
             let view = match &key {
                 Key::Entry(entry) => {
-                    let state = entry_state(allowlist, entry, now);
+                    let state = entry_state(allowlist, &ids, entry, now);
                     if let EntryState::Active(at) = state {
                         if row.last_seen < at {
                             self.metrics.denials.forget(entry);
